@@ -1,0 +1,300 @@
+/**
+ * Migrations on postgres-migrations (SPEC §3): apply, dry-run, status, validate. We add what the
+ * library lacks: a bounded wait for its lock, a pending list, the file and line of a failed
+ * statement, refusal of a schema newer than this binary, and timings (migration 001's trigger).
+ */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import type { Client } from 'pg'
+import { migrate } from 'postgres-migrations'
+import { type Database, clientQueryable } from '../db/database'
+import { isConnectionLoss } from '../db/errors'
+import { RefusedError, WaitTimeoutError } from '../errors'
+import { type Logger, silentLogger } from '../logger'
+import * as sql from '../sql/migrations'
+import { getModeAndLiveOrchestrators } from './state'
+import { MIGRATIONS_DIR } from '../version'
+
+export interface MigrationFile {
+  id: number
+  name: string
+  fileName: string
+  hash: string
+  sql: string
+}
+
+export interface AppliedMigration {
+  id: number
+  name: string
+  hash: string
+  appliedAt: Date | null
+  durationMs: number | null
+}
+
+export interface MigrationStatus {
+  initialized: boolean
+  currentVersion: number | null
+  applied: Array<{ id: number; name: string; appliedAt: string | null; durationMs: number | null }>
+  pending: Array<{ id: number; name: string }>
+}
+
+export interface MigrationProblem {
+  code: string
+  file: string | null
+  message: string
+}
+
+export interface ValidationResult {
+  valid: boolean
+  problems: MigrationProblem[]
+}
+
+const FILE_NAME = /^(\d{3,})_([a-z0-9]+(?:_[a-z0-9]+)*)\.sql$/
+/** Files postgres-migrations would pick up (files-loader.js): every .sql and .js file. */
+const LOADED_BY_ENGINE = /\.(sql|js)$/i
+
+/** Read the migration files and check their names (SPEC §3): every problem, not just the first. */
+export function readMigrationFiles(dir = MIGRATIONS_DIR): { files: MigrationFile[]; problems: MigrationProblem[] } {
+  const problems: MigrationProblem[] = []
+  let names: string[]
+  try {
+    names = fs.readdirSync(dir).filter((name) => LOADED_BY_ENGINE.test(name)).sort()
+  } catch (error) {
+    return { files: [], problems: [{ code: 'NO_MIGRATIONS_DIR', file: null, message: `cannot read the migrations directory ${dir}: ${(error as Error).message}` }] }
+  }
+  const files: MigrationFile[] = []
+  const byId = new Map<number, string>()
+  for (const fileName of names) {
+    const match = FILE_NAME.exec(fileName)
+    if (!match) {
+      problems.push({ code: 'INVALID_FILE_NAME', file: fileName, message: `${fileName} is not named NNN_snake_case.sql` })
+      continue
+    }
+    const id = Number(match[1])
+    const other = byId.get(id)
+    if (other) {
+      problems.push({ code: 'DUPLICATE_ID', file: fileName, message: `${fileName} has the same id ${id} as ${other}` })
+      continue
+    }
+    byId.set(id, fileName)
+    const text = fs.readFileSync(path.join(dir, fileName), 'utf8')
+    files.push({ id, name: match[2], fileName, hash: hashOf(fileName, text), sql: text })
+  }
+  files.sort((a, b) => a.id - b.id)
+  files.forEach((file, index) => {
+    if (file.id !== index + 1) {
+      problems.push({ code: 'NON_CONSECUTIVE_ID', file: file.fileName, message: `${file.fileName} has id ${file.id}; ids must run 1, 2, 3… with no gap (expected ${index + 1})` })
+    }
+  })
+  return { files, problems }
+}
+
+/** postgres-migrations' hash (migration-file.js): sha1 of the file name followed by its SQL. */
+function hashOf(fileName: string, text: string): string {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return (require('node:crypto') as typeof import('node:crypto')).createHash('sha1').update(fileName + text, 'utf8').digest('hex')
+}
+
+/** Applied migrations, or null when the database has no migrations table yet. */
+export async function getAppliedMigrations(db: Pick<Database, 'query'>): Promise<AppliedMigration[] | null> {
+  const { rows: [state] } = await db.query<{ exists: boolean; has_log: boolean }>(sql.migrationsTableExists)
+  if (!state.exists) return null
+  const { rows } = await db.query<{ id: number; name: string; hash: string; applied_at: Date | null; duration_ms: number | null }>(
+    state.has_log ? sql.appliedMigrations : sql.appliedMigrationsWithoutLog)
+  return rows.map((r) => ({ id: r.id, name: r.name, hash: r.hash, appliedAt: r.applied_at, durationMs: r.duration_ms === null ? null : Math.round(r.duration_ms * 10) / 10 }))
+}
+
+function compare(files: MigrationFile[], applied: AppliedMigration[]): MigrationProblem[] {
+  const problems: MigrationProblem[] = []
+  const fileById = new Map(files.map((f) => [f.id, f]))
+  for (const migration of applied) {
+    const file = fileById.get(migration.id)
+    if (!file) {
+      problems.push({ code: 'MISSING_FILE', file: null, message: `applied migration ${migration.id} (${migration.name}) has no file here: the database is newer than this pipeweave, or a file was removed` })
+    } else if (file.hash !== migration.hash) {
+      problems.push({ code: 'CHECKSUM_MISMATCH', file: file.fileName, message: `${file.fileName} was changed after it was applied (its hash differs from the recorded one)` })
+    }
+  }
+  return problems
+}
+
+export async function getMigrationStatus(db: Pick<Database, 'query'>, dir = MIGRATIONS_DIR): Promise<MigrationStatus> {
+  const { files } = readMigrationFiles(dir)
+  const applied = (await getAppliedMigrations(db)) ?? []
+  const appliedIds = new Set(applied.map((m) => m.id))
+  return {
+    initialized: applied.length > 0,
+    currentVersion: applied.length > 0 ? Math.max(...applied.map((m) => m.id)) : null,
+    applied: applied.map((m) => ({ id: m.id, name: m.name, appliedAt: m.appliedAt ? m.appliedAt.toISOString() : null, durationMs: m.durationMs })),
+    pending: files.filter((f) => !appliedIds.has(f.id)).map((f) => ({ id: f.id, name: f.name })),
+  }
+}
+
+/** Check the files, and when a database is given, that what it applied still matches them. */
+export async function validateMigrations(db?: Pick<Database, 'query'>, dir = MIGRATIONS_DIR): Promise<ValidationResult> {
+  const { files, problems } = readMigrationFiles(dir)
+  if (db) {
+    const applied = await getAppliedMigrations(db)
+    if (applied) problems.push(...compare(files, applied))
+  }
+  return { valid: problems.length === 0, problems }
+}
+
+export interface RunMigrationsOptions {
+  dryRun?: boolean
+  /** Refuse unless the mode is `maintenance` (exit 4). */
+  requireMaintenance?: boolean
+  /** Bound on the wait for another migrator's lock, seconds (exit 5 past it). */
+  lockTimeoutSeconds?: number
+  logger?: Logger
+  dir?: string
+}
+
+export interface RunMigrationsResult {
+  dryRun: boolean
+  applied: Array<{ id: number; name: string; durationMs: number | null }>
+  pending: Array<{ id: number; name: string }>
+}
+
+export async function runMigrations(db: Database, options: RunMigrationsOptions = {}): Promise<RunMigrationsResult> {
+  const dir = options.dir ?? MIGRATIONS_DIR
+  const logger = options.logger ?? silentLogger
+  const { files, problems } = readMigrationFiles(dir)
+  if (problems.length > 0) {
+    throw new RefusedError('MIGRATIONS_INVALID', `the migration files are invalid: ${problems.map((p) => p.message).join('; ')}`, {
+      hint: 'fix the files in migrations/ (pipeweave db:validate lists every problem)',
+    })
+  }
+
+  const client = await db.newClient()
+  try {
+    await acquireMigrationLock(client, options.lockTimeoutSeconds ?? 60, logger)
+    try {
+      const session = clientQueryable(client)
+      const applied = (await getAppliedMigrations(session)) ?? []
+      const mismatches = compare(files, applied)
+      const changed = mismatches.filter((p) => p.code === 'CHECKSUM_MISMATCH')
+      if (changed.length > 0) {
+        throw new RefusedError('CHECKSUM_MISMATCH', `refusing to migrate: ${changed.map((p) => p.message).join('; ')}`, {
+          hint: 'restore the original file and put the change in a new migration',
+        })
+      }
+      const unknown = mismatches.filter((p) => p.code === 'MISSING_FILE')
+      if (unknown.length > 0) {
+        throw new RefusedError('SCHEMA_AHEAD', `the database has migrations this pipeweave does not know (${unknown.map((p) => p.message.split(' has no')[0].replace('applied migration ', '')).join(', ')})`, {
+          hint: 'run a pipeweave version that includes them',
+        })
+      }
+
+      const appliedIds = new Set(applied.map((m) => m.id))
+      const pending = files.filter((f) => !appliedIds.has(f.id))
+      await checkMaintenance(session, pending.length, options, logger)
+      if (options.dryRun || pending.length === 0) {
+        return { dryRun: Boolean(options.dryRun), applied: [], pending: pending.map((f) => ({ id: f.id, name: f.name })) }
+      }
+
+      await applyPending(client, dir, files, logger)
+      const after = (await getAppliedMigrations(session)) ?? []
+      const pendingIds = new Set(pending.map((f) => f.id))
+      return {
+        dryRun: false,
+        applied: after.filter((m) => pendingIds.has(m.id)).map((m) => ({ id: m.id, name: m.name, durationMs: m.durationMs })),
+        pending: [],
+      }
+    } finally {
+      await client.query(sql.releaseMigrationLock.text).catch(() => undefined)
+    }
+  } catch (error) {
+    throw db.mapError(error)
+  } finally {
+    await client.end().catch(() => undefined)
+  }
+}
+
+async function acquireMigrationLock(client: Client, timeoutSeconds: number, logger: Logger): Promise<void> {
+  const deadline = Date.now() + timeoutSeconds * 1000
+  let told = false
+  for (;;) {
+    const { rows } = await client.query(sql.tryMigrationLock.text)
+    if (rows[0].acquired) return
+    if (Date.now() >= deadline) {
+      throw new WaitTimeoutError('MIGRATION_LOCK_TIMEOUT', `another migrator held the migration lock for more than ${timeoutSeconds} s`, {
+        hint: 'wait for the other db:migrate (or an orchestrator started with --auto-migrate) to finish, or raise --lock-timeout',
+      })
+    }
+    if (!told) {
+      logger.info('waiting for another migrator to finish…')
+      told = true
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200))
+  }
+}
+
+async function checkMaintenance(db: Pick<Database, 'query'>, pendingCount: number, options: RunMigrationsOptions, logger: Logger): Promise<void> {
+  const state = await getModeAndLiveOrchestrators(db)
+  if (!state) return // no schema yet: nothing is running on it
+  if (options.requireMaintenance && state.mode !== 'maintenance') {
+    throw new RefusedError('NOT_IN_MAINTENANCE', `refusing to migrate: the mode is ${state.mode}, and --require-maintenance asks for maintenance`, {
+      hint: 'run `pipeweave maintenance:request --wait` first',
+    })
+  }
+  if (pendingCount > 0 && state.mode !== 'maintenance' && state.liveOrchestrators > 0) {
+    logger.warn(`${state.liveOrchestrators} orchestrator(s) are running and the mode is ${state.mode}; consider \`pipeweave maintenance:request --wait\` before migrating`)
+  }
+}
+
+/** Hand the pending files to postgres-migrations, keeping the failing statement's position. */
+async function applyPending(client: Client, dir: string, files: MigrationFile[], logger: Logger): Promise<void> {
+  let current: MigrationFile | undefined
+  let lastError: (Error & { position?: string; code?: string }) | undefined
+  const original = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>
+  const wrapped = (...args: unknown[]) => {
+    const result = original(...args)
+    if (result && typeof (result as Promise<unknown>).catch === 'function') {
+      ;(result as Promise<unknown>).catch((error: Error) => { lastError = error })
+    }
+    return result
+  }
+  ;(client as unknown as { query: typeof wrapped }).query = wrapped
+  const started = new Map<number, number>()
+  try {
+    await migrate({ client }, dir, {
+      logger: (message: string) => {
+        const start = /^Starting migration: (\d+) /.exec(message)
+        if (start) {
+          current = files.find((f) => f.id === Number(start[1]))
+          if (current) {
+            started.set(current.id, Date.now())
+            logger.info(`Applying: ${current.fileName}`)
+          }
+        }
+        const finish = /^Finished migration: (\d+) /.exec(message)
+        if (finish) {
+          const file = files.find((f) => f.id === Number(finish[1]))
+          if (file) logger.info(`Applied: ${file.fileName} in ${Date.now() - (started.get(file.id) ?? Date.now())} ms`)
+        }
+      },
+    })
+  } catch (error) {
+    if (isConnectionLoss(error) || isConnectionLoss(lastError)) throw lastError ?? error
+    if (!current) {
+      throw new RefusedError('MIGRATION_FAILED', `migration failed: ${(error as Error).message}`)
+    }
+    const cause: Error & { position?: string } = lastError ?? (error as Error)
+    const where = cause.position ? ` (${lineColumn(current.sql, Number(cause.position))})` : ''
+    throw new RefusedError('MIGRATION_FAILED',
+      `migration ${current.fileName} failed and was rolled back: ${cause.message}${where}`, {
+        hint: 'fix the migration and run db:migrate again; the migrations before it stay applied',
+      })
+  } finally {
+    ;(client as unknown as { query: typeof original }).query = original
+  }
+}
+
+/** A 1-based character offset in the SQL as `line L, column C` (dbmate's QueryError). */
+export function lineColumn(text: string, position: number): string {
+  const before = text.slice(0, Math.max(0, position - 1))
+  const lines = before.split('\n')
+  return `line ${lines.length}, column ${lines[lines.length - 1].length + 1}`
+}
+

@@ -1,0 +1,189 @@
+/**
+ * BaseCommand<T> owns the shared flags, --json, output, the error → exit-code mapping and the
+ * cleanup of everything a command opened (SPEC §2). A command implements execute(), returning its
+ * result, and render() for the human form.
+ */
+import { Command, Flags, type Interfaces } from '@oclif/core'
+import type { Database, DatabaseConfig } from './db/database'
+import { ExitCode, PipeweaveError, UsageError } from './errors'
+import { Output, stderrLogger } from './output'
+import type { Logger } from './logger'
+import { redact } from './redact'
+
+export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
+export type BaseArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
+
+const CONNECTION = 'CONNECTION'
+
+export abstract class BaseCommand<T extends typeof Command, R = unknown> extends Command {
+  static enableJsonFlag = true
+
+  static baseFlags = {
+    url: Flags.string({ helpGroup: CONNECTION, summary: 'PostgreSQL connection string (postgres://user:password@host:5432/db).' }),
+    host: Flags.string({ helpGroup: CONNECTION, summary: 'Database host, or a Unix socket directory starting with /.' }),
+    port: Flags.integer({ helpGroup: CONNECTION, summary: 'Database port.', min: 1, max: 65535 }),
+    database: Flags.string({ helpGroup: CONNECTION, summary: 'Database name.' }),
+    user: Flags.string({ helpGroup: CONNECTION, summary: 'Database user.' }),
+    password: Flags.string({ helpGroup: CONNECTION, summary: 'Database password (prefer DB_PASS or PGPASSWORD: flags show in ps).' }),
+    ssl: Flags.boolean({ helpGroup: CONNECTION, summary: 'Require TLS with certificate verification.' }),
+    verbose: Flags.boolean({ summary: 'Print debugging detail and stack traces.' }),
+  }
+
+  protected flags!: BaseFlags<T>
+  protected args!: BaseArgs<T>
+  protected out = new Output()
+  private releasers: Array<() => Promise<unknown>> = []
+  private db?: Promise<Database>
+  private releasing?: Promise<void>
+
+  /** The command's work: returns the result that --json prints and render() shows. */
+  protected abstract execute(): Promise<R>
+
+  /** The human form of the result (stdout). */
+  protected abstract render(result: R): void
+
+  /** An exit code for a successful result that still signals something (db:status --exit-code). */
+  protected resultExitCode?: number
+
+  /** Short commands release what they opened on Ctrl-C; `run` installs its own handling. */
+  protected handlesSignals = true
+
+  public async init(): Promise<void> {
+    await super.init()
+    const { args, flags } = await this.parse({
+      flags: this.ctor.flags,
+      baseFlags: (this.ctor as typeof BaseCommand).baseFlags,
+      enableJsonFlag: this.ctor.enableJsonFlag,
+      args: this.ctor.args,
+      strict: this.ctor.strict,
+    })
+    this.flags = flags as BaseFlags<T>
+    this.args = args as BaseArgs<T>
+    if (this.handlesSignals) {
+      const onSignal = (signal: NodeJS.Signals) => {
+        const code = signal === 'SIGINT' ? 130 : 143
+        void this.releaseAll().finally(() => process.exit(code))
+      }
+      process.once('SIGINT', onSignal)
+      process.once('SIGTERM', onSignal)
+    }
+  }
+
+  public async run(): Promise<R | undefined> {
+    const result = await this.execute()
+    if (this.jsonEnabled()) this.out.json(result)
+    else this.render(result)
+    if (this.resultExitCode !== undefined) process.exitCode = this.resultExitCode
+    // The result is printed here; returning nothing keeps oclif from printing it again.
+    return undefined
+  }
+
+  protected get logger(): Logger {
+    return stderrLogger(this.out, this.flags?.verbose)
+  }
+
+  /** How this command connects: its flags, the environment, its name in application_name. */
+  protected databaseConfig(options: { command?: string } = {}): DatabaseConfig {
+    return {
+      flags: {
+        url: this.flags.url, host: this.flags.host, port: this.flags.port, database: this.flags.database,
+        user: this.flags.user, password: this.flags.password, ssl: this.flags.ssl,
+      },
+      command: options.command ?? this.id,
+      logger: this.logger,
+    }
+  }
+
+  /** The database, connected on first use and closed when the command ends. */
+  protected database(): Promise<Database> {
+    if (!this.db) {
+      this.db = (async () => {
+        // Loaded on first use: pg is not paid for by --help or --version.
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        const { createDatabase } = require('./db/database') as typeof import('./db/database')
+        const db = await createDatabase(this.databaseConfig())
+        this.onRelease(() => db.close())
+        return db
+      })()
+    }
+    return this.db
+  }
+
+  /** Register a cleanup; cleanups run once, last in first out, whatever happened. */
+  protected onRelease(release: () => Promise<unknown>): void {
+    this.releasers.push(release)
+  }
+
+  protected releaseAll(): Promise<void> {
+    if (!this.releasing) {
+      this.releasing = (async () => {
+        while (this.releasers.length > 0) {
+          const release = this.releasers.pop()!
+          try {
+            await release()
+          } catch (error) {
+            this.logger.debug(`cleanup failed: ${(error as Error).message}`)
+          }
+        }
+      })()
+    }
+    return this.releasing
+  }
+
+  public async catch(error: Error & { oclif?: { exit?: number }; exitCode?: number }): Promise<void> {
+    const failure = classify(error)
+    process.exitCode = failure.exitCode
+    if (this.jsonEnabled()) {
+      const body: Record<string, unknown> = { code: failure.code, message: failure.message }
+      if (failure.hint) body.hint = failure.hint
+      this.out.json({ error: body, exitCode: failure.exitCode })
+    } else {
+      const style = this.out.errStyle
+      const hint = failure.hint ? `: ${failure.hint}` : ''
+      this.out.note(`${style.red('error:')} ${failure.message}${hint}`)
+    }
+    if (this.flags?.verbose || /pipeweave/.test(process.env.DEBUG ?? '')) {
+      this.out.note(redact(String(error.stack ?? error)))
+    }
+  }
+
+  public async finally(error: Error | undefined): Promise<void> {
+    await this.releaseAll()
+    await super.finally(error)
+    // Nothing should keep a finished command alive; if something does, leave with our exit code.
+    if (this.handlesSignals) setTimeout(() => process.exit(process.exitCode ?? 0), 3000).unref()
+  }
+}
+
+interface Failure {
+  exitCode: number
+  code: string
+  message: string
+  hint?: string
+}
+
+/** One mapping from any error to an exit code and a one-line message (SPEC §2). */
+export function classify(error: unknown): Failure {
+  if (error instanceof PipeweaveError) {
+    return { exitCode: error.exitCode, code: error.code, message: error.message, ...(error.hint ? { hint: error.hint } : {}) }
+  }
+  const e = error as Error & { oclif?: { exit?: number }; parse?: unknown; code?: string }
+  // oclif's parser errors (unknown flag, missing argument, bad value) are bad usage.
+  if (e && (e.parse !== undefined || /Flag|Arg|Parse|Validation/.test(e.constructor?.name ?? ''))) {
+    const usage = new UsageError('BAD_USAGE', firstLine(e.message), { hint: 'see --help' })
+    return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
+  }
+  if (e?.oclif?.exit !== undefined && e.oclif.exit !== 1) {
+    return { exitCode: e.oclif.exit, code: 'EXIT', message: firstLine(e.message) }
+  }
+  return {
+    exitCode: ExitCode.INTERNAL,
+    code: 'INTERNAL_ERROR',
+    message: `unexpected error: ${firstLine(e?.message ?? String(error))}`,
+    hint: 'this is a bug in pipeweave; run again with --verbose for the stack trace and report it',
+  }
+}
+
+function firstLine(text: string): string {
+  return text.trim().split('\n')[0]
+}

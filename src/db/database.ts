@@ -1,0 +1,265 @@
+/**
+ * The pool and the one place queries go through: application_name, TLS (with libpq's `prefer`
+ * fallback, which node-postgres lacks), the slow-query log, error mapping and password masking.
+ */
+import type { ConnectionOptions } from 'node:tls'
+import { Client, Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg'
+import { type Logger, silentLogger } from '../logger'
+import { registerSecret } from '../redact'
+import { VERSION } from '../version'
+import {
+  type ConnectionFlags, type ExternalTarget, type PoolSettings, type SslSettings,
+  describeTarget, resolveConnection, resolvePoolSettings,
+} from './config'
+import { acquireEmbeddedServer, type EmbeddedHandle } from './embedded'
+import { SQLSTATE, isConnectionLoss, toConnectionError } from './errors'
+
+/** A named SQL statement: the name is what the slow-query log prints, never the values. */
+export interface Statement {
+  name: string
+  text: string
+}
+
+export type Queryable = Pick<Database, 'query'>
+
+export interface DatabaseConfig {
+  flags?: ConnectionFlags
+  env?: Record<string, string | undefined>
+  cwd?: string
+  /** The command or role, for application_name (`pipeweave/<version> <command>`). */
+  command?: string
+  logger?: Logger
+  /** Connect to the server's maintenance database instead of the target one (db:init). */
+  database?: string
+  /** Overrides of the pool settings read from the environment. */
+  pool?: Partial<PoolSettings>
+  /** Check the connection at once (default true), so that a bad setting fails before any work. */
+  verify?: boolean
+}
+
+export interface Database {
+  readonly target: ExternalTarget
+  /** The masked target, postgres://user:****@host:port/db. */
+  readonly description: string
+  /** The data directory, when this is the embedded server. */
+  readonly embeddedDataDir?: string
+  readonly tls: boolean
+  readonly applicationName: string
+  readonly logger: Logger
+  query<R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]): Promise<QueryResult<R>>
+  /** BEGIN … COMMIT on one pooled connection; ROLLBACK and release-with-error when fn throws. */
+  withTransaction<T>(fn: (tx: TransactionClient) => Promise<T>): Promise<T>
+  /** A pooled connection for work that needs one session (session locks). */
+  withClient<T>(fn: (client: TransactionClient) => Promise<T>): Promise<T>
+  /** A connection of its own, outside the pool (LISTEN, migrations); the caller ends it. */
+  newClient(): Promise<Client>
+  /** Turn a connection failure into a ConnectionError that says what to check; others pass through. */
+  mapError(error: unknown): unknown
+  close(): Promise<void>
+}
+
+export interface TransactionClient {
+  query<R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]): Promise<QueryResult<R>>
+}
+
+/** The node-postgres TLS options for a resolved mode; `prefer` starts as TLS and may fall back. */
+export function tlsOptions(ssl: SslSettings, host: string): false | ConnectionOptions {
+  const files = { ...(ssl.ca ? { ca: ssl.ca } : {}), ...(ssl.cert ? { cert: ssl.cert } : {}), ...(ssl.key ? { key: ssl.key } : {}) }
+  switch (ssl.mode) {
+    case 'disable':
+      return false
+    case 'prefer':
+    case 'require':
+    case 'no-verify':
+      return { ...files, rejectUnauthorized: false }
+    case 'verify-ca':
+      return { ...files, rejectUnauthorized: true, checkServerIdentity: () => undefined }
+    case 'verify-full':
+      return { ...files, rejectUnauthorized: true, servername: host }
+  }
+}
+
+export async function createDatabase(config: DatabaseConfig = {}): Promise<Database> {
+  const env = config.env ?? process.env
+  const logger = config.logger ?? silentLogger
+  const resolved = resolveConnection(config.flags ?? {}, env)
+  const settings = { ...resolvePoolSettings(env), ...config.pool }
+  const applicationName = `pipeweave/${VERSION}${config.command ? ` ${config.command}` : ''}`.slice(0, 63)
+
+  let embedded: EmbeddedHandle | undefined
+  let target: ExternalTarget
+  if (resolved.kind === 'embedded') {
+    embedded = await acquireEmbeddedServer({ env, cwd: config.cwd ?? process.cwd(), applicationName, log: (m) => logger.info(m) })
+    const s = embedded.server
+    target = {
+      kind: 'external', source: 'DATABASE_URL', host: s.host, port: s.port, database: s.database,
+      user: s.user, password: s.password, ssl: { mode: 'disable', setting: 'the embedded server' },
+    }
+    logger.info(`using embedded PostgreSQL at ${s.dataDir} (set DATABASE_URL to use your own)`)
+  } else {
+    target = resolved
+  }
+  registerSecret(target.password)
+  if (config.database) target = { ...target, database: config.database }
+
+  try {
+    let ssl = tlsOptions(target.ssl, target.host)
+    const clientConfig = () => ({
+      host: target.host,
+      port: target.port,
+      database: target.database,
+      user: target.user,
+      password: target.password,
+      ssl,
+      application_name: applicationName,
+      connectionTimeoutMillis: settings.connectTimeoutMs,
+      ...(settings.statementTimeoutMs !== undefined ? { statement_timeout: settings.statementTimeoutMs } : {}),
+      ...(target.options ? { options: target.options } : {}),
+    })
+
+    if (config.verify !== false) {
+      // One real connection first: a bad setting fails here with a clear message, and `prefer`
+      // learns whether the server speaks TLS (node-postgres has no fallback of its own).
+      const probe = async () => {
+        const client = new Client(clientConfig())
+        client.on('error', () => undefined)
+        try {
+          await client.connect()
+        } finally {
+          await client.end().catch(() => undefined)
+        }
+      }
+      try {
+        await probe()
+      } catch (error) {
+        if (target.ssl.mode === 'prefer' && /does not support SSL/i.test(String((error as Error)?.message))) {
+          ssl = false
+          await probe()
+        } else {
+          throw error
+        }
+      }
+    }
+
+    const pool = new Pool({ ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs })
+    // An idle client's error (server restart) must not crash the process: the next query reports it.
+    pool.on('error', (error) => logger.debug(`idle database connection closed: ${error.message}`))
+    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, embedded)
+  } catch (error) {
+    await embedded?.release().catch(() => undefined)
+    throw toConnectionError(error, target, settings.connectTimeoutMs)
+  }
+}
+
+class PgDatabase implements Database {
+  readonly description: string
+  readonly embeddedDataDir?: string
+  private closed = false
+
+  constructor(
+    private readonly pool: Pool,
+    readonly target: ExternalTarget,
+    private readonly settings: PoolSettings,
+    readonly logger: Logger,
+    readonly applicationName: string,
+    readonly tls: boolean,
+    private readonly clientConfig: () => object,
+    private readonly embedded?: EmbeddedHandle,
+  ) {
+    this.description = describeTarget(target)
+    this.embeddedDataDir = embedded?.server.dataDir
+  }
+
+  query<R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]): Promise<QueryResult<R>> {
+    return timedQuery<R>(this.pool, statement, values, this)
+  }
+
+  async withClient<T>(fn: (client: TransactionClient) => Promise<T>): Promise<T> {
+    let client: PoolClient
+    try {
+      client = await this.pool.connect()
+    } catch (error) {
+      throw this.mapError(error)
+    }
+    let failure: unknown
+    try {
+      return await fn({ query: (s, v) => timedQuery(client, s, v, this) })
+    } catch (error) {
+      failure = error
+      throw error
+    } finally {
+      // A broken connection goes back with its error, so the pool destroys it (pg-pool).
+      client.release(failure !== undefined && isConnectionLoss(failure) ? (failure as Error) : undefined)
+    }
+  }
+
+  withTransaction<T>(fn: (tx: TransactionClient) => Promise<T>): Promise<T> {
+    return this.withClient(async (client) => {
+      await client.query('BEGIN')
+      try {
+        const result = await fn(client)
+        await client.query('COMMIT')
+        return result
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => undefined)
+        throw error
+      }
+    })
+  }
+
+  async newClient(): Promise<Client> {
+    const client = new Client(this.clientConfig())
+    client.on('error', (error) => this.logger.debug(`database connection closed: ${error.message}`))
+    try {
+      await client.connect()
+    } catch (error) {
+      await client.end().catch(() => undefined)
+      throw this.mapError(error)
+    }
+    return client
+  }
+
+  mapError(error: unknown): unknown {
+    return toConnectionError(error, this.target, this.settings.connectTimeoutMs)
+  }
+
+  slowQueryMs(): number {
+    return this.settings.slowQueryMs
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.pool.end().catch(() => undefined)
+    await this.embedded?.release()
+  }
+}
+
+async function timedQuery<R extends QueryResultRow>(
+  runner: { query: Pool['query'] },
+  statement: Statement | string,
+  values: unknown[] | undefined,
+  db: PgDatabase,
+): Promise<QueryResult<R>> {
+  const { name, text } = typeof statement === 'string' ? { name: 'sql', text: statement } : statement
+  const started = performance.now()
+  try {
+    // Unnamed statements only: named prepared statements do not survive a transaction pooler.
+    return await runner.query<R>({ text, values })
+  } catch (error) {
+    throw db.mapError(error)
+  } finally {
+    const ms = performance.now() - started
+    if (ms > db.slowQueryMs()) db.logger.warn(`slow query ${name} took ${Math.round(ms)} ms`, { statement: name, durationMs: Math.round(ms) })
+  }
+}
+
+/** A plain client (from newClient) seen through the same query interface, unnamed statements. */
+export function clientQueryable(client: Client): Queryable {
+  return {
+    query: <R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]) =>
+      client.query<R>({ text: typeof statement === 'string' ? statement : statement.text, values }),
+  }
+}
+
+export { SQLSTATE }

@@ -1,0 +1,136 @@
+/**
+ * The one formatter. Results go to stdout (exactly one JSON document with --json), diagnostics and
+ * progress to stderr. Colour and spinners only on a TTY, never with NO_COLOR; every line is masked.
+ * ora and cli-table3 are loaded only when a command draws one (start-up cost).
+ */
+import type { Logger, LogFields } from './logger'
+import { redact } from './redact'
+
+export interface Stream {
+  write(text: string): unknown
+  isTTY?: boolean
+}
+
+export interface Style {
+  bold(text: string): string
+  dim(text: string): string
+  green(text: string): string
+  yellow(text: string): string
+  red(text: string): string
+  cyan(text: string): string
+}
+
+const plain: Style = { bold: (t) => t, dim: (t) => t, green: (t) => t, yellow: (t) => t, red: (t) => t, cyan: (t) => t }
+
+export function colorEnabled(stream: Stream, env: Record<string, string | undefined> = process.env): boolean {
+  return Boolean(stream.isTTY) && env.NO_COLOR === undefined && env.TERM !== 'dumb'
+}
+
+export function styleFor(stream: Stream, env: Record<string, string | undefined> = process.env): Style {
+  if (!colorEnabled(stream, env)) return plain
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const chalk = require('chalk') as typeof import('chalk')
+  const c = new chalk.Instance({ level: 1 })
+  return { bold: c.bold, dim: c.dim, green: c.green, yellow: c.yellow, red: c.red, cyan: c.cyan }
+}
+
+export interface Spinner {
+  update(text: string): void
+  stop(): void
+}
+
+export class Output {
+  readonly style: Style
+  readonly errStyle: Style
+
+  constructor(
+    readonly stdout: Stream = process.stdout,
+    readonly stderr: Stream = process.stderr,
+    readonly env: Record<string, string | undefined> = process.env,
+  ) {
+    this.style = styleFor(stdout, env)
+    this.errStyle = styleFor(stderr, env)
+  }
+
+  /** A result line on stdout. */
+  line(text = ''): void {
+    this.stdout.write(`${redact(text)}\n`)
+  }
+
+  /** Exactly one JSON document on stdout. */
+  json(document: unknown): void {
+    this.stdout.write(`${redact(JSON.stringify(document, null, 2))}\n`)
+  }
+
+  /** A diagnostic line on stderr. */
+  note(text: string): void {
+    this.stderr.write(`${redact(text)}\n`)
+  }
+
+  table(head: string[], rows: Array<Array<string | number | null | undefined>>): void {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const Table = require('cli-table3') as typeof import('cli-table3')
+    const color = colorEnabled(this.stdout, this.env)
+    const table = new Table({
+      head: head.map((h) => (color ? this.style.bold(h) : h)),
+      style: { head: [], border: [], compact: false },
+      ...(color ? {} : { chars: ASCII_TABLE }),
+    })
+    for (const row of rows) table.push(row.map((cell) => (cell === null || cell === undefined ? '' : String(cell))))
+    this.line(table.toString())
+  }
+
+  /** Progress on stderr: an ora spinner on a TTY, nothing otherwise. */
+  spinner(text: string): Spinner {
+    if (!colorEnabled(this.stderr, this.env)) return { update: () => undefined, stop: () => undefined }
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const ora = require('ora') as typeof import('ora')
+    const spinner = ora({ text: redact(text), stream: this.stderr as NodeJS.WritableStream }).start()
+    return {
+      update: (t) => { spinner.text = redact(t) },
+      stop: () => { spinner.stop() },
+    }
+  }
+}
+
+const ASCII_TABLE = {
+  top: '-', 'top-mid': '+', 'top-left': '+', 'top-right': '+',
+  bottom: '-', 'bottom-mid': '+', 'bottom-left': '+', 'bottom-right': '+',
+  left: '|', 'left-mid': '+', mid: '-', 'mid-mid': '+',
+  right: '|', 'right-mid': '+', middle: '|',
+}
+
+/** Diagnostics of short commands: one plain line each on stderr. */
+export function stderrLogger(out: Output, verbose = false): Logger {
+  const write = (prefix: string) => (message: string) => out.note(prefix ? `${prefix}${message}` : message)
+  return {
+    debug: verbose ? write('debug: ') : () => undefined,
+    info: write(''),
+    warn: write(out.errStyle.yellow('warning: ')),
+    error: write(out.errStyle.red('error: ')),
+  }
+}
+
+export type LogFormat = 'pretty' | 'json'
+
+/** Logs of long-running processes: pretty lines on a TTY, JSON lines otherwise (SPEC §5). */
+export function processLogger(stream: Stream, format: LogFormat, verbose = false, env = process.env): Logger {
+  const style = styleFor(stream, env)
+  const emit = (level: 'debug' | 'info' | 'warn' | 'error') => (message: string, fields: LogFields = {}) => {
+    if (level === 'debug' && !verbose) return
+    if (format === 'json') {
+      stream.write(`${redact(JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...fields }))}\n`)
+      return
+    }
+    const time = style.dim(new Date().toISOString().slice(11, 23))
+    const tag = { debug: style.dim('debug'), info: style.cyan('info '), warn: style.yellow('warn '), error: style.red('error') }[level]
+    const extra = Object.entries(fields)
+      .filter(([key, value]) => value !== undefined && !PRETTY_HIDDEN.has(key))
+      .map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`)
+      .join(' ')
+    stream.write(`${redact(`${time} ${tag} ${message}${extra ? ` ${style.dim(extra)}` : ''}`)}\n`)
+  }
+  return { debug: emit('debug'), info: emit('info'), warn: emit('warn'), error: emit('error') }
+}
+
+const PRETTY_HIDDEN = new Set(['event'])

@@ -1,0 +1,96 @@
+/**
+ * Running the built CLI (bin/run.js) as a real process, the way operators and scripts do.
+ * The child gets a clean environment: no connection variable leaks in from the machine.
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+
+export const BIN = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
+
+const CONNECTION_VARS = /^(DATABASE_URL|DB_|PG|PIPEWEAVE_|NODE_ENV$|DEBUG$|MAX_CONCURRENCY$|POLL_INTERVAL_MS$|MAINTENANCE_CHECK_INTERVAL_MS$|SHUTDOWN_TIMEOUT_MS$|AUTO_MIGRATE$|ORCHESTRATOR_STALE_MS$)/
+
+/** The parent's environment without any connection or pipeweave setting, plus `extra`. */
+export function cleanEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const [key, value] of Object.entries(process.env)) {
+    if (!CONNECTION_VARS.test(key)) env[key] = value
+  }
+  env.NO_COLOR = '1'
+  // An accidental embedded start must never touch the repository's .pipeweave.
+  env.PIPEWEAVE_HOME = scratchHome()
+  for (const [key, value] of Object.entries(extra)) {
+    if (value === undefined) delete env[key]
+    else env[key] = value
+  }
+  return env
+}
+
+let home: string | undefined
+function scratchHome(): string {
+  if (!home) {
+    home = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-cli-home-'))
+    fs.chmodSync(home, 0o755)
+  }
+  return home
+}
+
+export interface CliResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
+export interface CliOptions {
+  env?: Record<string, string | undefined>
+  cwd?: string
+  input?: string
+  timeoutMs?: number
+}
+
+/** Run `pipeweave <args>` to completion. */
+export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
+  const child = startCli(args, options)
+  return child.done
+}
+
+export interface RunningCli {
+  child: ChildProcess
+  done: Promise<CliResult>
+  stdout(): string
+  stderr(): string
+}
+
+/** Start `pipeweave <args>` and return at once (long-running commands, signals). */
+export function startCli(args: string[], options: CliOptions = {}): RunningCli {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: cleanEnv(options.env),
+    cwd: options.cwd ?? os.tmpdir(),
+    stdio: ['pipe', 'pipe', 'pipe'],
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (chunk) => { stdout += chunk })
+  child.stderr!.on('data', (chunk) => { stderr += chunk })
+  if (options.input !== undefined) child.stdin!.end(options.input)
+  else child.stdin!.end()
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000)
+  const done = new Promise<CliResult>((resolve) => {
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      resolve({ code, signal, stdout, stderr })
+    })
+  })
+  return { child, done, stdout: () => stdout, stderr: () => stderr }
+}
+
+/** Parse the single JSON document a --json command printed. */
+export function json<T = Record<string, unknown>>(result: CliResult): T {
+  try {
+    return JSON.parse(result.stdout) as T
+  } catch {
+    throw new Error(`stdout is not one JSON document (exit ${result.code}):\n${result.stdout}\nstderr:\n${result.stderr}`)
+  }
+}

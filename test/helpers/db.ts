@@ -1,0 +1,71 @@
+/**
+ * A fresh database per test file, on the run's server (global-setup.ts). Tests talk to it through
+ * `admin` (a plain pg Pool, for setting up and checking rows) and through the CLI with `env`.
+ */
+import * as crypto from 'node:crypto'
+import { Pool, escapeIdentifier } from 'pg'
+
+export function adminUrl(): string {
+  const url = process.env.PIPEWEAVE_TEST_ADMIN_URL
+  if (!url) throw new Error('PIPEWEAVE_TEST_ADMIN_URL is not set: run the tests through jest (global-setup starts the server)')
+  return url
+}
+
+export function urlFor(database: string): string {
+  const url = new URL(adminUrl())
+  url.pathname = `/${database}`
+  return url.toString()
+}
+
+export interface TestDatabase {
+  name: string
+  url: string
+  /** A pool on the test database for arranging and asserting rows. */
+  pool: Pool
+  /** Environment that points the CLI at this database (and nowhere else). */
+  env: Record<string, string>
+  drop(): Promise<void>
+}
+
+const serverPool = () => new Pool({ connectionString: adminUrl(), max: 2 })
+
+/** Create an empty database; with `migrated`, apply pipeweave's migrations to it first. */
+export async function createTestDatabase(options: { migrated?: boolean; prefix?: string } = {}): Promise<TestDatabase> {
+  const name = `${options.prefix ?? 'pw_test'}_${crypto.randomBytes(6).toString('hex')}`
+  const server = serverPool()
+  try {
+    await server.query(`CREATE DATABASE ${escapeIdentifier(name)}`)
+  } finally {
+    await server.end()
+  }
+  const url = urlFor(name)
+  const pool = new Pool({ connectionString: url, max: 5 })
+  pool.on('error', () => undefined)
+  if (options.migrated) await migrate(url)
+  return {
+    name,
+    url,
+    pool,
+    env: { DATABASE_URL: url },
+    drop: async () => {
+      await pool.end().catch(() => undefined)
+      const admin = serverPool()
+      try {
+        await admin.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(name)} WITH (FORCE)`)
+      } finally {
+        await admin.end()
+      }
+    },
+  }
+}
+
+async function migrate(url: string): Promise<void> {
+  const { createDatabase } = await import('../../src/db/database')
+  const { runMigrations } = await import('../../src/api/migrations')
+  const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
+  try {
+    await runMigrations(db)
+  } finally {
+    await db.close()
+  }
+}
