@@ -83,7 +83,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
   }
 
   /** How this command connects: its flags, the environment, its name in application_name. */
-  protected databaseConfig(options: { command?: string } = {}): DatabaseConfig {
+  protected databaseConfig(options: { command?: string; logSlowQueries?: boolean } = {}): DatabaseConfig {
     return {
       flags: {
         url: this.flags.url, host: this.flags.host, port: this.flags.port, database: this.flags.database,
@@ -91,6 +91,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
       },
       command: options.command ?? this.id,
       logger: this.logger,
+      logSlowQueries: options.logSlowQueries,
     }
   }
 
@@ -107,6 +108,15 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
       })()
     }
     return this.db
+  }
+
+  /** The database, refused (exit 4) when its schema is missing or behind this pipeweave. */
+  protected async migratedDatabase(): Promise<Database> {
+    const db = await this.database()
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { assertSchemaReady } = require('./api/migrations') as typeof import('./api/migrations')
+    await assertSchemaReady(db)
+    return db
   }
 
   /** Register a cleanup; cleanups run once, last in first out, whatever happened. */

@@ -133,4 +133,4 @@ export function processLogger(stream: Stream, format: LogFormat, verbose = false
   return { debug: emit('debug'), info: emit('info'), warn: emit('warn'), error: emit('error') }
 }
 
-const PRETTY_HIDDEN = new Set(['event'])
+const PRETTY_HIDDEN = new Set(['event', 'runId', 'status', 'orchestratorId'])

@@ -298,3 +298,26 @@ export function lineColumn(text: string, position: number): string {
   return `line ${lines.length}, column ${lines[lines.length - 1].length + 1}`
 }
 
+
+/**
+ * Refuse (exit 4) to work on a database whose schema is missing or behind this pipeweave, with
+ * the command that fixes it, instead of failing later on a missing table or function. A schema
+ * ahead of this binary is allowed here (`run` applies its own stricter rule).
+ */
+export async function assertSchemaReady(db: Pick<Database, 'query'>, dir = MIGRATIONS_DIR): Promise<void> {
+  const { rows: [state] } = await db.query<{ exists: boolean }>(sql.migrationsTableExists)
+  const current = state.exists
+    ? (await db.query<{ version: number | null }>(sql.currentVersion)).rows[0].version ?? 0
+    : 0
+  if (current === 0) {
+    throw new RefusedError('NOT_INITIALIZED', 'the database is not initialized: it has no pipeweave schema', {
+      hint: 'run `pipeweave db:init`',
+    })
+  }
+  const pending = readMigrationFiles(dir).files.filter((f) => f.id > current)
+  if (pending.length > 0) {
+    throw new RefusedError('MIGRATIONS_PENDING', `the database schema is behind this pipeweave: ${pending.length} migration(s) pending (${pending.map((f) => f.fileName).join(', ')})`, {
+      hint: 'run `pipeweave db:migrate`',
+    })
+  }
+}

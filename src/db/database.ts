@@ -35,6 +35,8 @@ export interface DatabaseConfig {
   pool?: Partial<PoolSettings>
   /** Check the connection at once (default true), so that a bad setting fails before any work. */
   verify?: boolean
+  /** Log queries slower than DB_SLOW_QUERY_MS as warnings (long-running processes). */
+  logSlowQueries?: boolean
 }
 
 export interface Database {
@@ -84,6 +86,7 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
   const logger = config.logger ?? silentLogger
   const resolved = resolveConnection(config.flags ?? {}, env)
   const settings = { ...resolvePoolSettings(env), ...config.pool }
+  if (!config.logSlowQueries) settings.slowQueryMs = Infinity
   const applicationName = `pipeweave/${VERSION}${config.command ? ` ${config.command}` : ''}`.slice(0, 63)
 
   let embedded: EmbeddedHandle | undefined

@@ -35,3 +35,8 @@ export const appliedMigrationsWithoutLog: Statement = {
   text: `SELECT id, name, hash, NULL::timestamptz AS applied_at, NULL::float8 AS duration_ms
            FROM migrations WHERE id > 0 ORDER BY id`,
 }
+
+export const currentVersion: Statement = {
+  name: 'current_schema_version',
+  text: `SELECT max(id) AS version FROM migrations WHERE id > 0`,
+}

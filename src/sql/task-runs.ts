@@ -51,3 +51,47 @@ export const countFinishedDeletable: Statement = {
             AND r.completed_at < $1::timestamptz
             AND NOT EXISTS (SELECT 1 FROM dlq d WHERE d.task_run_id = r.id)`,
 }
+
+/** Enqueue one run through the gate (migration 002 pipeweave_enqueue). */
+export const enqueue: Statement = {
+  name: 'enqueue_run',
+  text: `SELECT run_id, deduplicated
+           FROM pipeweave_enqueue($1::text, $2::jsonb, $3::int, $4::text, $5::bigint, $6::text, $7::text)`,
+}
+
+/** Claim up to $2 due runs for orchestrator $1 (migration 002 pipeweave_claim_runs; task_runs_claim_idx). */
+export const claim: Statement = {
+  name: 'claim_due_runs',
+  text: `SELECT * FROM pipeweave_claim_runs($1::text, $2::int)`,
+}
+
+/** Complete a run held by orchestrator $2: output, idempotency cache, follow-ups, in one transaction. */
+export const complete: Statement = {
+  name: 'complete_run',
+  text: `SELECT completed, mode, follow_ups, ignored_next
+           FROM pipeweave_complete_run($1::text, $2::text, $3::jsonb, $4::text[], $5::boolean)`,
+}
+
+/** A failed attempt of a run held by orchestrator $2: retry with backoff, or fail into the DLQ. */
+export const fail: Statement = {
+  name: 'fail_run',
+  text: `SELECT outcome, attempt, scheduled_for, mode
+           FROM pipeweave_fail_run($1::text, $2::text, $3::text, $4::text, $5::boolean, $6::boolean)`,
+}
+
+/** Graceful shutdown: runs of orchestrator $1 that did not finish go back to pending, keeping their attempt. */
+export const release: Statement = {
+  name: 'release_runs',
+  text: `UPDATE task_runs
+            SET status = 'pending', started_at = NULL, heartbeat_at = NULL, orchestrator_id = NULL
+          WHERE id = ANY ($2::text[]) AND status = 'running' AND orchestrator_id = $1::text
+          RETURNING id`,
+}
+
+/** Is there anything left to do: a due pending or a running run (--until-idle); task_runs_active_idx. */
+export const workRemains: Statement = {
+  name: 'work_remains',
+  text: `SELECT EXISTS (SELECT 1 FROM task_runs r
+                         WHERE r.status = 'running'
+                            OR (r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))) AS remains`,
+}

@@ -1,0 +1,474 @@
+-- The maintenance gate and the life cycle of a task run (SPEC §4, §5), as functions so that each
+-- step is one round trip and one transaction, and works through a transaction pooler (only
+-- transaction-level locks, no session state).
+--
+-- The gate is the advisory lock 7020304957001 (src/sql/locks.ts MODE_GATE_LOCK):
+--   * enqueue and claim take it SHARED, then read the mode in a new statement, so the mode they
+--     read is at least as new as any change that committed before they got the lock;
+--   * every mode change takes it EXCLUSIVE (in the trigger below, so a runbook's UPDATE waits its
+--     turn too), which waits for every enqueue and claim in flight and holds off new ones.
+-- Lock order everywhere a mode change is made: the orchestrator_state row first, then the gate.
+-- Enqueue and claim never lock that row, so the two orders cannot deadlock.
+
+-- ---------------------------------------------------------------------------------------------
+-- Mode changes: the gate, mode_changed_at, and one maintenance_events row per actual change.
+-- pipeweave sets `pipeweave.actor` / `pipeweave.reason` (transaction-local) before it changes the
+-- mode; a change made directly in SQL has neither, and is recorded with the database user and
+-- application_name as actor.
+CREATE FUNCTION pipeweave_mode_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  v_actor  text := NULLIF(current_setting('pipeweave.actor', true), '');
+  v_reason text := NULLIF(current_setting('pipeweave.reason', true), '');
+BEGIN
+  IF NEW.mode IS NOT DISTINCT FROM OLD.mode THEN
+    RETURN NEW;
+  END IF;
+  PERFORM pg_advisory_xact_lock(7020304957001);
+  NEW.mode_changed_at := clock_timestamp();
+  IF v_actor IS NULL THEN
+    v_actor := current_user || ' (' || COALESCE(NULLIF(current_setting('application_name', true), ''), 'sql') || ')';
+    -- A runbook UPDATE that did not set a reason must not inherit the previous one.
+    IF NEW.reason IS NOT DISTINCT FROM OLD.reason THEN
+      NEW.reason := NULL;
+    END IF;
+  ELSE
+    NEW.reason := v_reason;
+  END IF;
+  INSERT INTO maintenance_events (from_mode, to_mode, at, actor, reason)
+  VALUES (OLD.mode, NEW.mode, NEW.mode_changed_at, v_actor, NEW.reason);
+  -- Orchestrators LISTEN on this: a resume after maintenance:exit is immediate.
+  PERFORM pg_notify('pipeweave_mode', NEW.mode);
+  RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER pipeweave_mode_changed BEFORE UPDATE OF mode ON orchestrator_state
+  FOR EACH ROW EXECUTE FUNCTION pipeweave_mode_changed();
+
+-- ---------------------------------------------------------------------------------------------
+-- Enqueue (tasks:enqueue, enqueueTask). Refused unless the mode is `running` (SQLSTATE PWMNT),
+-- unknown task PWTSK. Idempotency (SPEC §5): an unexpired cache entry, or a pending/running run
+-- with the same (task, key), is returned instead of a new run; the partial unique index
+-- task_runs_idempotency_active_uidx decides between concurrent enqueues, not a read-then-insert.
+CREATE FUNCTION pipeweave_enqueue(
+  p_task_id text,
+  p_input jsonb,
+  p_priority integer,
+  p_idempotency_key text,
+  p_delay_ms bigint,
+  p_input_path text,
+  p_pipeline_run_id text
+) RETURNS TABLE (run_id text, deduplicated boolean) LANGUAGE plpgsql AS $$
+DECLARE
+  v_mode text;
+  v_priority integer;
+  v_id text;
+BEGIN
+  PERFORM pg_advisory_xact_lock_shared(7020304957001);
+  -- A new statement, so a new snapshot: taken after the gate, it sees any committed mode change.
+  SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton';
+  IF v_mode IS DISTINCT FROM 'running' THEN
+    RAISE EXCEPTION 'new task runs are refused: the mode is %', v_mode USING ERRCODE = 'PWMNT', DETAIL = v_mode;
+  END IF;
+  SELECT t.priority INTO v_priority FROM tasks t WHERE t.id = p_task_id;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'unknown task %', p_task_id USING ERRCODE = 'PWTSK';
+  END IF;
+  LOOP
+    IF p_idempotency_key IS NOT NULL THEN
+      SELECT c.task_run_id INTO v_id FROM idempotency_cache c
+       WHERE c.task_id = p_task_id AND c.idempotency_key = p_idempotency_key AND c.expires_at > now();
+      IF FOUND THEN
+        RETURN QUERY SELECT v_id, true;
+        RETURN;
+      END IF;
+    END IF;
+    INSERT INTO task_runs (task_id, input, priority, idempotency_key, scheduled_for, input_path, pipeline_run_id)
+    VALUES (p_task_id, p_input, COALESCE(p_priority, v_priority), p_idempotency_key,
+            CASE WHEN p_delay_ms > 0 THEN clock_timestamp() + p_delay_ms * interval '1 millisecond' END,
+            p_input_path, p_pipeline_run_id)
+    ON CONFLICT (task_id, idempotency_key)
+      WHERE idempotency_key IS NOT NULL AND status IN ('pending', 'running')
+    DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NOT NULL THEN
+      IF COALESCE(p_delay_ms, 0) <= 0 THEN
+        PERFORM pg_notify('pipeweave_runs', '');
+      END IF;
+      RETURN QUERY SELECT v_id, false;
+      RETURN;
+    END IF;
+    SELECT r.id INTO v_id FROM task_runs r
+     WHERE r.task_id = p_task_id AND r.idempotency_key = p_idempotency_key AND r.status IN ('pending', 'running');
+    IF FOUND THEN
+      RETURN QUERY SELECT v_id, true;
+      RETURN;
+    END IF;
+    -- The run holding the key finished between our insert and our look: go round again
+    -- (its output may be in the cache by now).
+  END LOOP;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Claim (SPEC §5): at most p_limit due pending runs, lowest priority then oldest, never while the
+-- mode is `maintenance`, and never more running runs of a task than its `concurrency` (0 = no
+-- limit) across all orchestrators. Rows are taken FOR UPDATE SKIP LOCKED, so orchestrators claim
+-- side by side; SKIP LOCKED cannot enforce a count, so a limited task is claimed only under its
+-- own transaction-level advisory lock (class 70203): counting and claiming are one step. A task
+-- whose lock another orchestrator holds right now is skipped this round, not waited for.
+-- Unlimited tasks take no such lock.
+CREATE FUNCTION pipeweave_claim_runs(p_orchestrator_id text, p_limit integer)
+RETURNS TABLE (
+  id text, task_id text, pipeline_run_id text, attempt integer, priority integer, input jsonb,
+  input_path text, previous_attempts jsonb, idempotency_key text, created_at timestamptz,
+  started_at timestamptz, service_id text, base_url text, code_version integer, code_hash text,
+  timeout_seconds integer, cached boolean, cached_output jsonb
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_mode text;
+  v_limited_ids text[];
+  v_task record;
+  v_room integer;
+  v_picked_ids text[] := '{}';
+  v_picked_priority integer[] := '{}';
+  v_picked_created timestamptz[] := '{}';
+  v_row record;
+BEGIN
+  IF p_limit IS NULL OR p_limit <= 0 THEN
+    RETURN;
+  END IF;
+  PERFORM pg_advisory_xact_lock_shared(7020304957001);
+  SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton';
+  IF v_mode = 'maintenance' THEN
+    RETURN;
+  END IF;
+
+  SELECT COALESCE(array_agg(t.id), '{}') INTO v_limited_ids FROM tasks t WHERE t.concurrency > 0;
+  FOR v_task IN
+    SELECT t.id, t.concurrency FROM tasks t
+     WHERE t.concurrency > 0
+       AND EXISTS (SELECT 1 FROM task_runs r                    -- task_runs_claim_task_idx
+                    WHERE r.task_id = t.id AND r.status = 'pending'
+                      AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))
+     ORDER BY t.id
+  LOOP
+    CONTINUE WHEN NOT pg_try_advisory_xact_lock(70203, hashtext(v_task.id));
+    SELECT v_task.concurrency - count(*) INTO v_room            -- task_runs_active_idx
+      FROM task_runs r WHERE r.status = 'running' AND r.task_id = v_task.id;
+    CONTINUE WHEN v_room <= 0;
+    FOR v_row IN
+      SELECT r.id, r.priority, r.created_at FROM task_runs r     -- task_runs_claim_task_idx
+       WHERE r.task_id = v_task.id AND r.status = 'pending'
+         AND (r.scheduled_for IS NULL OR r.scheduled_for <= now())
+       ORDER BY r.priority, r.created_at
+       LIMIT LEAST(v_room, p_limit)
+       FOR UPDATE SKIP LOCKED
+    LOOP
+      v_picked_ids := v_picked_ids || v_row.id;
+      v_picked_priority := v_picked_priority || v_row.priority;
+      v_picked_created := v_picked_created || v_row.created_at;
+    END LOOP;
+  END LOOP;
+
+  RETURN QUERY
+  WITH open_tasks AS (                                           -- task_runs_claim_idx
+    SELECT r.id, r.priority, r.created_at FROM task_runs r
+     WHERE r.status = 'pending'
+       AND (r.scheduled_for IS NULL OR r.scheduled_for <= now())
+       AND r.task_id <> ALL (v_limited_ids)
+     ORDER BY r.priority, r.created_at
+     LIMIT p_limit
+     FOR UPDATE SKIP LOCKED
+  ), candidates AS (
+    SELECT o.id, o.priority, o.created_at FROM open_tasks o
+    UNION ALL
+    SELECT * FROM unnest(v_picked_ids, v_picked_priority, v_picked_created)
+  ), chosen AS (
+    SELECT c.id FROM candidates c ORDER BY c.priority, c.created_at LIMIT p_limit
+  ), claimed AS (
+    UPDATE task_runs r
+       SET status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
+           orchestrator_id = p_orchestrator_id
+      FROM chosen
+     WHERE r.id = chosen.id
+    RETURNING r.*
+  )
+  SELECT c.id, c.task_id, c.pipeline_run_id, c.attempt, c.priority, c.input, c.input_path,
+         c.previous_attempts, c.idempotency_key, c.created_at, c.started_at, t.service_id, s.base_url,
+         t.code_version, t.code_hash, t.timeout_seconds, ic.task_id IS NOT NULL, ic.output
+    FROM claimed c
+    JOIN tasks t ON t.id = c.task_id
+    JOIN services s ON s.id = t.service_id
+    LEFT JOIN idempotency_cache ic
+      ON ic.task_id = c.task_id AND ic.idempotency_key = c.idempotency_key AND ic.expires_at > now()
+   ORDER BY c.priority, c.created_at;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Complete (SPEC §5): one transaction marks the run completed, fills the idempotency cache, and
+-- creates the pipeline's follow-up runs (allowed ones only; created in any mode: they belong to
+-- the work in flight and hold a drain). Fenced on the orchestrator: a run that was handed to
+-- another orchestrator (its holder looked dead) is not overwritten; `completed` is then false.
+CREATE FUNCTION pipeweave_complete_run(
+  p_run_id text,
+  p_orchestrator_id text,
+  p_output jsonb,
+  p_run_next text[],
+  p_from_cache boolean
+) RETURNS TABLE (completed boolean, mode text, follow_ups text[], ignored_next text[]) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_run record;
+  v_task record;
+  v_follow_ups text[] := '{}';
+  v_ignored text[] := '{}';
+  v_next text;
+  v_next_priority integer;
+  v_id text;
+BEGIN
+  UPDATE task_runs r
+     SET status = 'completed', output = p_output, completed_at = clock_timestamp(), heartbeat_at = clock_timestamp()
+   WHERE r.id = p_run_id AND r.status = 'running' AND r.orchestrator_id IS NOT DISTINCT FROM p_orchestrator_id
+  RETURNING r.id, r.task_id, r.idempotency_key, r.pipeline_run_id INTO v_run;
+  IF NOT FOUND THEN
+    RETURN QUERY SELECT false, (SELECT s.mode FROM orchestrator_state s WHERE s.id = 'singleton'), v_follow_ups, v_ignored;
+    RETURN;
+  END IF;
+  SELECT t.idempotency_ttl_seconds, t.allowed_next INTO v_task FROM tasks t WHERE t.id = v_run.task_id;
+
+  IF v_run.idempotency_key IS NOT NULL AND COALESCE(v_task.idempotency_ttl_seconds, 0) > 0 AND NOT p_from_cache THEN
+    INSERT INTO idempotency_cache (task_id, idempotency_key, task_run_id, output, cached_at, expires_at)
+    VALUES (v_run.task_id, v_run.idempotency_key, v_run.id, p_output, now(),
+            now() + v_task.idempotency_ttl_seconds * interval '1 second')
+    ON CONFLICT (task_id, idempotency_key) DO UPDATE
+      SET task_run_id = EXCLUDED.task_run_id, output = EXCLUDED.output,
+          cached_at = EXCLUDED.cached_at, expires_at = EXCLUDED.expires_at;
+  END IF;
+
+  FOREACH v_next IN ARRAY COALESCE(p_run_next, '{}') LOOP
+    SELECT t.priority INTO v_next_priority FROM tasks t WHERE t.id = v_next;
+    IF NOT FOUND OR NOT (v_next = ANY (v_task.allowed_next)) THEN
+      v_ignored := v_ignored || v_next;
+      CONTINUE;
+    END IF;
+    INSERT INTO task_runs (task_id, input, priority, pipeline_run_id, parent_run_id)
+    VALUES (v_next, p_output, v_next_priority, v_run.pipeline_run_id, v_run.id)
+    RETURNING id INTO v_id;
+    v_follow_ups := v_follow_ups || v_id;
+  END LOOP;
+  IF cardinality(v_follow_ups) > 0 THEN
+    PERFORM pg_notify('pipeweave_runs', '');
+  END IF;
+
+  RETURN QUERY SELECT true, (SELECT s.mode FROM orchestrator_state s WHERE s.id = 'singleton'), v_follow_ups, v_ignored;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- A failed attempt (SPEC §5). Retryable with attempts left: the same row goes back to `pending`
+-- with attempt + 1, the failure appended to previous_attempts, and scheduled_for = now + delay
+-- (fixed: retry_delay_ms; exponential: min(max_retry_delay_ms, retry_delay_ms × 2^(attempt−1))).
+-- Otherwise the run ends `failed` (or `timeout` when the last attempt timed out) and one dlq row is
+-- written in the same transaction. p_orchestrator_id fences like completion; NULL (the reaper)
+-- does not fence. outcome: retried | failed | timeout | fenced.
+CREATE FUNCTION pipeweave_fail_run(
+  p_run_id text,
+  p_orchestrator_id text,
+  p_error text,
+  p_error_code text,
+  p_retryable boolean,
+  p_timed_out boolean
+) RETURNS TABLE (outcome text, attempt integer, scheduled_for timestamptz, mode text) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_run record;
+  v_task record;
+  v_failure jsonb;
+  v_delay_ms double precision;
+  v_at timestamptz := clock_timestamp();
+  v_mode text;
+  v_held boolean;
+BEGIN
+  SELECT r.id, r.task_id, r.attempt, r.previous_attempts INTO v_run
+    FROM task_runs r
+   WHERE r.id = p_run_id AND r.status = 'running'
+     AND (p_orchestrator_id IS NULL OR r.orchestrator_id = p_orchestrator_id)
+     FOR UPDATE;
+  v_held := FOUND;
+  SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton';
+  IF NOT v_held THEN
+    RETURN QUERY SELECT 'fenced'::text, NULL::integer, NULL::timestamptz, v_mode;
+    RETURN;
+  END IF;
+  SELECT t.retries, t.retry_backoff, t.retry_delay_ms, t.max_retry_delay_ms INTO v_task
+    FROM tasks t WHERE t.id = v_run.task_id;
+  v_failure := jsonb_build_object('attempt', v_run.attempt, 'error', p_error, 'errorCode', p_error_code, 'at', v_at);
+
+  IF p_retryable AND v_run.attempt < 1 + v_task.retries THEN
+    v_delay_ms := CASE v_task.retry_backoff
+      WHEN 'fixed' THEN v_task.retry_delay_ms
+      ELSE LEAST(v_task.max_retry_delay_ms::double precision, v_task.retry_delay_ms * power(2, v_run.attempt - 1))
+    END;
+    UPDATE task_runs r
+       SET status = 'pending', attempt = r.attempt + 1,
+           previous_attempts = r.previous_attempts || jsonb_build_array(v_failure),
+           error = p_error, error_code = p_error_code,
+           scheduled_for = CASE WHEN v_delay_ms > 0 THEN v_at + v_delay_ms * interval '1 millisecond' END,
+           started_at = NULL, heartbeat_at = NULL, orchestrator_id = NULL
+     WHERE r.id = v_run.id;
+    IF v_delay_ms <= 0 THEN
+      PERFORM pg_notify('pipeweave_runs', '');
+    END IF;
+    RETURN QUERY SELECT 'retried'::text, v_run.attempt + 1,
+      CASE WHEN v_delay_ms > 0 THEN v_at + v_delay_ms * interval '1 millisecond' END, v_mode;
+    RETURN;
+  END IF;
+
+  UPDATE task_runs r
+     SET status = CASE WHEN p_timed_out THEN 'timeout' ELSE 'failed' END,
+         error = p_error, error_code = p_error_code, completed_at = v_at, heartbeat_at = v_at
+   WHERE r.id = v_run.id;
+  INSERT INTO dlq (task_run_id, task_id, error, error_code, attempts, previous_attempts, failed_at)
+  VALUES (v_run.id, v_run.task_id, p_error, p_error_code, v_run.attempt,
+          v_run.previous_attempts || jsonb_build_array(v_failure), v_at);
+  RETURN QUERY SELECT CASE WHEN p_timed_out THEN 'timeout' ELSE 'failed' END, v_run.attempt, NULL::timestamptz, v_mode;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Crash recovery (SPEC §5): orchestrators whose heartbeat is older than p_stale_ms leave the
+-- table, and every run still `running` without a live holder is failed with "orchestrator lost"
+-- through pipeweave_fail_run: it uses up its attempt, so a run that kills its orchestrator every
+-- time ends in the DLQ instead of looping. Returns how many runs were handed back or dead-lettered.
+CREATE FUNCTION pipeweave_return_lost_runs(p_stale_ms integer) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+  v_id text;
+  v_count integer := 0;
+BEGIN
+  DELETE FROM orchestrators o WHERE o.heartbeat_at < now() - p_stale_ms * interval '1 millisecond';
+  FOR v_id IN
+    SELECT r.id FROM task_runs r                                 -- task_runs_active_idx
+     WHERE r.status = 'running'
+       AND NOT EXISTS (SELECT 1 FROM orchestrators o WHERE o.id = r.orchestrator_id)
+       FOR UPDATE SKIP LOCKED
+  LOOP
+    PERFORM pipeweave_fail_run(v_id, NULL, 'orchestrator lost', 'ORCHESTRATOR_LOST', true, false);
+    v_count := v_count + 1;
+  END LOOP;
+  RETURN v_count;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- The drain check (SPEC §4), run by every live orchestrator on its interval and after each run it
+-- finishes while draining, and by every maintenance:* command: hand back runs of dead
+-- orchestrators, then, in `waiting_for_maintenance` with no due pending and no running run, move
+-- to `maintenance`. The final count runs under the exclusive gate and in one statement (one
+-- snapshot): a parent completing concurrently is either still `running` or already committed
+-- together with its follow-ups, never neither.
+CREATE FUNCTION pipeweave_drain_check(p_stale_ms integer, p_actor text)
+RETURNS TABLE (mode text, changed boolean, lost_runs integer) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_lost integer;
+  v_mode text;
+  v_reason text;
+BEGIN
+  v_lost := pipeweave_return_lost_runs(p_stale_ms);
+  SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton';
+  IF v_mode <> 'waiting_for_maintenance' OR EXISTS (
+       SELECT 1 FROM task_runs r
+        WHERE r.status = 'running'
+           OR (r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))) THEN
+    -- Cheap answer first, without locks: most checks find the drain still busy.
+    RETURN QUERY SELECT v_mode, false, v_lost;
+    RETURN;
+  END IF;
+  SELECT s.mode, s.reason INTO v_mode, v_reason FROM orchestrator_state s WHERE s.id = 'singleton' FOR UPDATE;
+  PERFORM pg_advisory_xact_lock(7020304957001);
+  IF v_mode <> 'waiting_for_maintenance' OR EXISTS (
+       SELECT 1 FROM task_runs r
+        WHERE r.status = 'running'
+           OR (r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))) THEN
+    RETURN QUERY SELECT v_mode, false, v_lost;
+    RETURN;
+  END IF;
+  PERFORM set_config('pipeweave.actor', p_actor, true);
+  PERFORM set_config('pipeweave.reason', COALESCE(v_reason, ''), true);
+  UPDATE orchestrator_state s SET mode = 'maintenance' WHERE s.id = 'singleton';
+  RETURN QUERY SELECT 'maintenance'::text, true, v_lost;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- maintenance:request: running → waiting_for_maintenance, then the drain check in the same
+-- transaction (an already drained system records both changes at once). A no-op otherwise.
+CREATE FUNCTION pipeweave_request_maintenance(p_actor text, p_reason text, p_stale_ms integer)
+RETURNS TABLE (mode text, changed boolean) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_mode text;
+  v_changed boolean := false;
+  v_check record;
+BEGIN
+  SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton' FOR UPDATE;
+  IF v_mode = 'running' THEN
+    PERFORM set_config('pipeweave.actor', p_actor, true);
+    PERFORM set_config('pipeweave.reason', COALESCE(p_reason, ''), true);
+    UPDATE orchestrator_state s SET mode = 'waiting_for_maintenance' WHERE s.id = 'singleton';
+    v_changed := true;
+  END IF;
+  SELECT * INTO v_check FROM pipeweave_drain_check(p_stale_ms, p_actor);
+  RETURN QUERY SELECT v_check.mode, v_changed OR v_check.changed;
+END
+$$;
+
+-- maintenance:enter: to `maintenance` now, only when no run is `running` (runs of dead
+-- orchestrators are handed back first). running_runs > 0 means refused, nothing changed.
+CREATE FUNCTION pipeweave_enter_maintenance(p_actor text, p_reason text, p_stale_ms integer)
+RETURNS TABLE (mode text, changed boolean, running_runs integer) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_mode text;
+  v_running integer;
+BEGIN
+  SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton' FOR UPDATE;
+  PERFORM pipeweave_return_lost_runs(p_stale_ms);
+  PERFORM pg_advisory_xact_lock(7020304957001);
+  SELECT count(*)::integer INTO v_running FROM task_runs r WHERE r.status = 'running';
+  IF v_running > 0 THEN
+    RETURN QUERY SELECT v_mode, false, v_running;
+    RETURN;
+  END IF;
+  IF v_mode = 'maintenance' THEN
+    RETURN QUERY SELECT v_mode, false, 0;
+    RETURN;
+  END IF;
+  PERFORM set_config('pipeweave.actor', p_actor, true);
+  PERFORM set_config('pipeweave.reason', COALESCE(p_reason, ''), true);
+  UPDATE orchestrator_state s SET mode = 'maintenance' WHERE s.id = 'singleton';
+  RETURN QUERY SELECT 'maintenance'::text, true, 0;
+END
+$$;
+
+-- maintenance:exit: back to `running` from any mode; a no-op when already running.
+CREATE FUNCTION pipeweave_exit_maintenance(p_actor text, p_reason text)
+RETURNS TABLE (mode text, changed boolean) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_mode text;
+BEGIN
+  SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton' FOR UPDATE;
+  IF v_mode = 'running' THEN
+    RETURN QUERY SELECT v_mode, false;
+    RETURN;
+  END IF;
+  PERFORM set_config('pipeweave.actor', p_actor, true);
+  PERFORM set_config('pipeweave.reason', COALESCE(p_reason, ''), true);
+  UPDATE orchestrator_state s SET mode = 'running' WHERE s.id = 'singleton';
+  RETURN QUERY SELECT 'running'::text, true;
+END
+$$;

@@ -1,0 +1,56 @@
+/** enqueueTask (SPEC §5, §6): one run through the maintenance gate, deduplicated by idempotency key. */
+import type { Queryable } from '../db/database'
+import { MaintenanceModeError, UsageError } from '../errors'
+import * as runs from '../sql/task-runs'
+
+export interface EnqueueOptions {
+  taskId: string
+  input?: unknown
+  /** Lower runs first; the task's priority when not given. */
+  priority?: number
+  idempotencyKey?: string
+  /** Not before this many milliseconds from now. */
+  delayMs?: number
+  inputPath?: string
+  pipelineRunId?: string
+}
+
+export interface EnqueueResult {
+  runId: string
+  /** An existing run (or cached result) holds this idempotency key: nothing was created. */
+  deduplicated: boolean
+}
+
+export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promise<EnqueueResult> {
+  if (!options.taskId) throw new UsageError('TASK_ID_REQUIRED', 'a task id is required')
+  if (options.priority !== undefined && !Number.isInteger(options.priority)) {
+    throw new UsageError('INVALID_PRIORITY', `priority must be a whole number, not ${options.priority}`)
+  }
+  if (options.delayMs !== undefined && !(Number.isInteger(options.delayMs) && options.delayMs >= 0)) {
+    throw new UsageError('INVALID_DELAY', `delay must be a whole number of milliseconds, 0 or more, not ${options.delayMs}`)
+  }
+  try {
+    const { rows: [row] } = await db.query<{ run_id: string; deduplicated: boolean }>(runs.enqueue, [
+      options.taskId,
+      options.input === undefined ? null : JSON.stringify(options.input),
+      options.priority ?? null,
+      options.idempotencyKey ?? null,
+      options.delayMs ?? 0,
+      options.inputPath ?? null,
+      options.pipelineRunId ?? null,
+    ])
+    return { runId: row.run_id, deduplicated: row.deduplicated }
+  } catch (error) {
+    throw mapEnqueueError(error, options.taskId)
+  }
+}
+
+/** The SQLSTATEs raised by pipeweave_enqueue (migration 002). */
+export function mapEnqueueError(error: unknown, taskId: string): unknown {
+  const e = error as { code?: string; detail?: string }
+  if (e?.code === 'PWMNT') return new MaintenanceModeError(e.detail ?? 'not running')
+  if (e?.code === 'PWTSK') {
+    return new UsageError('UNKNOWN_TASK', `unknown task "${taskId}"`, { hint: 'register it with `pipeweave services:register FILE` (services:list shows the known tasks)' })
+  }
+  return error
+}

@@ -1,0 +1,39 @@
+import { Flags } from '@oclif/core'
+import { BaseCommand } from '../../base-command'
+import { requestMaintenance, type TransitionResult } from '../../maintenance/maintenance'
+import { renderStatus } from '../../maintenance/render'
+import { waitForMaintenance } from '../../maintenance/wait'
+
+export default class MaintenanceRequest extends BaseCommand<typeof MaintenanceRequest, TransitionResult> {
+  static summary = 'Ask for maintenance: refuse new tasks, let the work in flight finish, then enter maintenance.'
+  static description = `running → waiting_for_maintenance, or straight to maintenance when nothing is due or running.
+Safe to repeat in any mode. With --wait, blocks until the mode is maintenance; past --timeout it exits 5 and the
+request stands (new tasks stay refused) until \`maintenance:exit\` withdraws it.`
+  static examples = [
+    { command: '<%= config.bin %> <%= command.id %> --reason "deploy 1.4" --wait --timeout 600', description: 'A deploy script: drain, for at most 10 minutes.' },
+    { command: '<%= config.bin %> <%= command.id %>', description: 'Start draining and return at once.' },
+  ]
+  static flags = {
+    reason: Flags.string({ summary: 'Why; recorded in the history and shown by maintenance:status.' }),
+    wait: Flags.boolean({ summary: 'Block until the mode is maintenance.' }),
+    timeout: Flags.integer({ summary: 'With --wait: give up after this many seconds (exit 5).', min: 0, dependsOn: ['wait'] }),
+  }
+
+  protected async execute(): Promise<TransitionResult> {
+    const db = await this.migratedDatabase()
+    const result = await requestMaintenance(db, { reason: this.flags.reason })
+    if (!this.flags.wait || result.mode === 'maintenance') return result
+    const spinner = this.out.spinner('Draining…')
+    this.onRelease(async () => spinner.stop())
+    const status = await waitForMaintenance(db, {
+      timeoutMs: this.flags.timeout === undefined ? undefined : this.flags.timeout * 1000,
+      onProgress: (s) => spinner.update(`Draining: ${s.runningTasks} running, ${s.pendingTasks} pending, ${s.scheduledTasks} scheduled, ${s.liveOrchestrators} orchestrator(s) alive`),
+    })
+    spinner.stop()
+    return { ...status, changed: true }
+  }
+
+  protected render(result: TransitionResult): void {
+    renderStatus(this.out, result)
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * The worker protocol (SPEC §5): POST {baseUrl}/tasks/{taskId} with the run as JSON, optionally
+ * signed, aborted after the task's timeout, over keep-alive connections. Classifies the answer;
+ * knows nothing of the database.
+ */
+import * as crypto from 'node:crypto'
+import * as http from 'node:http'
+import * as https from 'node:https'
+
+export interface DispatchRequest {
+  runId: string
+  taskId: string
+  pipelineRunId: string | null
+  attempt: number
+  codeVersion: number
+  codeHash: string | null
+  input: unknown
+  inputPath: string | null
+  previousAttempts: unknown[]
+  timeoutMs: number
+  idempotencyKey: string | null
+}
+
+export type DispatchResult =
+  | { kind: 'completed'; output: unknown; runNext: string[]; status: number }
+  | { kind: 'failed'; error: string; code: string; retryable: boolean; timedOut: boolean; status?: number }
+  /** Stopped by shutdown before an answer: not the worker's failure, the run keeps its attempt. */
+  | { kind: 'aborted' }
+
+export interface DispatcherOptions {
+  /** PIPEWEAVE_SECRET_KEY: sign each request (x-pipeweave-timestamp, x-pipeweave-signature). */
+  secretKey?: string
+  /** Sockets per worker origin; the orchestrator's concurrency is the natural bound. */
+  maxSockets?: number
+  /** Largest answer read from a worker. */
+  maxResponseBytes?: number
+}
+
+const MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+/** The signature a worker recomputes: hex HMAC-SHA256 of "<timestamp>.<exact body bytes>". */
+export function sign(secretKey: string, timestamp: string, body: Buffer): string {
+  return `sha256=${crypto.createHmac('sha256', secretKey).update(`${timestamp}.`).update(body).digest('hex')}`
+}
+
+export class Dispatcher {
+  private readonly http: http.Agent
+  private readonly https: https.Agent
+
+  constructor(private readonly options: DispatcherOptions = {}) {
+    // Idle sockets close after 4 s, before Node's default server keep-alive (5 s) can close them
+    // under a request we are about to send.
+    const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 64, timeout: 4000, scheduling: 'lifo' as const }
+    this.http = new http.Agent(agentOptions)
+    this.https = new https.Agent(agentOptions)
+  }
+
+  /** POST one run to its worker. `signal` aborts it (shutdown); the task timeout aborts it too. */
+  dispatch(baseUrl: string, request: DispatchRequest, signal?: AbortSignal): Promise<DispatchResult> {
+    const url = new URL(`${baseUrl.replace(/\/+$/, '')}/tasks/${encodeURIComponent(request.taskId)}`)
+    const body = Buffer.from(JSON.stringify(request))
+    const headers: http.OutgoingHttpHeaders = {
+      'content-type': 'application/json',
+      'content-length': body.length,
+      'user-agent': 'pipeweave',
+    }
+    if (this.options.secretKey) {
+      const timestamp = String(Date.now())
+      headers['x-pipeweave-timestamp'] = timestamp
+      headers['x-pipeweave-signature'] = sign(this.options.secretKey, timestamp, body)
+    }
+    const isHttps = url.protocol === 'https:'
+    const transport = isHttps ? https : http
+    const limit = this.options.maxResponseBytes ?? MAX_RESPONSE_BYTES
+
+    return new Promise<DispatchResult>((resolve) => {
+      let settled = false
+      const finish = (result: DispatchResult) => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        resolve(result)
+      }
+      const req = transport.request(url, { method: 'POST', headers, agent: isHttps ? this.https : this.http })
+      const timer = setTimeout(() => {
+        finish({ kind: 'failed', error: `no answer within the task timeout (${request.timeoutMs} ms)`, code: 'TIMEOUT', retryable: true, timedOut: true })
+        req.destroy()
+      }, request.timeoutMs)
+      const onAbort = () => {
+        finish({ kind: 'aborted' })
+        req.destroy()
+      }
+      if (signal?.aborted) {
+        onAbort()
+        return
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+
+      req.on('error', (error: NodeJS.ErrnoException) => {
+        finish({ kind: 'failed', error: `request to ${url.origin} failed: ${error.message}`, code: error.code ?? 'NETWORK_ERROR', retryable: true, timedOut: false })
+      })
+      req.on('response', (res) => {
+        const chunks: Buffer[] = []
+        let size = 0
+        res.on('data', (chunk: Buffer) => {
+          size += chunk.length
+          if (size > limit) {
+            finish({ kind: 'failed', error: `the worker's answer is larger than ${limit} bytes`, code: 'RESPONSE_TOO_LARGE', retryable: false, timedOut: false })
+            req.destroy()
+            return
+          }
+          chunks.push(chunk)
+        })
+        res.on('aborted', () => {
+          finish({ kind: 'failed', error: 'the worker closed the connection mid-answer', code: 'CONNECTION_DROPPED', retryable: true, timedOut: false })
+        })
+        res.on('error', (error: NodeJS.ErrnoException) => {
+          finish({ kind: 'failed', error: `reading the worker's answer failed: ${error.message}`, code: error.code ?? 'CONNECTION_DROPPED', retryable: true, timedOut: false })
+        })
+        res.on('end', () => finish(classify(res.statusCode ?? 0, res.statusMessage ?? '', Buffer.concat(chunks))))
+      })
+      req.end(body)
+    })
+  }
+
+  close(): void {
+    this.http.destroy()
+    this.https.destroy()
+  }
+}
+
+/** The result rules of SPEC §5. */
+export function classify(status: number, statusText: string, body: Buffer): DispatchResult {
+  const text = body.toString('utf8')
+  if (status >= 200 && status < 300) {
+    if (text.trim() === '') return { kind: 'completed', output: null, runNext: [], status }
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(text)
+    } catch {
+      return { kind: 'failed', error: `the worker answered ${status} with a body that is not JSON`, code: 'INVALID_RESPONSE', retryable: true, timedOut: false, status }
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+      return { kind: 'failed', error: `the worker answered ${status} with JSON that is not an object ({ "output": … })`, code: 'INVALID_RESPONSE', retryable: true, timedOut: false, status }
+    }
+    const answer = parsed as { output?: unknown; runNext?: unknown }
+    const runNext = Array.isArray(answer.runNext) ? answer.runNext.filter((n): n is string => typeof n === 'string') : []
+    return { kind: 'completed', output: answer.output === undefined ? null : answer.output, runNext, status }
+  }
+
+  // 408, 429 and 5xx are retryable; other 4xx are permanent; a JSON body may say otherwise.
+  let retryable = !(status >= 400 && status < 500) || status === 408 || status === 429
+  let error = `the worker answered ${status}${statusText ? ` ${statusText}` : ''}`
+  let code = `HTTP_${status}`
+  try {
+    const parsed = JSON.parse(text) as { error?: unknown; code?: unknown; retryable?: unknown }
+    if (parsed && typeof parsed === 'object') {
+      if (typeof parsed.error === 'string' && parsed.error) error = parsed.error
+      else if (parsed.error && typeof parsed.error === 'object' && typeof (parsed.error as { message?: unknown }).message === 'string') error = (parsed.error as { message: string }).message
+      if (typeof parsed.code === 'string' && parsed.code) code = parsed.code
+      if (typeof parsed.retryable === 'boolean') retryable = parsed.retryable
+    }
+  } catch {
+    if (text.trim()) error = `${error}: ${text.trim().slice(0, 500)}`
+  }
+  return { kind: 'failed', error, code, retryable, timedOut: false, status }
+}

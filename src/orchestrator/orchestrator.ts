@@ -1,0 +1,502 @@
+/**
+ * `pipeweave run` (SPEC §5): claim due runs, dispatch them to workers, record the results; retry,
+ * dead-letter, recover runs of dead orchestrators, take part in the drain, shut down gracefully.
+ * Any number of these run side by side against one PostgreSQL: every rule that spans them is
+ * enforced in the database (migration 002), never in this process.
+ */
+import * as crypto from 'node:crypto'
+import * as os from 'node:os'
+import { getAppliedMigrations, readMigrationFiles, runMigrations } from '../api/migrations'
+import { ORCHESTRATION_DEFAULTS } from '../api/settings'
+import type { Database } from '../db/database'
+import { isConnectionLoss } from '../db/errors'
+import { RefusedError } from '../errors'
+import { type Logger, silentLogger } from '../logger'
+import { defaultActor, drainCheck, type Mode } from '../maintenance/maintenance'
+import * as sql from '../sql/migrations'
+import { type DispatchResult, Dispatcher } from './dispatcher'
+import { Listener } from './listener'
+import { type ClaimedRun, type Repository, createRepository } from './repository'
+import { Wakeup, delay } from './wakeup'
+
+export type RunOutcome = 'completed' | 'cached' | 'retried' | 'failed' | 'timeout'
+
+/** Observers for metrics and health (the operator surface); all optional. */
+export interface OrchestratorHooks {
+  onOutcome?(taskId: string, outcome: RunOutcome): void
+  onDispatch?(taskId: string, seconds: number): void
+  onInFlight?(count: number): void
+  onMode?(mode: Mode): void
+}
+
+export interface OrchestratorOptions {
+  db: Database
+  concurrency?: number
+  pollIntervalMs?: number
+  maintenanceCheckIntervalMs?: number
+  shutdownTimeoutMs?: number
+  /** ORCHESTRATOR_STALE_MS: heartbeats older than this mark an orchestrator dead. */
+  staleMs?: number
+  heartbeatIntervalMs?: number
+  autoMigrate?: boolean
+  /** Stop (exit 0) once there is no due pending and no running run. */
+  untilIdle?: boolean
+  /** LISTEN/NOTIFY for prompt pickup; false relies on polling alone (PgBouncer transaction pooling). */
+  listen?: boolean
+  /** PIPEWEAVE_SECRET_KEY: sign dispatches. */
+  secretKey?: string
+  logger?: Logger
+  hooks?: OrchestratorHooks
+  id?: string
+}
+
+export interface Orchestrator {
+  readonly id: string
+  /** Check the schema (migrating with autoMigrate), register, and start the loops. */
+  start(): Promise<void>
+  /** Stop claiming, let in-flight runs finish within the shutdown timeout, hand back the rest. */
+  stop(options?: { force?: boolean }): Promise<{ exitCode: number }>
+  /** Resolves when the orchestrator has stopped, for whatever reason. */
+  readonly done: Promise<{ exitCode: number }>
+  /** Registered, schema current, not shutting down. */
+  isReady(): boolean
+  mode(): Mode | undefined
+  inFlight(): number
+}
+
+export function createOrchestrator(options: OrchestratorOptions): Orchestrator {
+  return new RunLoop(options)
+}
+
+interface InFlight {
+  run: ClaimedRun
+  controller: AbortController
+  promise: Promise<void>
+  /** Shutdown aborted its dispatch: hand it back to pending. */
+  aborted: boolean
+}
+
+class RunLoop implements Orchestrator {
+  readonly id: string
+  readonly done: Promise<{ exitCode: number }>
+  private resolveDone!: (value: { exitCode: number }) => void
+
+  private readonly db: Database
+  private readonly log: Logger
+  private readonly hooks: OrchestratorHooks
+  private readonly concurrency: number
+  private readonly pollIntervalMs: number
+  private readonly maintenanceCheckIntervalMs: number
+  private readonly shutdownTimeoutMs: number
+  private readonly staleMs: number
+  private readonly heartbeatIntervalMs: number
+  private readonly actor = defaultActor()
+  private readonly repo: Repository
+  private readonly dispatcher: Dispatcher
+  private readonly wakeup = new Wakeup()
+  private readonly forced = new AbortController()
+  private readonly running = new Map<string, InFlight>()
+  private listener?: Listener
+  private timers: NodeJS.Timeout[] = []
+  private loopDone?: Promise<void>
+  private started = false
+  private stopping?: Promise<{ exitCode: number }>
+  private exitCode = 0
+  private knownVersion = 0
+  private currentMode?: Mode
+  private outage = false
+  private drainChecking = false
+  private drainAgain = false
+
+  constructor(private readonly options: OrchestratorOptions) {
+    this.db = options.db
+    this.log = options.logger ?? silentLogger
+    this.hooks = options.hooks ?? {}
+    this.concurrency = options.concurrency ?? ORCHESTRATION_DEFAULTS.concurrency
+    this.pollIntervalMs = options.pollIntervalMs ?? ORCHESTRATION_DEFAULTS.pollIntervalMs
+    this.maintenanceCheckIntervalMs = options.maintenanceCheckIntervalMs ?? ORCHESTRATION_DEFAULTS.maintenanceCheckIntervalMs
+    this.shutdownTimeoutMs = options.shutdownTimeoutMs ?? ORCHESTRATION_DEFAULTS.shutdownTimeoutMs
+    this.staleMs = options.staleMs ?? ORCHESTRATION_DEFAULTS.orchestratorStaleMs
+    // Several heartbeats per stale period, so one slow or lost heartbeat never looks like a death.
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? Math.max(100, Math.min(5000, Math.floor(this.staleMs / 4)))
+    this.id = options.id ?? `${os.hostname()}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`
+    this.repo = createRepository(this.db, this.id, this.concurrency)
+    this.dispatcher = new Dispatcher({ secretKey: options.secretKey, maxSockets: this.concurrency })
+    this.done = new Promise((resolve) => { this.resolveDone = resolve })
+  }
+
+  isReady(): boolean {
+    return this.started && !this.stopping && !this.outage
+  }
+
+  mode(): Mode | undefined {
+    return this.currentMode
+  }
+
+  inFlight(): number {
+    return this.running.size
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Start
+
+  async start(): Promise<void> {
+    await this.checkSchemaAtStart()
+    await this.repo.heartbeat()
+    // Recover runs of orchestrators that died while none was watching (SPEC §5: "the next start").
+    const check = await drainCheck(this.db, { staleMs: this.staleMs, actor: this.actor })
+    this.observeMode(check.mode)
+    if (check.lostRuns > 0) this.log.warn(`returned ${check.lostRuns} run(s) held by dead orchestrators`, { event: 'recovered', count: check.lostRuns })
+    if (this.options.listen !== false) {
+      this.listener = new Listener(this.db, ['pipeweave_runs', 'pipeweave_mode'], (channel) => {
+        if (channel === 'pipeweave_mode') this.log.debug('mode change notified')
+        this.wakeup.notify()
+      }, this.log)
+      await this.listener.start()
+    }
+    this.every(this.heartbeatIntervalMs, () => this.heartbeat())
+    this.every(this.maintenanceCheckIntervalMs, () => this.maintenanceTick())
+    this.started = true
+    this.log.info(`orchestrator ${this.id} started`, {
+      event: 'started', orchestratorId: this.id, concurrency: this.concurrency, mode: this.currentMode,
+      listen: this.options.listen !== false,
+    })
+    this.loopDone = this.loop().catch((error) => {
+      this.log.error(`the claim loop failed: ${(error as Error).message}`)
+      this.exitCode = 1
+      void this.stop()
+    })
+  }
+
+  private async checkSchemaAtStart(): Promise<void> {
+    const { files } = readMigrationFiles()
+    const known = new Set(files.map((f) => f.id))
+    this.knownVersion = Math.max(0, ...files.map((f) => f.id))
+    const applied = (await getAppliedMigrations(this.db)) ?? []
+    const ahead = applied.filter((m) => !known.has(m.id))
+    if (ahead.length > 0) {
+      throw new RefusedError('SCHEMA_AHEAD', `the database has migrations this pipeweave does not know (${ahead.map((m) => `${m.id} ${m.name}`).join(', ')})`, {
+        hint: 'run the pipeweave version that applied them',
+      })
+    }
+    const appliedIds = new Set(applied.map((m) => m.id))
+    const pending = files.filter((f) => !appliedIds.has(f.id))
+    if (pending.length === 0) return
+    if (!this.options.autoMigrate) {
+      throw new RefusedError('MIGRATIONS_PENDING', `refusing to start: ${pending.length} migration(s) pending (${pending.map((f) => f.fileName).join(', ')})`, {
+        hint: 'run `pipeweave db:migrate` first, or start with --auto-migrate (AUTO_MIGRATE=true)',
+      })
+    }
+    this.log.info(`applying ${pending.length} pending migration(s) (--auto-migrate)`)
+    await runMigrations(this.db, { logger: this.log })
+  }
+
+  private every(ms: number, fn: () => Promise<void>): void {
+    let busy = false
+    const timer = setInterval(() => {
+      if (busy) return
+      busy = true
+      void fn().finally(() => { busy = false })
+    }, ms)
+    this.timers.push(timer)
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // The claim loop
+
+  private async loop(): Promise<void> {
+    let backoff = 250
+    while (!this.stopping) {
+      const capacity = this.concurrency - this.running.size
+      let claimed = 0
+      if (capacity > 0) {
+        try {
+          const runs = await this.repo.claim(capacity)
+          this.databaseBack()
+          backoff = 250
+          claimed = runs.length
+          for (const run of runs) this.startRun(run)
+        } catch (error) {
+          this.databaseTrouble(error, 'claiming runs')
+          await delay(backoff, this.forced.signal)
+          backoff = Math.min(backoff * 2, 5000)
+          continue
+        }
+      }
+      if (this.stopping) break
+      if (claimed > 0 && claimed === capacity) continue // more may be due: claim as slots free
+      if (this.options.untilIdle && claimed === 0 && this.running.size === 0) {
+        try {
+          if (!(await this.repo.workRemains())) {
+            this.log.info('no due or running task runs left (--until-idle): stopping', { event: 'idle' })
+            void this.stop()
+            break
+          }
+        } catch (error) {
+          this.databaseTrouble(error, 'checking for work')
+        }
+      }
+      await this.wakeup.wait(this.pollIntervalMs)
+    }
+  }
+
+  private startRun(run: ClaimedRun): void {
+    const entry: InFlight = { run, controller: new AbortController(), promise: Promise.resolve(), aborted: false }
+    this.running.set(run.id, entry)
+    this.hooks.onInFlight?.(this.running.size)
+    this.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running' })
+    entry.promise = this.execute(entry)
+      .catch((error) => this.log.error(`run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId }))
+      .finally(() => {
+        this.running.delete(run.id)
+        this.hooks.onInFlight?.(this.running.size)
+        // A freed slot: claim again (a task at its concurrency limit may have room now).
+        this.wakeup.notify()
+      })
+  }
+
+  private async execute(entry: InFlight): Promise<void> {
+    const { run } = entry
+    const fields = { runId: run.id, taskId: run.taskId, attempt: run.attempt }
+    if (run.cached) {
+      // An unexpired idempotency entry holds this key's result: complete without a dispatch.
+      const result = await this.persist(run, () => this.repo.complete(run.id, run.cachedOutput, [], true))
+      if (result?.completed) {
+        this.hooks.onOutcome?.(run.taskId, 'cached')
+        this.log.info(`run ${run.id} completed from the idempotency cache`, { event: 'run', ...fields, status: 'completed', cached: true, durationMs: 0 })
+      }
+      if (result?.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
+      return
+    }
+
+    const started = performance.now()
+    const result: DispatchResult = await this.dispatcher.dispatch(run.baseUrl, {
+      runId: run.id,
+      taskId: run.taskId,
+      pipelineRunId: run.pipelineRunId,
+      attempt: run.attempt,
+      codeVersion: run.codeVersion,
+      codeHash: run.codeHash,
+      input: run.input,
+      inputPath: run.inputPath,
+      previousAttempts: run.previousAttempts,
+      timeoutMs: run.timeoutSeconds * 1000,
+      idempotencyKey: run.idempotencyKey,
+    }, entry.controller.signal)
+    const durationMs = Math.round(performance.now() - started)
+    if (result.kind === 'aborted') {
+      entry.aborted = true
+      return
+    }
+    this.hooks.onDispatch?.(run.taskId, durationMs / 1000)
+
+    if (result.kind === 'completed') {
+      const done = await this.persist(run, () => this.repo.complete(run.id, result.output, result.runNext, false))
+      if (!done) return
+      if (!done.completed) {
+        this.log.warn(`run ${run.id} finished, but it had been handed to another orchestrator (this one looked dead); result discarded`, { event: 'fenced', ...fields })
+        return
+      }
+      this.hooks.onOutcome?.(run.taskId, 'completed')
+      this.log.info(`run ${run.id} completed`, { event: 'run', ...fields, status: 'completed', durationMs })
+      if (done.ignoredNext.length > 0) {
+        this.log.warn(`run ${run.id} asked for follow-ups its task does not allow: ${done.ignoredNext.join(', ')} (ignored)`, { runId: run.id, taskId: run.taskId })
+      }
+      for (const followUp of done.followUps) this.log.info(`run ${followUp} queued as a follow-up of ${run.id}`, { event: 'run', runId: followUp, parentRunId: run.id, status: 'pending' })
+      if (done.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
+      return
+    }
+
+    const failed = await this.persist(run, () => this.repo.fail(run.id, result))
+    if (!failed) return
+    switch (failed.outcome) {
+      case 'fenced':
+        this.log.warn(`run ${run.id} failed, but it had been handed to another orchestrator; result discarded`, { event: 'fenced', ...fields })
+        return
+      case 'retried':
+        this.hooks.onOutcome?.(run.taskId, 'retried')
+        this.log.warn(`run ${run.id} attempt ${run.attempt} failed (${result.code}: ${result.error}); retrying${failed.scheduledFor ? ` at ${failed.scheduledFor.toISOString()}` : ''}`, {
+          event: 'run', ...fields, status: 'pending', durationMs, errorCode: result.code, retryAt: failed.scheduledFor?.toISOString(),
+        })
+        break
+      default:
+        this.hooks.onOutcome?.(run.taskId, failed.outcome)
+        this.log.error(`run ${run.id} ${failed.outcome === 'timeout' ? 'timed out' : 'failed'} on attempt ${run.attempt} (${result.code}: ${result.error}); moved to the DLQ`, {
+          event: 'run', ...fields, status: failed.outcome, durationMs, errorCode: result.code,
+        })
+    }
+    if (failed.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
+  }
+
+  /**
+   * Record a result, riding out a database outage: the worker's answer is kept in memory and
+   * written when the database is back. Gives up only on a forced stop (the run then stays
+   * `running` until crash recovery hands it back).
+   */
+  private async persist<T>(run: ClaimedRun, write: () => Promise<T>): Promise<T | undefined> {
+    let backoff = 250
+    for (;;) {
+      try {
+        const result = await write()
+        this.databaseBack()
+        return result
+      } catch (error) {
+        if (!isConnectionLoss(error)) {
+          this.log.error(`could not record the result of run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId })
+          return undefined
+        }
+        this.databaseTrouble(error, `recording run ${run.id}`)
+        if (this.forced.signal.aborted) return undefined
+        await delay(backoff, this.forced.signal)
+        backoff = Math.min(backoff * 2, 5000)
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Heartbeat, drain check, schema check
+
+  private async heartbeat(): Promise<void> {
+    try {
+      const { inserted } = await this.repo.heartbeat()
+      this.databaseBack()
+      if (inserted && this.started) {
+        this.log.warn('this orchestrator had been taken for dead (its heartbeat was older than ORCHESTRATOR_STALE_MS) and registered again', { event: 'reregistered' })
+      }
+    } catch (error) {
+      this.databaseTrouble(error, 'heartbeat')
+    }
+  }
+
+  private async maintenanceTick(): Promise<void> {
+    try {
+      await this.runDrainCheck()
+      const { rows: [row] } = await this.db.query<{ version: number | null }>(sql.currentVersion)
+      if ((row.version ?? 0) > this.knownVersion && !this.stopping) {
+        this.log.error(`the database schema (migration ${row.version}) is newer than this pipeweave knows (${this.knownVersion}): finishing the runs in flight, then exiting 4 so the platform restarts the new version`, { event: 'schema-ahead' })
+        this.exitCode = 4
+        this.started = false
+        void this.stop()
+      }
+    } catch (error) {
+      this.databaseTrouble(error, 'maintenance check')
+    }
+  }
+
+  private async runDrainCheck(): Promise<void> {
+    const check = await drainCheck(this.db, { staleMs: this.staleMs, actor: this.actor })
+    this.databaseBack()
+    this.observeMode(check.mode)
+    if (check.lostRuns > 0) this.log.warn(`returned ${check.lostRuns} run(s) held by dead orchestrators`, { event: 'recovered', count: check.lostRuns })
+  }
+
+  /** After a run finishes while draining: check now, so the end of a drain is seen at once. */
+  private scheduleDrainCheck(): void {
+    if (this.drainChecking) {
+      this.drainAgain = true
+      return
+    }
+    this.drainChecking = true
+    void (async () => {
+      do {
+        this.drainAgain = false
+        try {
+          await this.runDrainCheck()
+        } catch (error) {
+          this.databaseTrouble(error, 'drain check')
+        }
+      } while (this.drainAgain)
+      this.drainChecking = false
+    })()
+  }
+
+  private observeMode(mode: Mode): void {
+    if (mode === this.currentMode) return
+    const before = this.currentMode
+    this.currentMode = mode
+    this.hooks.onMode?.(mode)
+    if (before === undefined) return
+    const says = {
+      running: 'mode is running: dispatching',
+      waiting_for_maintenance: 'maintenance requested: new tasks are refused, finishing the due work',
+      maintenance: 'in maintenance: idle until maintenance:exit',
+    }[mode]
+    this.log.info(says, { event: 'mode', mode })
+  }
+
+  private databaseTrouble(error: unknown, doing: string): void {
+    if (!isConnectionLoss(error)) {
+      this.log.error(`${doing} failed: ${(error as Error).message}`)
+      return
+    }
+    if (!this.outage) {
+      this.outage = true
+      this.log.error(`database unavailable while ${doing} (${(error as Error).message}); retrying, runs in flight carry on`, { event: 'db-down' })
+    }
+  }
+
+  private databaseBack(): void {
+    if (this.outage) {
+      this.outage = false
+      this.log.info('database connection restored', { event: 'db-up' })
+      this.listener?.kick()
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Shutdown
+
+  stop(options: { force?: boolean } = {}): Promise<{ exitCode: number }> {
+    if (options.force && !this.forced.signal.aborted) {
+      this.log.warn(`forced stop: aborting ${this.running.size} run(s) in flight and handing them back`)
+      this.forced.abort()
+      for (const entry of this.running.values()) entry.controller.abort()
+    }
+    if (!this.stopping) this.stopping = this.shutdown()
+    return this.stopping
+  }
+
+  private async shutdown(): Promise<{ exitCode: number }> {
+    this.wakeup.notify()
+    await this.loopDone
+    if (this.running.size > 0) {
+      this.log.info(`stopping: no new claims; waiting up to ${this.shutdownTimeoutMs} ms for ${this.running.size} run(s) in flight`, { event: 'stopping', inFlight: this.running.size })
+      const deadline = Date.now() + this.shutdownTimeoutMs
+      while (this.running.size > 0 && Date.now() < deadline && !this.forced.signal.aborted) {
+        const waitingFor = [...this.running.values()].map((e) => `${e.run.taskId} ${e.run.id}`)
+        this.log.info(`waiting for ${waitingFor.length} run(s): ${waitingFor.slice(0, 5).join(', ')}${waitingFor.length > 5 ? ', …' : ''}`, { event: 'stopping', inFlight: waitingFor.length })
+        await Promise.race([
+          Promise.all([...this.running.values()].map((e) => e.promise)),
+          delay(Math.min(5000, Math.max(0, deadline - Date.now())), this.forced.signal),
+        ])
+      }
+      if (this.running.size > 0) {
+        this.log.warn(`shutdown timeout: aborting ${this.running.size} run(s) and handing them back to pending`, { event: 'stopping' })
+        for (const entry of this.running.values()) entry.controller.abort()
+      }
+    }
+    const aborted = [...this.running.values()]
+    await Promise.all(aborted.map((e) => e.promise))
+    const handBack = aborted.filter((e) => e.aborted).map((e) => e.run.id)
+    for (const timer of this.timers) clearInterval(timer)
+    if (handBack.length > 0) {
+      try {
+        const released = await this.repo.release(handBack)
+        for (const id of released) this.log.info(`run ${id} handed back to pending`, { event: 'run', runId: id, status: 'pending' })
+      } catch (error) {
+        this.log.error(`could not hand back ${handBack.length} run(s) (${(error as Error).message}); crash recovery will return them once this orchestrator's heartbeat is stale`)
+      }
+    }
+    await this.listener?.stop()
+    try {
+      await this.repo.deregister()
+    } catch (error) {
+      this.log.warn(`could not deregister (${(error as Error).message}); the row expires with its heartbeat`)
+    }
+    this.dispatcher.close()
+    this.log.info('orchestrator stopped', { event: 'stopped', exitCode: this.exitCode })
+    const result = { exitCode: this.exitCode }
+    this.resolveDone(result)
+    return result
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * What the orchestrator loop asks of the database, as plain functions (graphile-worker's
+ * getJob/completeJob/failJob): the loop holds no SQL.
+ */
+import * as os from 'node:os'
+import type { Queryable } from '../db/database'
+import type { Mode } from '../maintenance/maintenance'
+import * as orchestrators from '../sql/orchestrators'
+import * as runs from '../sql/task-runs'
+import { VERSION } from '../version'
+
+export interface ClaimedRun {
+  id: string
+  taskId: string
+  pipelineRunId: string | null
+  attempt: number
+  priority: number
+  input: unknown
+  inputPath: string | null
+  previousAttempts: unknown[]
+  idempotencyKey: string | null
+  createdAt: Date
+  startedAt: Date
+  serviceId: string
+  baseUrl: string
+  codeVersion: number
+  codeHash: string | null
+  timeoutSeconds: number
+  cached: boolean
+  cachedOutput: unknown
+}
+
+export interface CompleteResult {
+  completed: boolean
+  mode: Mode
+  followUps: string[]
+  ignoredNext: string[]
+}
+
+export type FailOutcome = 'retried' | 'failed' | 'timeout' | 'fenced'
+
+export interface FailResult {
+  outcome: FailOutcome
+  attempt: number | null
+  scheduledFor: Date | null
+  mode: Mode
+}
+
+export interface Repository {
+  heartbeat(): Promise<{ inserted: boolean }>
+  deregister(): Promise<void>
+  claim(limit: number): Promise<ClaimedRun[]>
+  complete(runId: string, output: unknown, runNext: string[], fromCache: boolean): Promise<CompleteResult>
+  fail(runId: string, failure: { error: string; code: string; retryable: boolean; timedOut: boolean }): Promise<FailResult>
+  /** Hand unfinished runs back to pending, keeping their attempt (graceful shutdown). */
+  release(runIds: string[]): Promise<string[]>
+  workRemains(): Promise<boolean>
+}
+
+export function createRepository(db: Queryable, orchestratorId: string, concurrency: number): Repository {
+  return {
+    async heartbeat() {
+      const { rows: [row] } = await db.query<{ inserted: boolean }>(orchestrators.heartbeat,
+        [orchestratorId, os.hostname(), process.pid, VERSION, concurrency])
+      return { inserted: row.inserted }
+    },
+    async deregister() {
+      await db.query(orchestrators.deregister, [orchestratorId])
+    },
+    async claim(limit) {
+      const { rows } = await db.query<ClaimRow>(runs.claim, [orchestratorId, limit])
+      return rows.map(toClaimedRun)
+    },
+    async complete(runId, output, runNext, fromCache) {
+      const { rows: [row] } = await db.query<{ completed: boolean; mode: Mode; follow_ups: string[]; ignored_next: string[] }>(runs.complete,
+        [runId, orchestratorId, JSON.stringify(output ?? null), runNext, fromCache])
+      return { completed: row.completed, mode: row.mode, followUps: row.follow_ups, ignoredNext: row.ignored_next }
+    },
+    async fail(runId, failure) {
+      const { rows: [row] } = await db.query<{ outcome: FailOutcome; attempt: number | null; scheduled_for: Date | null; mode: Mode }>(runs.fail,
+        [runId, orchestratorId, failure.error, failure.code, failure.retryable, failure.timedOut])
+      return { outcome: row.outcome, attempt: row.attempt, scheduledFor: row.scheduled_for, mode: row.mode }
+    },
+    async release(runIds) {
+      if (runIds.length === 0) return []
+      const { rows } = await db.query<{ id: string }>(runs.release, [orchestratorId, runIds])
+      return rows.map((r) => r.id)
+    },
+    async workRemains() {
+      const { rows: [row] } = await db.query<{ remains: boolean }>(runs.workRemains)
+      return row.remains
+    },
+  }
+}
+
+interface ClaimRow {
+  id: string
+  task_id: string
+  pipeline_run_id: string | null
+  attempt: number
+  priority: number
+  input: unknown
+  input_path: string | null
+  previous_attempts: unknown[]
+  idempotency_key: string | null
+  created_at: Date
+  started_at: Date
+  service_id: string
+  base_url: string
+  code_version: number
+  code_hash: string | null
+  timeout_seconds: number
+  cached: boolean
+  cached_output: unknown
+}
+
+function toClaimedRun(r: ClaimRow): ClaimedRun {
+  return {
+    id: r.id, taskId: r.task_id, pipelineRunId: r.pipeline_run_id, attempt: r.attempt, priority: r.priority,
+    input: r.input, inputPath: r.input_path, previousAttempts: r.previous_attempts, idempotencyKey: r.idempotency_key,
+    createdAt: r.created_at, startedAt: r.started_at, serviceId: r.service_id, baseUrl: r.base_url,
+    codeVersion: r.code_version, codeHash: r.code_hash, timeoutSeconds: r.timeout_seconds,
+    cached: r.cached, cachedOutput: r.cached_output,
+  }
+}

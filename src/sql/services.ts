@@ -1,0 +1,63 @@
+/** SQL on `services`, `tasks` and `task_code_history`. */
+import type { Statement } from '../db/database'
+
+export const upsertService: Statement = {
+  name: 'upsert_service',
+  text: `INSERT INTO services (id, version, base_url) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, base_url = EXCLUDED.base_url, updated_at = now()
+         RETURNING (xmax = 0) AS created`,
+}
+
+/** The tasks of other services among $2 (a task id belongs to one service). */
+export const tasksOwnedElsewhere: Statement = {
+  name: 'tasks_owned_elsewhere',
+  text: `SELECT id, service_id FROM tasks WHERE id = ANY ($2::text[]) AND service_id <> $1 ORDER BY id`,
+}
+
+/**
+ * Upsert one task; a changed code_hash bumps code_version. Returns the version and whether the
+ * hash changed (then the caller appends task_code_history). Locks the task row for the update.
+ */
+export const upsertTask: Statement = {
+  name: 'upsert_task',
+  text: `WITH previous AS (SELECT code_hash, code_version FROM tasks WHERE id = $1 FOR UPDATE)
+         INSERT INTO tasks (id, service_id, code_hash, code_version, timeout_seconds, retries, retry_backoff,
+                            retry_delay_ms, max_retry_delay_ms, heartbeat_interval_ms, concurrency, priority,
+                            idempotency_ttl_seconds, allowed_next, description)
+         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text[], $14)
+         ON CONFLICT (id) DO UPDATE SET
+           service_id = EXCLUDED.service_id,
+           code_hash = EXCLUDED.code_hash,
+           code_version = tasks.code_version
+             + CASE WHEN tasks.code_hash IS DISTINCT FROM EXCLUDED.code_hash THEN 1 ELSE 0 END,
+           timeout_seconds = EXCLUDED.timeout_seconds, retries = EXCLUDED.retries,
+           retry_backoff = EXCLUDED.retry_backoff, retry_delay_ms = EXCLUDED.retry_delay_ms,
+           max_retry_delay_ms = EXCLUDED.max_retry_delay_ms, heartbeat_interval_ms = EXCLUDED.heartbeat_interval_ms,
+           concurrency = EXCLUDED.concurrency, priority = EXCLUDED.priority,
+           idempotency_ttl_seconds = EXCLUDED.idempotency_ttl_seconds, allowed_next = EXCLUDED.allowed_next,
+           description = EXCLUDED.description, updated_at = now()
+         RETURNING code_version,
+                   (SELECT p.code_hash FROM previous p) AS previous_hash,
+                   NOT EXISTS (SELECT 1 FROM previous) AS created`,
+}
+
+export const recordCodeVersion: Statement = {
+  name: 'record_code_version',
+  text: `INSERT INTO task_code_history (task_id, code_version, code_hash) VALUES ($1, $2, $3)
+         ON CONFLICT (task_id, code_version) DO NOTHING`,
+}
+
+export const listServices: Statement = {
+  name: 'list_services',
+  text: `SELECT s.id, s.version, s.base_url, s.registered_at, s.updated_at,
+                COALESCE(json_agg(json_build_object(
+                  'id', t.id, 'codeHash', t.code_hash, 'codeVersion', t.code_version,
+                  'timeout', t.timeout_seconds, 'retries', t.retries, 'retryBackoff', t.retry_backoff,
+                  'retryDelayMs', t.retry_delay_ms, 'maxRetryDelayMs', t.max_retry_delay_ms,
+                  'heartbeatIntervalMs', t.heartbeat_interval_ms, 'concurrency', t.concurrency,
+                  'priority', t.priority, 'idempotencyTTL', t.idempotency_ttl_seconds,
+                  'allowedNext', t.allowed_next, 'description', t.description) ORDER BY t.id)
+                  FILTER (WHERE t.id IS NOT NULL), '[]') AS tasks
+           FROM services s LEFT JOIN tasks t ON t.service_id = s.id
+          GROUP BY s.id ORDER BY s.id`,
+}
