@@ -31,6 +31,8 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
 
   protected flags!: BaseFlags<T>
   protected args!: BaseArgs<T>
+  /** Every positional argument (commands with `strict = false` take several ids). */
+  protected positionals: string[] = []
   protected out = new Output()
   private releasers: Array<() => Promise<unknown>> = []
   private db?: Promise<Database>
@@ -50,7 +52,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
 
   public async init(): Promise<void> {
     await super.init()
-    const { args, flags } = await this.parse({
+    const { args, argv, flags } = await this.parse({
       flags: this.ctor.flags,
       baseFlags: (this.ctor as typeof BaseCommand).baseFlags,
       enableJsonFlag: this.ctor.enableJsonFlag,
@@ -59,6 +61,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     })
     this.flags = flags as BaseFlags<T>
     this.args = args as BaseArgs<T>
+    this.positionals = argv.map(String)
     if (this.handlesSignals) {
       const onSignal = (signal: NodeJS.Signals) => {
         const code = signal === 'SIGINT' ? 130 : 143

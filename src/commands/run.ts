@@ -1,15 +1,23 @@
 import { Flags } from '@oclif/core'
 import { ORCHESTRATION_DEFAULTS, orchestratorStaleMs } from '../api/settings'
 import { BaseCommand } from '../base-command'
+import { resolveConnection } from '../db/config'
 import type { Database } from '../db/database'
+import type { DemoRunSummary } from '../demo/demo'
 import type { Logger } from '../logger'
-import { createOrchestrator, type Orchestrator, type RunOutcome } from '../orchestrator/orchestrator'
+import { createOrchestrator, type Orchestrator, type OrchestratorHooks, type RunOutcome } from '../orchestrator/orchestrator'
 import { processLogger } from '../output'
 
 interface RunResult {
   orchestratorId: string
   exitCode: number
   outcomes: Record<RunOutcome, number>
+  demo?: DemoRunSummary[]
+}
+
+/** The environment without any connection setting: what `--demo` connects with (the embedded database). */
+function embeddedOnly(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([key]) => !/^(DATABASE_URL|DB_|PG)/.test(key)))
 }
 
 export default class Run extends BaseCommand<typeof Run, RunResult> {
@@ -31,6 +39,8 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
     'until-idle': Flags.boolean({ summary: 'Exit 0 once no run is due or running.' }),
     'log-format': Flags.string({ summary: 'pretty (default on a terminal) or json (default otherwise).', options: ['pretty', 'json'] }),
     'no-listen': Flags.boolean({ summary: 'Poll only, no LISTEN/NOTIFY (behind PgBouncer transaction pooling).', env: 'PIPEWEAVE_NO_LISTEN' }),
+    'http-port': Flags.integer({ summary: 'Serve /healthz, /readyz and /metrics on this port.', env: 'PIPEWEAVE_HTTP_PORT', min: 0, max: 65535 }),
+    demo: Flags.boolean({ summary: 'Run a built-in demo worker and a few demo tasks on the embedded database, then exit.' }),
   }
 
   protected handlesSignals = false
@@ -43,13 +53,25 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
 
   protected async execute(): Promise<RunResult> {
     const log = this.logger
-    const db = await this.runDatabase()
+    const demo = this.flags.demo
+    const db = await this.runDatabase(demo)
+    const session = demo ? await lazy<typeof import('../demo/demo')>('../demo/demo').prepareDemo(db, log) : undefined
+    if (session) this.onRelease(() => session.worker.close())
+
     const outcomes: Record<RunOutcome, number> = { completed: 0, cached: 0, retried: 0, failed: 0, timeout: 0 }
+    const hooks: OrchestratorHooks[] = [{ onOutcome: (_task, outcome) => { outcomes[outcome] += 1 } }]
+    let registry: import('prom-client').Registry | undefined
+    if (this.flags['http-port'] !== undefined) {
+      const { createMetrics } = lazy<typeof import('../http/metrics')>('../http/metrics')
+      const metrics = createMetrics(db)
+      hooks.push(metrics.hooks)
+      registry = metrics.registry
+    }
     const orchestrator = createOrchestrator({
       db,
-      concurrency: this.flags.concurrency,
-      pollIntervalMs: this.flags['poll-interval'],
-      maintenanceCheckIntervalMs: this.flags['maintenance-check-interval'],
+      concurrency: demo ? 4 : this.flags.concurrency,
+      pollIntervalMs: demo ? 250 : this.flags['poll-interval'],
+      maintenanceCheckIntervalMs: demo ? 1000 : this.flags['maintenance-check-interval'],
       shutdownTimeoutMs: this.flags['shutdown-timeout'],
       staleMs: orchestratorStaleMs(),
       autoMigrate: this.flags['auto-migrate'],
@@ -57,25 +79,52 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
       listen: !this.flags['no-listen'],
       secretKey: process.env.PIPEWEAVE_SECRET_KEY || undefined,
       logger: log,
-      hooks: { onOutcome: (_task, outcome) => { outcomes[outcome] += 1 } },
+      hooks: combineHooks(hooks),
     })
     this.orchestrator = orchestrator
     this.installSignalHandlers(orchestrator, log)
+    if (registry) {
+      const { startHealthServer } = lazy<typeof import('../http/health')>('../http/health')
+      const health = await startHealthServer({ port: this.flags['http-port']!, db, isReady: () => orchestrator.isReady(), registry })
+      log.info(`health and metrics on http://0.0.0.0:${health.port} (/healthz, /readyz, /metrics)`, { event: 'http', port: health.port })
+      this.onRelease(() => health.close())
+    }
     try {
       await orchestrator.start()
     } catch (error) {
       await orchestrator.stop().catch(() => undefined)
       throw error
     }
+    if (session) {
+      const stopWatching = new AbortController()
+      void orchestrator.done.then(() => stopWatching.abort())
+      void session.finished(stopWatching.signal).then(() => {
+        if (!stopWatching.signal.aborted) {
+          log.info('every demo run has finished: stopping', { event: 'demo-done' })
+          void orchestrator.stop()
+        }
+      }, (error: Error) => {
+        log.error(`the demo could not follow its runs: ${error.message}`)
+        void orchestrator.stop()
+      })
+    }
     const { exitCode } = await orchestrator.done
     if (exitCode !== 0) this.resultExitCode = exitCode
-    return { orchestratorId: orchestrator.id, exitCode, outcomes }
+    return { orchestratorId: orchestrator.id, exitCode, outcomes, ...(session ? { demo: await session.summary() } : {}) }
   }
 
-  protected async runDatabase(): Promise<Database> {
+  protected async runDatabase(demo: boolean): Promise<Database> {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { createDatabase } = require('../db/database') as typeof import('../db/database')
-    const db = await createDatabase(this.databaseConfig({ command: 'run', logSlowQueries: true }))
+    const config = this.databaseConfig({ command: demo ? 'run --demo' : 'run', logSlowQueries: true })
+    if (demo) {
+      // The demo never reaches a real deployment's orchestrators: always the embedded database.
+      const configured = resolveConnection(config.flags ?? {}, process.env)
+      if (configured.kind !== 'embedded') this.logger.info(`--demo uses the embedded database; ignoring ${configured.source}`)
+      config.flags = {}
+      config.env = embeddedOnly(process.env)
+    }
+    const db = await createDatabase(config)
     this.onRelease(() => db.close())
     return db
   }
@@ -100,7 +149,36 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
   }
 
   protected render(result: RunResult): void {
+    if (result.demo) renderDemo(this.out, result.demo, this.config.bin)
     const o = result.outcomes
     this.out.line(`Orchestrator ${result.orchestratorId} stopped: ${o.completed} completed, ${o.cached} from cache, ${o.retried} retried, ${o.failed} failed, ${o.timeout} timed out.`)
   }
+}
+
+function combineHooks(list: OrchestratorHooks[]): OrchestratorHooks {
+  return {
+    onOutcome: (task, outcome) => list.forEach((h) => h.onOutcome?.(task, outcome)),
+    onDispatch: (task, seconds) => list.forEach((h) => h.onDispatch?.(task, seconds)),
+    onInFlight: (count) => list.forEach((h) => h.onInFlight?.(count)),
+    onMode: (mode) => list.forEach((h) => h.onMode?.(mode)),
+  }
+}
+
+function renderDemo(out: import('../output').Output, runs: DemoRunSummary[], bin: string): void {
+  out.line(out.style.bold('The demo runs:'))
+  out.table(['Task', 'Status', 'Attempts', 'Result'], runs.map((r) => [r.taskId, r.status, r.attempts, r.result.slice(0, 70)]))
+  const dead = runs.find((r) => r.status === 'failed' || r.status === 'timeout')
+  out.line('')
+  out.line(out.style.bold('Try next:'))
+  out.line(`  npx ${bin} runs:list                  the runs, newest first`)
+  out.line(`  npx ${bin} runs:show ${runs[0]?.runId ?? 'RUN_ID'}   one run with its input, output and attempts`)
+  out.line(`  npx ${bin} dlq:list                   what failed for good${dead ? ` (${dead.taskId} is there)` : ''}`)
+  out.line(`  npx ${bin} maintenance:status         the maintenance mode`)
+  out.line('  README: "Your own worker" walks you from here to a task of your own.')
+}
+
+/** Modules only some runs need (the demo, prom-client) stay off the start-up path. */
+function lazy<T>(id: string): T {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require(id) as T
 }

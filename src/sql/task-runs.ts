@@ -95,3 +95,52 @@ export const workRemains: Statement = {
                          WHERE r.status = 'running'
                             OR (r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))) AS remains`,
 }
+
+const RUN_COLUMNS = `r.id, r.task_id, r.pipeline_run_id, r.parent_run_id, r.status, r.attempt, r.priority,
+  r.input, r.output, r.input_path, r.output_path, r.error, r.error_code, r.idempotency_key,
+  r.previous_attempts, r.scheduled_for, r.created_at, r.started_at, r.completed_at, r.heartbeat_at,
+  r.orchestrator_id`
+
+/**
+ * runs:list, newest first, optionally by status ($1) and task ($2). Served by
+ * task_runs_task_created_idx with a task, task_runs_created_at_idx without (the LIMIT stops the walk).
+ */
+export const list: Statement = {
+  name: 'list_runs',
+  text: `SELECT ${RUN_COLUMNS} FROM task_runs r
+          WHERE ($1::text IS NULL OR r.status = $1::text)
+            AND ($2::text IS NULL OR r.task_id = $2::text)
+          ORDER BY r.created_at DESC
+          LIMIT $3::int`,
+}
+
+export const show: Statement = {
+  name: 'show_run',
+  text: `SELECT ${RUN_COLUMNS} FROM task_runs r WHERE r.id = $1`,
+}
+
+/** runs:cancel: pending runs become cancelled; anything else is reported with its status (null: unknown). */
+export const cancel: Statement = {
+  name: 'cancel_runs',
+  text: `WITH wanted AS (SELECT unnest($1::text[]) AS id),
+         cancelled AS (
+           UPDATE task_runs r SET status = 'cancelled', completed_at = clock_timestamp(), error = 'cancelled', error_code = 'CANCELLED'
+            WHERE r.id IN (SELECT id FROM wanted) AND r.status = 'pending'
+              -- all or nothing on unknown ids: an id that does not exist cancels nothing
+              AND (SELECT count(*) FROM task_runs k WHERE k.id IN (SELECT id FROM wanted))
+                  = (SELECT count(DISTINCT id) FROM wanted)
+           RETURNING r.id)
+         SELECT w.id, (c.id IS NOT NULL) AS cancelled, r.status
+           FROM wanted w
+           LEFT JOIN cancelled c ON c.id = w.id
+           LEFT JOIN task_runs r ON r.id = w.id`,
+}
+
+/** pipeweave_queue_depth and pipeweave_queue_oldest_age_seconds: due pending runs (task_runs_claim_idx). */
+export const queueStats: Statement = {
+  name: 'queue_stats',
+  text: `SELECT count(*)::int AS depth,
+                COALESCE(extract(epoch FROM now() - min(COALESCE(r.scheduled_for, r.created_at))), 0)::float8 AS oldest_age_seconds
+           FROM task_runs r
+          WHERE r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now())`,
+}

@@ -1,0 +1,95 @@
+/** dlq:list and dlq:retry (SPEC §5). */
+import type { Database, Queryable } from '../db/database'
+import { RefusedError, UsageError } from '../errors'
+import * as sql from '../sql/dlq'
+import * as runs from '../sql/task-runs'
+import { mapEnqueueError } from './enqueue'
+import type { PreviousAttempt } from './runs'
+
+export interface DlqEntry {
+  id: string
+  taskRunId: string
+  taskId: string
+  error: string | null
+  errorCode: string | null
+  attempts: number
+  previousAttempts: PreviousAttempt[]
+  failedAt: string
+  retriedAt: string | null
+  retryRunId: string | null
+}
+
+export interface ListDlqOptions {
+  taskId?: string
+  /** Only entries not yet retried. */
+  pending?: boolean
+  limit?: number
+}
+
+export async function listDlq(db: Queryable, options: ListDlqOptions = {}): Promise<DlqEntry[]> {
+  const { rows } = await db.query<{
+    id: string; task_run_id: string; task_id: string; error: string | null; error_code: string | null; attempts: number
+    previous_attempts: PreviousAttempt[]; failed_at: Date; retried_at: Date | null; retry_run_id: string | null
+  }>(sql.list, [options.taskId ?? null, Boolean(options.pending), options.limit ?? 50])
+  return rows.map((r) => ({
+    id: r.id, taskRunId: r.task_run_id, taskId: r.task_id, error: r.error, errorCode: r.error_code, attempts: r.attempts,
+    previousAttempts: r.previous_attempts, failedAt: r.failed_at.toISOString(), retriedAt: r.retried_at ? r.retried_at.toISOString() : null,
+    retryRunId: r.retry_run_id,
+  }))
+}
+
+export interface RetryResult {
+  retried: Array<{ id: string; runId: string }>
+  refused: Array<{ id: string; reason: string }>
+}
+
+/**
+ * Retry DLQ entries: each gets a fresh run of its task with the failed run's input, enqueued
+ * through the maintenance gate (refused unless running), and is stamped with retried_at and the
+ * new run id in the same transaction. An entry already retried is refused, not retried twice.
+ */
+export async function retryDlq(db: Database, target: { ids: string[] } | { all: true }): Promise<RetryResult> {
+  const ids = 'all' in target
+    ? (await db.query<{ id: string }>(sql.notRetriedIds)).rows.map((r) => r.id)
+    : target.ids
+  if (!('all' in target)) {
+    const { rows } = await db.query<{ id: string }>(sql.existingIds, [ids])
+    const known = new Set(rows.map((r) => r.id))
+    const unknown = ids.filter((id) => !known.has(id))
+    if (unknown.length > 0) {
+      throw new UsageError('UNKNOWN_DLQ_ENTRY', `no DLQ entry with id ${unknown.map((id) => `"${id}"`).join(', ')}; nothing was retried`, { hint: 'dlq:list shows the entries' })
+    }
+  }
+  const result: RetryResult = { retried: [], refused: [] }
+  for (const id of ids) {
+    const outcome = await db.withTransaction(async (tx) => {
+      const { rows: [entry] } = await tx.query<{
+        id: string; task_id: string; retried_at: Date | null; retry_run_id: string | null; input: unknown
+        input_path: string | null; priority: number; idempotency_key: string | null; pipeline_run_id: string | null
+      }>(sql.lockForRetry, [id])
+      if (!entry) return { unknown: true as const }
+      if (entry.retried_at) return { refused: `already retried as run ${entry.retry_run_id ?? '(deleted)'}` }
+      let runId: string
+      try {
+        const { rows: [row] } = await tx.query<{ run_id: string; deduplicated: boolean }>(runs.enqueue, [
+          entry.task_id, entry.input === null ? null : JSON.stringify(entry.input), entry.priority,
+          entry.idempotency_key, 0, entry.input_path, entry.pipeline_run_id,
+        ])
+        runId = row.run_id
+      } catch (error) {
+        throw mapEnqueueError(error, entry.task_id)
+      }
+      await tx.query(sql.markRetried, [id, runId])
+      return { runId }
+    })
+    if ('unknown' in outcome) result.refused.push({ id, reason: 'deleted meanwhile' })
+    else if ('refused' in outcome) result.refused.push({ id, reason: outcome.refused! })
+    else result.retried.push({ id, runId: outcome.runId })
+  }
+  return result
+}
+
+export function assertRetriedAll(result: RetryResult): void {
+  if (result.refused.length === 0) return
+  throw new RefusedError('NOT_RETRIABLE', `not retried: ${result.refused.map((r) => `${r.id} (${r.reason})`).join(', ')}`)
+}

@@ -1,0 +1,102 @@
+/** runs:list, runs:show, runs:cancel (SPEC §5). */
+import type { Queryable } from '../db/database'
+import { RefusedError, UsageError } from '../errors'
+import * as sql from '../sql/task-runs'
+import { RunStatus } from '../sql/task-runs'
+
+export interface PreviousAttempt {
+  attempt: number
+  error: string
+  errorCode: string | null
+  at: string
+}
+
+export interface TaskRun {
+  id: string
+  taskId: string
+  pipelineRunId: string | null
+  parentRunId: string | null
+  status: RunStatus
+  attempt: number
+  priority: number
+  input: unknown
+  output: unknown
+  inputPath: string | null
+  outputPath: string | null
+  error: string | null
+  errorCode: string | null
+  idempotencyKey: string | null
+  previousAttempts: PreviousAttempt[]
+  scheduledFor: string | null
+  createdAt: string
+  startedAt: string | null
+  completedAt: string | null
+  heartbeatAt: string | null
+  orchestratorId: string | null
+}
+
+interface RunRow {
+  id: string; task_id: string; pipeline_run_id: string | null; parent_run_id: string | null; status: RunStatus
+  attempt: number; priority: number; input: unknown; output: unknown; input_path: string | null; output_path: string | null
+  error: string | null; error_code: string | null; idempotency_key: string | null; previous_attempts: PreviousAttempt[]
+  scheduled_for: Date | null; created_at: Date; started_at: Date | null; completed_at: Date | null; heartbeat_at: Date | null
+  orchestrator_id: string | null
+}
+
+const iso = (d: Date | null) => (d ? d.toISOString() : null)
+
+function toRun(r: RunRow): TaskRun {
+  return {
+    id: r.id, taskId: r.task_id, pipelineRunId: r.pipeline_run_id, parentRunId: r.parent_run_id, status: r.status,
+    attempt: r.attempt, priority: r.priority, input: r.input, output: r.output, inputPath: r.input_path,
+    outputPath: r.output_path, error: r.error, errorCode: r.error_code, idempotencyKey: r.idempotency_key,
+    previousAttempts: r.previous_attempts, scheduledFor: iso(r.scheduled_for), createdAt: r.created_at.toISOString(),
+    startedAt: iso(r.started_at), completedAt: iso(r.completed_at), heartbeatAt: iso(r.heartbeat_at), orchestratorId: r.orchestrator_id,
+  }
+}
+
+export const RUN_STATUSES: readonly string[] = Object.values(RunStatus)
+
+export interface ListRunsOptions {
+  status?: string
+  taskId?: string
+  limit?: number
+}
+
+export async function listRuns(db: Queryable, options: ListRunsOptions = {}): Promise<TaskRun[]> {
+  if (options.status !== undefined && !RUN_STATUSES.includes(options.status)) {
+    throw new UsageError('INVALID_STATUS', `unknown status "${options.status}"`, { hint: `use one of ${RUN_STATUSES.join(', ')}` })
+  }
+  const { rows } = await db.query<RunRow>(sql.list, [options.status ?? null, options.taskId ?? null, options.limit ?? 50])
+  return rows.map(toRun)
+}
+
+export async function getRun(db: Queryable, runId: string): Promise<TaskRun> {
+  const { rows: [row] } = await db.query<RunRow>(sql.show, [runId])
+  if (!row) throw new UsageError('UNKNOWN_RUN', `no task run with id "${runId}"`, { hint: 'runs:list shows recent runs' })
+  return toRun(row)
+}
+
+export interface CancelResult {
+  cancelled: string[]
+  refused: Array<{ id: string; status: string }>
+}
+
+/** Cancel pending runs. Unknown ids are exit 2; running or finished ones are refused (exit 4) after the others are cancelled. */
+export async function cancelRuns(db: Queryable, runIds: string[]): Promise<CancelResult> {
+  const { rows } = await db.query<{ id: string; cancelled: boolean; status: string | null }>(sql.cancel, [runIds])
+  const unknown = rows.filter((r) => r.status === null).map((r) => r.id)
+  if (unknown.length > 0) {
+    throw new UsageError('UNKNOWN_RUN', `no task run with id ${unknown.map((id) => `"${id}"`).join(', ')}; nothing was cancelled`, { hint: 'runs:list shows recent runs' })
+  }
+  return {
+    cancelled: rows.filter((r) => r.cancelled).map((r) => r.id),
+    refused: rows.filter((r) => !r.cancelled).map((r) => ({ id: r.id, status: r.status! })),
+  }
+}
+
+export function assertNothingRefused(result: CancelResult): void {
+  if (result.refused.length === 0) return
+  const list = result.refused.map((r) => `${r.id} is ${r.status}`).join(', ')
+  throw new RefusedError('NOT_CANCELLABLE', `only pending runs can be cancelled: ${list}${result.cancelled.length ? ` (cancelled ${result.cancelled.length} other run(s))` : ''}`)
+}

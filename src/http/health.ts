@@ -1,0 +1,68 @@
+/**
+ * The health endpoints of `run --http-port` for container platforms:
+ *   /healthz  the process and its database connection are alive (a query answers)
+ *   /readyz   registered, migrations current, not shutting down
+ *   /metrics  Prometheus text format
+ */
+import * as http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Registry } from 'prom-client'
+import type { Queryable } from '../db/database'
+
+export interface HealthServerOptions {
+  port: number
+  host?: string
+  db: Queryable
+  isReady: () => boolean
+  registry: Registry
+}
+
+export interface HealthServer {
+  port: number
+  close(): Promise<void>
+}
+
+const PING = { name: 'healthz', text: 'SELECT 1' }
+
+export function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]
+    const reply = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' })
+      res.end(body)
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') return reply(405, 'method not allowed\n')
+    switch (path) {
+      case '/healthz': {
+        const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 2 s')), 2000).unref())
+        Promise.race([options.db.query(PING), timeout])
+          .then(() => reply(200, 'ok\n'))
+          .catch((error: Error) => reply(503, `database unavailable: ${error.message.split('\n')[0]}\n`))
+        return
+      }
+      case '/readyz':
+        return options.isReady() ? reply(200, 'ready\n') : reply(503, 'not ready\n')
+      case '/metrics':
+        options.registry.metrics()
+          .then((text) => reply(200, text, options.registry.contentType))
+          .catch((error: Error) => reply(500, `metrics failed: ${error.message}\n`))
+        return
+      default:
+        return reply(404, 'not found: try /healthz, /readyz or /metrics\n')
+    }
+  })
+  server.keepAliveTimeout = 5000
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(options.port, options.host ?? '0.0.0.0', () => {
+      server.off('error', reject)
+      resolve({
+        port: (server.address() as AddressInfo).port,
+        close: () => new Promise((done) => {
+          server.close(() => done())
+          server.closeAllConnections()
+        }),
+      })
+    })
+  })
+}

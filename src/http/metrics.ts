@@ -1,0 +1,83 @@
+/**
+ * Prometheus metrics for `run --http-port` (names are relied on by dashboards; SPEC §5 and the
+ * operator-surface issue). Counters come from the orchestrator's hooks; queue figures are read
+ * from the database at scrape time, once per scrape.
+ */
+import * as client from 'prom-client'
+import type { Queryable } from '../db/database'
+import { MODES, type Mode } from '../maintenance/maintenance'
+import type { OrchestratorHooks, RunOutcome } from '../orchestrator/orchestrator'
+import * as dlq from '../sql/dlq'
+import * as state from '../sql/orchestrator-state'
+import * as runs from '../sql/task-runs'
+
+export interface Metrics {
+  registry: client.Registry
+  hooks: OrchestratorHooks
+}
+
+export function createMetrics(db: Queryable): Metrics {
+  const registry = new client.Registry()
+  client.collectDefaultMetrics({ register: registry })
+
+  // One round of queries per scrape, shared by the gauges that collect concurrently.
+  let snapshot: Promise<{ depth: number; oldest: number; dlq: number; mode: Mode } | undefined> | undefined
+  const read = () => {
+    snapshot ??= (async () => {
+      try {
+        const [queue, entries, mode] = await Promise.all([
+          db.query<{ depth: number; oldest_age_seconds: number }>(runs.queueStats),
+          db.query<{ n: number }>(dlq.countNotRetried),
+          db.query<{ mode: Mode }>(state.currentMode),
+        ])
+        return { depth: queue.rows[0].depth, oldest: queue.rows[0].oldest_age_seconds, dlq: entries.rows[0].n, mode: mode.rows[0].mode }
+      } catch {
+        return undefined // database down: keep the last values; /healthz reports the outage
+      } finally {
+        setImmediate(() => { snapshot = undefined })
+      }
+    })()
+    return snapshot
+  }
+
+  const runsTotal = new client.Counter({
+    name: 'pipeweave_runs_total', help: 'Task run attempts by outcome (completed, cached, retried, failed, timeout).',
+    labelNames: ['task', 'outcome'] as const, registers: [registry],
+  })
+  const dispatchDuration = new client.Histogram({
+    name: 'pipeweave_dispatch_duration_seconds', help: 'Time from dispatch to the worker\'s answer.',
+    labelNames: ['task'] as const, buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [registry],
+  })
+  const inFlight = new client.Gauge({ name: 'pipeweave_runs_in_flight', help: 'Runs this orchestrator is dispatching now.', registers: [registry] })
+  new client.Gauge({
+    name: 'pipeweave_queue_depth', help: 'Due pending runs.', registers: [registry],
+    async collect() { const s = await read(); if (s) this.set(s.depth) },
+  })
+  new client.Gauge({
+    name: 'pipeweave_queue_oldest_age_seconds', help: 'Age of the oldest due pending run (0 when none).', registers: [registry],
+    async collect() { const s = await read(); if (s) this.set(s.oldest) },
+  })
+  new client.Gauge({
+    name: 'pipeweave_dlq_entries', help: 'DLQ entries not yet retried.', registers: [registry],
+    async collect() { const s = await read(); if (s) this.set(s.dlq) },
+  })
+  const maintenanceMode = new client.Gauge({
+    name: 'pipeweave_maintenance_mode', help: '1 for the current maintenance mode, 0 for the others.',
+    labelNames: ['mode'] as const, registers: [registry],
+    async collect() { const s = await read(); if (s) setMode(s.mode) },
+  })
+  const setMode = (mode: Mode) => { for (const m of MODES) maintenanceMode.set({ mode: m }, m === mode ? 1 : 0) }
+  for (const m of MODES) maintenanceMode.set({ mode: m }, 0)
+  inFlight.set(0)
+
+  return {
+    registry,
+    hooks: {
+      onOutcome: (task: string, outcome: RunOutcome) => runsTotal.inc({ task, outcome }),
+      onDispatch: (task: string, seconds: number) => dispatchDuration.observe({ task }, seconds),
+      onInFlight: (count: number) => inFlight.set(count),
+      onMode: setMode,
+    },
+  }
+}

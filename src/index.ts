@@ -1,0 +1,32 @@
+/**
+ * The programmatic API (SPEC §6): what the CLI uses, for services that embed pipeweave.
+ *
+ *   const db = await createDatabase({ env: process.env })
+ *   if (await canAcceptTasks(db)) await enqueueTask(db, { taskId: 'send-report', input: { day } })
+ *   await closeDatabase(db)
+ */
+export { createDatabase, closeDatabase, openOrCreateDatabase } from './api/database'
+export type { Database, DatabaseConfig } from './api/database'
+export { runMigrations, getMigrationStatus, validateMigrations, readMigrationFiles } from './api/migrations'
+export type { MigrationStatus, ValidationResult, MigrationProblem, RunMigrationsOptions, RunMigrationsResult } from './api/migrations'
+export {
+  getMaintenanceStatus, requestMaintenance, enterMaintenance, exitMaintenance, canAcceptTasks, drainCheck,
+} from './maintenance/maintenance'
+export type { MaintenanceStatus, MaintenanceOptions, TransitionResult, Mode, DrainCheckResult, MaintenanceEvent } from './maintenance/maintenance'
+export { waitForMaintenance } from './maintenance/wait'
+export { enqueueTask } from './api/enqueue'
+export type { EnqueueOptions, EnqueueResult } from './api/enqueue'
+export { runCleanup } from './api/cleanup'
+export type { CleanupOptions, CleanupResult } from './api/cleanup'
+export { registerService, listServices, validateManifest } from './api/services'
+export type { ServiceManifest, TaskManifest, RegisterResult, ServiceInfo } from './api/services'
+export { listRuns, getRun, cancelRuns } from './api/runs'
+export type { TaskRun, ListRunsOptions, CancelResult } from './api/runs'
+export { listDlq, retryDlq } from './api/dlq'
+export type { DlqEntry, RetryResult } from './api/dlq'
+export { createOrchestrator } from './orchestrator/orchestrator'
+export type { Orchestrator, OrchestratorOptions, OrchestratorHooks, RunOutcome } from './orchestrator/orchestrator'
+export {
+  PipeweaveError, UsageError, ConnectionError, RefusedError, MaintenanceModeError, WaitTimeoutError, InternalError, ExitCode,
+} from './errors'
+export type { Logger } from './logger'
