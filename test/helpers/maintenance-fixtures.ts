@@ -19,12 +19,14 @@ export interface EventRow {
 }
 
 /** A service `svc` with the given tasks (defaults of migration 001 otherwise). */
-export async function addTask(pool: Pool, taskId: string, columns: { retries?: number; retryDelayMs?: number; concurrency?: number; serviceId?: string } = {}): Promise<void> {
+export async function addTask(pool: Pool, taskId: string, columns: {
+  retries?: number; retryDelayMs?: number; retryBackoff?: 'fixed' | 'exponential'; concurrency?: number; serviceId?: string
+} = {}): Promise<void> {
   const serviceId = columns.serviceId ?? 'svc'
   await pool.query(`INSERT INTO services (id, version, base_url) VALUES ($1, '1.0.0', 'http://127.0.0.1:9') ON CONFLICT (id) DO NOTHING`, [serviceId])
   await pool.query(
-    `INSERT INTO tasks (id, service_id, retries, retry_delay_ms, concurrency) VALUES ($1, $2, $3, $4, $5)`,
-    [taskId, serviceId, columns.retries ?? 3, columns.retryDelayMs ?? 1000, columns.concurrency ?? 0])
+    `INSERT INTO tasks (id, service_id, retries, retry_delay_ms, retry_backoff, concurrency) VALUES ($1, $2, $3, $4, $5, $6)`,
+    [taskId, serviceId, columns.retries ?? 3, columns.retryDelayMs ?? 1000, columns.retryBackoff ?? 'exponential', columns.concurrency ?? 0])
 }
 
 /** A pending run inserted directly (bypassing the gate, as a run left from before the request would be). */
