@@ -4,6 +4,7 @@
  * `maintenance:exit` — nothing claims them in between.
  */
 import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { waitFor } from './helpers/wait'
 import { json, runCli } from './helpers/cli'
 import {
   addPendingRun, addTask, claim, countRuns, eventsAfter, heartbeat, lastEventId, mode, resetTo, startRun,
@@ -87,4 +88,38 @@ it('from waiting_for_maintenance with pending runs nobody will run: enter keeps 
   expect(json(enter)).toMatchObject({ mode: 'maintenance', changed: true, pendingTasks: 1 })
   const { rows: [run] } = await db.pool.query('SELECT status, attempt FROM task_runs WHERE id = $1', [pending])
   expect(run).toEqual({ status: 'pending', attempt: 1 })
+})
+
+it('hands back a lost run without deadlocking an enqueue of its idempotency key in flight', async () => {
+  await resetTo(db.pool, 'running')
+  await addTask(db.pool, 'keyed', { retryDelayMs: 0 })
+  // A run holding key k, lost with its orchestrator.
+  const { rows: [{ run_id: lost }] } = await db.pool.query(`SELECT run_id FROM pipeweave_enqueue('keyed', '{}'::jsonb, NULL, 'k', 0, NULL, NULL)`)
+  await heartbeat(db.pool, 'ghost')
+  expect(await claim(db.pool, 'ghost', 1)).toEqual([lost])
+  await db.pool.query(`DELETE FROM orchestrators WHERE id = 'ghost'`)
+
+  // An enqueuing transaction in flight holds the gate shared…
+  const tx = await db.pool.connect()
+  try {
+    await tx.query('BEGIN')
+    await tx.query(`SELECT run_id FROM pipeweave_enqueue('work', '{}'::jsonb, NULL, NULL, 0, NULL, NULL)`)
+    // …when maintenance:enter comes and waits for the gate…
+    const enter = runCli(['maintenance:enter', '--json'], { env: db.env })
+    await waitFor(async () => (await db.pool.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).rowCount! > 0,
+      { what: 'maintenance:enter to wait for the gate' })
+    // …and the transaction enqueues key k: it must not wait on a run that enter holds while enter waits on it.
+    const { rows: [again] } = await tx.query(`SELECT run_id, deduplicated FROM pipeweave_enqueue('keyed', '{}'::jsonb, NULL, 'k', 0, NULL, NULL)`)
+    expect(again).toEqual({ run_id: lost, deduplicated: true })
+    await tx.query('COMMIT')
+
+    const result = await enter
+    expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' })
+    expect(json(result)).toMatchObject({ mode: 'maintenance', pendingTasks: 2, runningTasks: 0 })
+  } finally {
+    await tx.query('ROLLBACK').catch(() => undefined)
+    tx.release()
+  }
+  const { rows: [run] } = await db.pool.query('SELECT status, attempt FROM task_runs WHERE id = $1', [lost])
+  expect(run).toEqual({ status: 'pending', attempt: 2 })
 })
