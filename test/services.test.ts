@@ -144,13 +144,18 @@ describe('services:register', () => {
 
     it.each(cases)('%s', async (_what, manifest, field) => {
       const before = await snapshot()
-      const [human, machine] = await Promise.all([register(manifest), register(manifest, '--json')])
-      expect(human.code).toBe(2)
-      expect(human.stdout).toBe('')
-      expect(human.stderr).toMatch(field)
-      expect(human.stderr).not.toMatch(/\n\s+at /) // one line, no stack trace
-      expect(machine.code).toBe(2)
-      expect(json(machine)).toMatchObject({ error: { message: expect.stringMatching(field) }, exitCode: 2 })
+      const result = await register(manifest, '--json')
+      expect(result.code).toBe(2)
+      expect(json(result)).toMatchObject({ error: { message: expect.stringMatching(field) }, exitCode: 2 })
+      expect(await snapshot()).toEqual(before)
+    })
+
+    it('for a person: one line on stderr naming the field, nothing on stdout', async () => {
+      const before = await snapshot()
+      const result = await register(imageService({}, { priority: 1.5 }))
+      expect(result.code).toBe(2)
+      expect(result.stdout).toBe('')
+      expect(result.stderr).toMatch(/^error: invalid service manifest: tasks\[0\]\.priority must be a whole number.*nothing was written\n$/)
       expect(await snapshot()).toEqual(before)
     })
 
