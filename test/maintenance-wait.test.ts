@@ -119,6 +119,25 @@ describe('maintenance:request --wait', () => {
     ])
   })
 
+  it('on a terminal, shows the live counts, and the timeout error starts on a line of its own', async () => {
+    await runningRunWithLiveHolder()
+    // script(1) gives the CLI a pseudo-terminal; colour and spinner are on (no NO_COLOR).
+    const env = cleanEnv({ ...db.env, ORCHESTRATOR_STALE_MS: STALE_MS, NO_COLOR: undefined, TERM: 'xterm' })
+    const command = `"${process.execPath}" "${BIN}" maintenance:request --wait --timeout 1`
+    const result = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const child = spawn('script', ['-qec', command, '/dev/null'], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+      let out = ''
+      child.stdout.on('data', (chunk) => { out += chunk })
+      child.on('close', (code) => resolve({ code, out }))
+    })
+    expect(result.code).toBe(5)
+    expect(result.out).toContain('Draining: 1 running, 0 pending, 0 scheduled, 1 orchestrator(s) alive')
+    // The spinner's line is cleared (ESC[2K, ESC[1G) before the error is written, not glued to it.
+    const error = result.out.indexOf('error:')
+    expect(error).toBeGreaterThan(0)
+    expect(result.out.slice(0, error)).toMatch(/(\x1b\[2K\x1b\[1G|\n)(\x1b\[[0-9;?]*[A-Za-z])*$/)
+  })
+
   it('stops waiting (exit 4) when someone withdraws the request', async () => {
     await runningRunWithLiveHolder()
     const cli = startCli(['maintenance:request', '--wait', '--timeout', '60'], { env: { ...db.env, ORCHESTRATOR_STALE_MS: STALE_MS } })
