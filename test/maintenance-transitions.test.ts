@@ -228,3 +228,18 @@ describe('what the events and the status record', () => {
     expect(human.stdout).toContain(exit.actor)
   })
 })
+
+describe('concurrent commands', () => {
+  it('three maintenance:request at once: one change, one event, every one exits 0', async () => {
+    await arrange('running', 'running')
+    const before = await lastEventId(db.pool)
+    const results = await Promise.all([1, 2, 3].map(() => pipeweave('maintenance:request', '--json')))
+    expect(results.map((r) => r.code)).toEqual([0, 0, 0])
+    const bodies = results.map((r) => json<Status>(r))
+    expect(bodies.map((b) => b.mode)).toEqual(['waiting_for_maintenance', 'waiting_for_maintenance', 'waiting_for_maintenance'])
+    expect(bodies.filter((b) => b.changed)).toHaveLength(1)
+    const written = await eventsAfter(db.pool, before)
+    expect(written.map((e) => e.to_mode)).toEqual(['waiting_for_maintenance'])
+    expect(written[0].actor).toBe(results[bodies.findIndex((b) => b.changed)].actor)
+  })
+})
