@@ -51,12 +51,17 @@ describe('bad input: exit 2, nothing written', () => {
     ['a negative --delay-ms', ['tasks:enqueue', 'work', '--delay-ms', '-5'], expect.any(String), /--delay-ms/],
     ['a fractional --priority', ['tasks:enqueue', 'work', '--priority', '1.5'], expect.any(String), /--priority/],
   ])('%s', async (_what, args, code, message) => {
-    const [human, machine] = await Promise.all([pipeweave(args), pipeweave([...args, '--json'])])
+    const machine = await pipeweave([...args, '--json'])
+    expect(machine.code).toBe(2)
+    expect(json(machine)).toMatchObject({ error: { code, message: expect.stringMatching(message) }, exitCode: 2 })
+    expect(await countRuns(db.pool)).toBe(0)
+  })
+
+  it('for a person: one line on stderr, nothing on stdout', async () => {
+    const human = await pipeweave(['tasks:enqueue', 'no-such-task', '--input', '{}'])
     expect(human.code).toBe(2)
     expect(human.stdout).toBe('')
-    expect(human.stderr).toMatch(message)
-    expect(machine.code).toBe(2)
-    expect(json(machine)).toMatchObject({ error: { code }, exitCode: 2 })
+    expect(human.stderr).toMatch(/^error: unknown task "no-such-task".*services:register.*\n$/)
     expect(await countRuns(db.pool)).toBe(0)
   })
 

@@ -6,18 +6,24 @@
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import { registerService } from '../src/api/services'
+import { createDatabase, type Database } from '../src/db/database'
+import { UsageError } from '../src/errors'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { json, runCli } from './helpers/cli'
 
 let db: TestDatabase
+let api: Database
 let scratch: string
 let files = 0
 
 beforeAll(async () => {
   db = await createTestDatabase({ migrated: true })
+  api = await createDatabase({ flags: { url: db.url }, env: {}, command: 'test' })
   scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-services-'))
 })
 afterAll(async () => {
+  await api.close()
   await db.drop()
   fs.rmSync(scratch, { recursive: true, force: true })
 })
@@ -124,30 +130,42 @@ describe('services:register', () => {
   })
 
   describe('an invalid manifest exits 2 naming the field, and writes nothing', () => {
-    const cases: Array<[string, unknown, RegExp]> = [
-      ['a bad field type', imageService({}, { retries: '3' }), /tasks\[0\]\.retries/],
-      ['a bad enum value', imageService({}, { retryBackoff: 'linear' }), /tasks\[0\]\.retryBackoff/],
-      ['a negative number', imageService({}, { concurrency: -1 }), /tasks\[0\]\.concurrency/],
-      ['a string version', imageService({ version: 2 }), /\bversion\b/],
-      ['an unknown manifest field', imageService({ owner: 'team-a' }), /"owner"/],
-      ['an unknown task field', imageService({}, { timeoutMs: 1000 }), /tasks\[0\]\.timeoutMs/],
-      ['a missing service id', { version: '1', baseUrl: 'http://x', tasks: [] }, /\bid is required/],
-      ['a missing task id', { id: 'svc', version: '1', baseUrl: 'http://x', tasks: [{ codeHash: 'h' }] }, /tasks\[0\]\.id/],
-      ['a null task id', { id: 'svc', version: '1', baseUrl: 'http://x', tasks: [{ id: null }] }, /tasks\[0\]\.id/],
-      ['a duplicate task id', { id: 'svc', version: '1', baseUrl: 'http://x', tasks: [{ id: 'a' }, { id: 'a' }] }, /tasks\[1\]\.id/],
-      ['a baseUrl that is not a URL', imageService({ baseUrl: 'images.internal:8080' }), /baseUrl/],
-      ['a baseUrl that is not http', imageService({ baseUrl: 'ftp://images.internal' }), /baseUrl/],
-      ['tasks that are not an array', imageService({ tasks: { id: 'a' } }), /\btasks\b/],
-      ['a task of another service', { id: 'other', version: '1', baseUrl: 'http://x', tasks: [{ id: 'new-one' }, { id: 'resize' }] }, /resize.*images/],
-      ['malformed JSON', '{"id": "svc", ', /not valid JSON/],
+    // [what, manifest, the field the message must name, also through the CLI]. The API is the same
+    // validation (registerService), so only some cases pay for a CLI process.
+    const cases: Array<[string, unknown, RegExp, boolean]> = [
+      ['a bad field type', imageService({}, { retries: '3' }), /tasks\[0\]\.retries/, true],
+      ['a bad enum value', imageService({}, { retryBackoff: 'linear' }), /tasks\[0\]\.retryBackoff/, false],
+      ['a negative number', imageService({}, { concurrency: -1 }), /tasks\[0\]\.concurrency/, false],
+      ['a string version', imageService({ version: 2 }), /\bversion\b/, false],
+      ['an unknown manifest field', imageService({ owner: 'team-a' }), /"owner"/, true],
+      ['an unknown task field', imageService({}, { timeoutMs: 1000 }), /tasks\[0\]\.timeoutMs/, false],
+      ['a missing service id', { version: '1', baseUrl: 'http://x', tasks: [] }, /\bid is required/, true],
+      ['a missing task id', { id: 'svc', version: '1', baseUrl: 'http://x', tasks: [{ codeHash: 'h' }] }, /tasks\[0\]\.id/, false],
+      ['a null task id', { id: 'svc', version: '1', baseUrl: 'http://x', tasks: [{ id: null }] }, /tasks\[0\]\.id/, true],
+      ['a duplicate task id', { id: 'svc', version: '1', baseUrl: 'http://x', tasks: [{ id: 'a' }, { id: 'a' }] }, /tasks\[1\]\.id/, true],
+      ['a baseUrl that is not a URL', imageService({ baseUrl: 'images.internal:8080' }), /baseUrl/, true],
+      ['a baseUrl that is not http', imageService({ baseUrl: 'ftp://images.internal' }), /baseUrl/, false],
+      ['tasks that are not an array', imageService({ tasks: { id: 'a' } }), /\btasks\b/, false],
+      ['a task of another service', { id: 'other', version: '1', baseUrl: 'http://x', tasks: [{ id: 'new-one' }, { id: 'resize' }] }, /resize.*images/, true],
     ]
 
-    it.each(cases)('%s', async (_what, manifest, field) => {
+    it.each(cases)('%s', async (_what, manifest, field, cli) => {
       const before = await snapshot()
+      const error = await registerService(api, manifest).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(UsageError)
+      expect((error as UsageError).message).toMatch(field)
+      expect(await snapshot()).toEqual(before)
+      if (!cli) return
       const result = await register(manifest, '--json')
       expect(result.code).toBe(2)
       expect(json(result)).toMatchObject({ error: { message: expect.stringMatching(field) }, exitCode: 2 })
       expect(await snapshot()).toEqual(before)
+    })
+
+    it('malformed JSON', async () => {
+      const result = await register('{"id": "svc", ', '--json')
+      expect(result.code).toBe(2)
+      expect(json(result)).toMatchObject({ error: { code: 'INVALID_JSON', message: expect.stringMatching(/not valid JSON/) }, exitCode: 2 })
     })
 
     it('for a person: one line on stderr naming the field, nothing on stdout', async () => {
