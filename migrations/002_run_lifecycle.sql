@@ -436,8 +436,10 @@ DECLARE
   v_running integer;
 BEGIN
   SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton' FOR UPDATE;
-  PERFORM pipeweave_return_lost_runs(p_stale_ms);
+  -- The gate before the lost runs: handing one back locks its row, and an enqueue holding the gate
+  -- shared may be about to insert that run's idempotency key (it would wait for us, we for it).
   PERFORM pg_advisory_xact_lock(7020304957001);
+  PERFORM pipeweave_return_lost_runs(p_stale_ms);
   SELECT count(*)::integer INTO v_running FROM task_runs r WHERE r.status = 'running';
   IF v_running > 0 THEN
     RETURN QUERY SELECT v_mode, false, v_running;

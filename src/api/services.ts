@@ -98,7 +98,7 @@ export function validateManifest(value: unknown): ServiceManifest {
     const where = `tasks[${index}]`
     if (typeof task !== 'object' || task === null || Array.isArray(task)) throw invalid(where, 'must be an object')
     const t = task as Record<string, unknown>
-    if (t.id === undefined) throw invalid(`${where}.id`, 'is required')
+    if (t.id === undefined || t.id === null) throw invalid(`${where}.id`, 'is required')
     for (const [key, v] of Object.entries(t)) {
       const check = TASK_FIELDS[key as keyof TaskManifest]
       if (!check) throw invalid(`${where}.${key}`, `is not a task field (${Object.keys(TASK_FIELDS).join(', ')})`)
@@ -135,16 +135,19 @@ export async function registerService(db: Database, manifest: unknown): Promise<
       })
     }
     const { rows: [service] } = await tx.query<{ created: boolean }>(sql.upsertService, [m.id, m.version, baseUrl])
+    const { rows: existing } = await tx.query<{ id: string; code_hash: string | null; code_version: number }>(sql.lockTasks, [m.tasks.map((t) => t.id)])
+    const previous = new Map(existing.map((r) => [r.id, r]))
     const tasks: RegisteredTask[] = []
     for (const t of m.tasks) {
-      const { rows: [row] } = await tx.query<{ code_version: number; previous_hash: string | null; created: boolean }>(sql.upsertTask, [
+      const { rows: [row] } = await tx.query<{ code_version: number; created: boolean }>(sql.upsertTask, [
         t.id, m.id, t.codeHash ?? null,
         t.timeout ?? TASK_DEFAULTS.timeout, t.retries ?? TASK_DEFAULTS.retries, t.retryBackoff ?? TASK_DEFAULTS.retryBackoff,
         t.retryDelayMs ?? TASK_DEFAULTS.retryDelayMs, t.maxRetryDelayMs ?? TASK_DEFAULTS.maxRetryDelayMs,
         t.heartbeatIntervalMs ?? null, t.concurrency ?? TASK_DEFAULTS.concurrency, t.priority ?? TASK_DEFAULTS.priority,
         t.idempotencyTTL ?? null, t.allowedNext ?? [], t.description ?? null,
       ])
-      const codeChanged = row.created || row.previous_hash !== (t.codeHash ?? null)
+      const before = previous.get(t.id)
+      const codeChanged = row.created || before === undefined || before.code_version !== row.code_version
       if (codeChanged) await tx.query(sql.recordCodeVersion, [t.id, row.code_version, t.codeHash ?? null])
       tasks.push({ id: t.id, codeVersion: row.code_version, status: row.created ? 'created' : codeChanged ? 'code changed' : 'updated' })
     }

@@ -15,13 +15,24 @@ export const tasksOwnedElsewhere: Statement = {
 }
 
 /**
- * Upsert one task; a changed code_hash bumps code_version. Returns the version and whether the
- * hash changed (then the caller appends task_code_history). Locks the task row for the update.
+ * Lock the existing rows of the tasks $1 (in id order, so two registrations cannot deadlock) and
+ * read their code hash and version: what registerService compares the manifest with. A separate
+ * statement on purpose: a `SELECT … FOR UPDATE` in a CTE of the upsert below is only evaluated when
+ * RETURNING first reads it, after the upsert has updated the row, and FOR UPDATE then skips a row
+ * that the same command updated, so it read nothing and every task looked new.
+ */
+export const lockTasks: Statement = {
+  name: 'lock_tasks',
+  text: `SELECT id, code_hash, code_version FROM tasks WHERE id = ANY ($1::text[]) ORDER BY id FOR UPDATE`,
+}
+
+/**
+ * Upsert one task; a changed code_hash bumps code_version. Returns the version and whether the row
+ * was inserted (xmax = 0, as upsertService); the caller appends task_code_history on a change.
  */
 export const upsertTask: Statement = {
   name: 'upsert_task',
-  text: `WITH previous AS (SELECT code_hash, code_version FROM tasks WHERE id = $1 FOR UPDATE)
-         INSERT INTO tasks (id, service_id, code_hash, code_version, timeout_seconds, retries, retry_backoff,
+  text: `INSERT INTO tasks (id, service_id, code_hash, code_version, timeout_seconds, retries, retry_backoff,
                             retry_delay_ms, max_retry_delay_ms, heartbeat_interval_ms, concurrency, priority,
                             idempotency_ttl_seconds, allowed_next, description)
          VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text[], $14)
@@ -36,9 +47,7 @@ export const upsertTask: Statement = {
            concurrency = EXCLUDED.concurrency, priority = EXCLUDED.priority,
            idempotency_ttl_seconds = EXCLUDED.idempotency_ttl_seconds, allowed_next = EXCLUDED.allowed_next,
            description = EXCLUDED.description, updated_at = now()
-         RETURNING code_version,
-                   (SELECT p.code_hash FROM previous p) AS previous_hash,
-                   NOT EXISTS (SELECT 1 FROM previous) AS created`,
+         RETURNING code_version, (xmax = 0) AS created`,
 }
 
 export const recordCodeVersion: Statement = {

@@ -60,8 +60,12 @@ export async function createTestDatabase(options: { migrated?: boolean; prefix?:
 }
 
 async function migrate(url: string): Promise<void> {
-  const { createDatabase } = await import('../../src/db/database')
-  const { runMigrations } = await import('../../src/api/migrations')
+  // require, not import(): under ts-jest with module nodenext a real import() needs
+  // --experimental-vm-modules, and every createTestDatabase({ migrated: true }) failed.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { createDatabase } = require('../../src/db/database') as typeof import('../../src/db/database')
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { runMigrations } = require('../../src/api/migrations') as typeof import('../../src/api/migrations')
   const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
   try {
     await runMigrations(db)

@@ -25,11 +25,16 @@ request stands (new tasks stay refused) until \`maintenance:exit\` withdraws it.
     if (!this.flags.wait || result.mode === 'maintenance') return result
     const spinner = this.out.spinner('Draining…')
     this.onRelease(async () => spinner.stop())
-    const status = await waitForMaintenance(db, {
-      timeoutMs: this.flags.timeout === undefined ? undefined : this.flags.timeout * 1000,
-      onProgress: (s) => spinner.update(`Draining: ${s.runningTasks} running, ${s.pendingTasks} pending, ${s.scheduledTasks} scheduled, ${s.liveOrchestrators} orchestrator(s) alive`),
-    })
-    spinner.stop()
+    let status
+    try {
+      status = await waitForMaintenance(db, {
+        timeoutMs: this.flags.timeout === undefined ? undefined : this.flags.timeout * 1000,
+        onProgress: (s) => spinner.update(`Draining: ${s.runningTasks} running, ${s.pendingTasks} pending, ${s.scheduledTasks} scheduled, ${s.liveOrchestrators} orchestrator(s) alive`),
+      })
+    } finally {
+      // Before catch() prints a timeout or a withdrawal: the error must not land on the spinner's line.
+      spinner.stop()
+    }
     return { ...status, changed: true }
   }
 

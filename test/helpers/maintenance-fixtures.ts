@@ -1,0 +1,106 @@
+/**
+ * Arranging task runs and orchestrators directly in the database, for the maintenance, enqueue and
+ * services tests. Runs go through migration 002's own functions (claim, complete), the way `run`
+ * drives them, so the rows look exactly like the ones an orchestrator leaves.
+ */
+import type { Pool } from 'pg'
+
+export type Mode = 'running' | 'waiting_for_maintenance' | 'maintenance'
+
+export interface EventRow {
+  id: string
+  from_mode: Mode
+  to_mode: Mode
+  at: Date
+  actor: string
+  reason: string | null
+  /** The transaction that wrote the row: two rows with one xid were written together. */
+  xid: string
+}
+
+/** A service `svc` with the given tasks (defaults of migration 001 otherwise). */
+export async function addTask(pool: Pool, taskId: string, columns: {
+  retries?: number; retryDelayMs?: number; retryBackoff?: 'fixed' | 'exponential'; concurrency?: number; serviceId?: string
+} = {}): Promise<void> {
+  const serviceId = columns.serviceId ?? 'svc'
+  await pool.query(`INSERT INTO services (id, version, base_url) VALUES ($1, '1.0.0', 'http://127.0.0.1:9') ON CONFLICT (id) DO NOTHING`, [serviceId])
+  await pool.query(
+    `INSERT INTO tasks (id, service_id, retries, retry_delay_ms, retry_backoff, concurrency) VALUES ($1, $2, $3, $4, $5, $6)`,
+    [taskId, serviceId, columns.retries ?? 3, columns.retryDelayMs ?? 1000, columns.retryBackoff ?? 'exponential', columns.concurrency ?? 0])
+}
+
+/** A pending run inserted directly (bypassing the gate, as a run left from before the request would be). */
+export async function addPendingRun(pool: Pool, taskId: string, options: { scheduledInMs?: number; attempt?: number } = {}): Promise<string> {
+  const { rows: [row] } = await pool.query<{ id: string }>(
+    `INSERT INTO task_runs (task_id, attempt, scheduled_for)
+     VALUES ($1, $2, CASE WHEN $3::bigint IS NULL THEN NULL ELSE clock_timestamp() + $3::bigint * interval '1 millisecond' END)
+     RETURNING id`,
+    [taskId, options.attempt ?? 1, options.scheduledInMs ?? null])
+  return row.id
+}
+
+/** Register (or refresh) an orchestrators row; `ageMs` back-dates its heartbeat. */
+export async function heartbeat(pool: Pool, orchestratorId: string, ageMs = 0): Promise<void> {
+  await pool.query(
+    `INSERT INTO orchestrators (id, host, pid, version, heartbeat_at)
+     VALUES ($1, 'test-host', 1, 'test', now() - $2::int * interval '1 millisecond')
+     ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at`,
+    [orchestratorId, ageMs])
+}
+
+/** Claim up to `limit` due runs for `orchestratorId`, as `run` does. Returns the claimed ids. */
+export async function claim(pool: Pool, orchestratorId: string, limit = 1): Promise<string[]> {
+  const { rows } = await pool.query<{ id: string }>('SELECT id FROM pipeweave_claim_runs($1, $2)', [orchestratorId, limit])
+  return rows.map((r) => r.id)
+}
+
+/** Put one run in `running`: a live orchestrator row, then the claim. */
+export async function startRun(pool: Pool, taskId: string, orchestratorId = 'test-orchestrator'): Promise<string> {
+  const id = await addPendingRun(pool, taskId)
+  await heartbeat(pool, orchestratorId)
+  const claimed = await claim(pool, orchestratorId, 1)
+  if (!claimed.includes(id)) throw new Error(`expected to claim ${id}, claimed ${JSON.stringify(claimed)}`)
+  return id
+}
+
+export async function complete(pool: Pool, runId: string, orchestratorId = 'test-orchestrator'): Promise<boolean> {
+  const { rows: [row] } = await pool.query<{ completed: boolean }>(
+    `SELECT completed FROM pipeweave_complete_run($1, $2, '{"ok":true}'::jsonb, '{}', false)`, [runId, orchestratorId])
+  return row.completed
+}
+
+export async function mode(pool: Pool): Promise<{ mode: Mode; modeChangedAt: Date; reason: string | null }> {
+  const { rows: [row] } = await pool.query<{ mode: Mode; mode_changed_at: Date; reason: string | null }>(
+    `SELECT mode, mode_changed_at, reason FROM orchestrator_state WHERE id = 'singleton'`)
+  return { mode: row.mode, modeChangedAt: row.mode_changed_at, reason: row.reason }
+}
+
+/** maintenance_events rows with id greater than `afterId`, oldest first. */
+export async function eventsAfter(pool: Pool, afterId: string | number = 0): Promise<EventRow[]> {
+  const { rows } = await pool.query<EventRow>(
+    `SELECT id::text, from_mode, to_mode, at, actor, reason, xmin::text AS xid
+       FROM maintenance_events WHERE id > $1::bigint ORDER BY id`, [String(afterId)])
+  return rows
+}
+
+export async function lastEventId(pool: Pool): Promise<string> {
+  const { rows: [row] } = await pool.query<{ id: string }>(`SELECT COALESCE(max(id), 0)::text AS id FROM maintenance_events`)
+  return row.id
+}
+
+/**
+ * Put the system in `target` through plain SQL (the runbook way; the trigger records it), with no
+ * task run left over: tests arrange the runs they need after this.
+ */
+export async function resetTo(pool: Pool, target: Mode): Promise<void> {
+  await pool.query(`DELETE FROM dlq`)
+  await pool.query(`DELETE FROM idempotency_cache`)
+  await pool.query(`DELETE FROM task_runs`)
+  await pool.query(`DELETE FROM orchestrators`)
+  await pool.query(`UPDATE orchestrator_state SET mode = $1 WHERE id = 'singleton'`, [target])
+}
+
+export async function countRuns(pool: Pool, where = 'true', values: unknown[] = []): Promise<number> {
+  const { rows: [row] } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM task_runs WHERE ${where}`, values)
+  return row.n
+}
