@@ -342,7 +342,8 @@ $$;
 -- Crash recovery (SPEC §5): orchestrators whose heartbeat is older than p_stale_ms leave the
 -- table, and every run still `running` without a live holder is failed with "orchestrator lost"
 -- through pipeweave_fail_run: it uses up its attempt, so a run that kills its orchestrator every
--- time ends in the DLQ instead of looping. Returns how many runs were handed back or dead-lettered.
+-- time ends in the DLQ instead of looping; one handed back is due at once. Returns how many runs
+-- were handed back or dead-lettered.
 CREATE FUNCTION pipeweave_return_lost_runs(p_stale_ms integer) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
   v_id text;
@@ -356,6 +357,9 @@ BEGIN
        FOR UPDATE SKIP LOCKED
   LOOP
     PERFORM pipeweave_fail_run(v_id, NULL, 'orchestrator lost', 'ORCHESTRATOR_LOST', true, false);
+    -- Due at once, not after a backoff: the worker did not fail, its orchestrator vanished, and
+    -- crashed work must hold a drain (SPEC §4), not slip past it as "scheduled".
+    UPDATE task_runs r SET scheduled_for = NULL WHERE r.id = v_id AND r.status = 'pending';
     v_count := v_count + 1;
   END LOOP;
   RETURN v_count;

@@ -82,10 +82,14 @@ export class Output {
 
   /** Progress on stderr: an ora spinner on a TTY, nothing otherwise. */
   spinner(text: string): Spinner {
-    if (!colorEnabled(this.stderr, this.env)) return { update: () => undefined, stop: () => undefined }
+    // A spinner is progress, not colour: NO_COLOR keeps it, uncoloured; off a TTY there is none.
+    if (!this.stderr.isTTY || this.env.TERM === 'dumb') return { update: () => undefined, stop: () => undefined }
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const ora = require('ora') as typeof import('ora')
-    const spinner = ora({ text: redact(text), stream: this.stderr as NodeJS.WritableStream }).start()
+    const spinner = ora({
+      text: redact(text), stream: this.stderr as NodeJS.WritableStream,
+      color: colorEnabled(this.stderr, this.env) ? 'cyan' : false as unknown as 'cyan', isEnabled: true,
+    }).start()
     return {
       update: (t) => { spinner.text = redact(t) },
       stop: () => { spinner.stop() },

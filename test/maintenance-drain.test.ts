@@ -144,22 +144,25 @@ describe('runs held by dead orchestrators', () => {
     }])
   })
 
-  it('a killed fleet does not hold a drain: runs with a backoff come back scheduled, and the drain completes', async () => {
+  it('runs of a killed fleet come back due at once (no backoff) and hold the drain until a survivor finishes them', async () => {
     await resetTo(db.pool, 'running')
     const runs = [await startRun(db.pool, 'slow-retry', 'fleet-1'), await startRun(db.pool, 'slow-retry', 'fleet-2')]
-    await addPendingRun(db.pool, 'slow-retry')
-    // The fleet is killed: its heartbeats stop. A live orchestrator claims the last due run…
+    // The fleet is killed: its heartbeats stop; one orchestrator survives.
     await heartbeat(db.pool, 'fleet-1', 120_000)
     await heartbeat(db.pool, 'fleet-2', 120_000)
     await heartbeat(db.pool, 'survivor')
-    const [survivorRun] = await claim(db.pool, 'survivor', 1)
 
+    // The crashed work is due again, not scheduled past the drain, so it holds the drain…
     const waiting = json<Status>(await pipeweave(['maintenance:request', '--json']))
-    expect(waiting).toMatchObject({ mode: 'waiting_for_maintenance', runningTasks: 1, pendingTasks: 0, scheduledTasks: 2, liveOrchestrators: 1 })
-    // …and when it finishes, the drain completes although the lost runs were never finished.
-    await db.pool.query(`SELECT pipeweave_complete_run($1, 'survivor', 'null'::jsonb, '{}', false)`, [survivorRun])
+    expect(waiting).toMatchObject({ mode: 'waiting_for_maintenance', runningTasks: 0, pendingTasks: 2, scheduledTasks: 0, liveOrchestrators: 1 })
+    expect(await countRuns(db.pool, `id = ANY ($1) AND status = 'pending' AND attempt = 2 AND scheduled_for IS NULL`, [runs])).toBe(2)
+
+    // …until the survivor has run it.
+    const claimed = await claim(db.pool, 'survivor', 5)
+    expect([...claimed].sort()).toEqual([...runs].sort())
+    for (const id of claimed) await db.pool.query(`SELECT pipeweave_complete_run($1, 'survivor', 'null'::jsonb, '{}', false)`, [id])
     const done = json<Status>(await pipeweave(['maintenance:status', '--json']))
-    expect(done).toMatchObject({ mode: 'maintenance', runningTasks: 0, pendingTasks: 0, scheduledTasks: 2 })
-    expect(await countRuns(db.pool, `id = ANY ($1) AND status = 'pending' AND attempt = 2`, [runs])).toBe(2)
+    expect(done).toMatchObject({ mode: 'maintenance', runningTasks: 0, pendingTasks: 0, scheduledTasks: 0 })
+    expect(await countRuns(db.pool, `id = ANY ($1) AND status = 'completed' AND attempt = 2`, [runs])).toBe(2)
   })
 })

@@ -35,7 +35,8 @@ request stands (new tasks stay refused) until \`maintenance:exit\` withdraws it.
       // Before catch() prints a timeout or a withdrawal: the error must not land on the spinner's line.
       spinner.stop()
     }
-    return { ...status, changed: true }
+    // Changed: this request moved the mode, or the drain it waited for completed meanwhile.
+    return { ...status, changed: result.changed || status.mode !== result.mode }
   }
 
   protected render(result: TransitionResult): void {
