@@ -2,6 +2,7 @@
  * The pool and the one place queries go through: application_name, TLS (with libpq's `prefer`
  * fallback, which node-postgres lacks), the slow-query log, error mapping and password masking.
  */
+import { isIP } from 'node:net'
 import type { ConnectionOptions } from 'node:tls'
 import { Client, Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg'
 import { type Logger, silentLogger } from '../logger'
@@ -75,7 +76,9 @@ export function tlsOptions(ssl: SslSettings, host: string): false | ConnectionOp
     case 'verify-ca':
       return { ...files, rejectUnauthorized: true, checkServerIdentity: () => undefined }
     case 'verify-full':
-      return { ...files, rejectUnauthorized: true, servername: host }
+      // SNI takes host names only: an IP address as servername makes Node print a DEP0123 warning
+      // on stderr. Without it, Node still checks the certificate against the address connected to.
+      return { ...files, rejectUnauthorized: true, ...(isIP(host) === 0 ? { servername: host } : {}) }
   }
 }
 
