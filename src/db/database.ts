@@ -158,6 +158,9 @@ class PgDatabase implements Database {
   readonly description: string
   readonly embeddedDataDir?: string
   private closed = false
+  /** Pooled connections not yet closed: pool.end() resolves before their sockets are (pg-pool 3). */
+  private readonly connections = new Set<unknown>()
+  private onAllClosed?: () => void
 
   constructor(
     private readonly pool: Pool,
@@ -171,6 +174,11 @@ class PgDatabase implements Database {
   ) {
     this.description = describeTarget(target)
     this.embeddedDataDir = embedded?.server.dataDir
+    pool.on('connect', (client) => this.connections.add(client))
+    pool.on('remove', (client) => {
+      this.connections.delete(client)
+      if (this.connections.size === 0) this.onAllClosed?.()
+    })
   }
 
   query<R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]): Promise<QueryResult<R>> {
@@ -234,6 +242,15 @@ class PgDatabase implements Database {
     if (this.closed) return
     this.closed = true
     await this.pool.end().catch(() => undefined)
+    // pg-pool's end() calls client.end() without waiting for it: wait until every pooled
+    // connection has really closed, or the embedded server's "is any other pipeweave process
+    // connected?" check below can count our own closing connections and leave it running.
+    if (this.connections.size > 0) {
+      await new Promise<void>((resolve) => {
+        this.onAllClosed = resolve
+        setTimeout(resolve, this.settings.connectTimeoutMs).unref()
+      })
+    }
     await this.embedded?.release()
   }
 }
