@@ -7,6 +7,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { Pool } from 'pg'
+import { createDatabase } from '../src/db/database'
 import { MIGRATION_LOCK_KEY } from '../src/sql/migrations'
 import { type CliResult, json, runCli, startCli } from './helpers/cli'
 import { adminUrl, createTestDatabase, type TestDatabase } from './helpers/db'
@@ -191,6 +192,35 @@ describe('connection', () => {
         expect((await migrate.done).code).toBe(0)
       } finally {
         holder.release()
+      }
+    })
+  })
+
+  describe('settings that reach the server', () => {
+    it('DB_STATEMENT_TIMEOUT_MS sets statement_timeout, and application_name names the command', async () => {
+      const api = await createDatabase({ flags: { url: urlOf(good) }, env: { DB_STATEMENT_TIMEOUT_MS: '1234' }, command: 'db:test-settings' })
+      try {
+        const { rows: [row] } = await api.query(`SELECT current_setting('statement_timeout') AS timeout, current_setting('application_name') AS app`)
+        expect(row.timeout).toBe('1234ms')
+        expect(row.app).toMatch(/^pipeweave\/\d+\.\d+\.\d+\S* db:test-settings$/)
+        await expect(api.query('SELECT pg_sleep(5)')).rejects.toThrow(/statement timeout/)
+      } finally {
+        await api.close()
+      }
+    })
+
+    it('returns timestamptz values as the same instants whatever the client and server time zones', async () => {
+      const migrated = await createTestDatabase({ migrated: true })
+      try {
+        const { rows: [row] } = await migrated.pool.query(`SELECT extract(epoch FROM finished_at) * 1000 AS ms FROM pipeweave_migration_log WHERE migration_id = 1`)
+        const url = new URL(migrated.url)
+        url.searchParams.set('options', '-c TimeZone=America/Los_Angeles')
+        const result = await runCli(['db:status', '--json', '--url', url.toString()], { env: { TZ: 'Pacific/Kiritimati' } })
+        expect(result.code).toBe(0)
+        const appliedAt = json<{ applied: Array<{ appliedAt: string }> }>(result).applied[0].appliedAt
+        expect(Math.abs(new Date(appliedAt).getTime() - Number(row.ms))).toBeLessThan(1)
+      } finally {
+        await migrated.drop()
       }
     })
   })

@@ -30,6 +30,14 @@ describe('db:init and db:status', () => {
 
     expect((await runCli(['db:status', '--exit-code'], { env: db.env })).code).toBe(0)
   })
+
+  it('draws plain tables without colour when the output is not a terminal, NO_COLOR or not', async () => {
+    const result = await runCli(['db:status'], { env: { ...db.env, NO_COLOR: undefined, FORCE_COLOR: undefined } })
+    expect(result.code).toBe(0)
+    expect(result.stdout).toMatch(/^Initialized: (yes|no)\nCurrent version: (1|none)\n/)
+    expect(result.stdout).toMatch(/^\+----\+/m)
+    expect(result.stdout + result.stderr).not.toMatch(/\x1b\[/)
+  })
 })
 
 describe('db:init', () => {

@@ -119,6 +119,18 @@ describe('db:migrate', () => {
       expect(json(result)).toEqual({ dryRun: false, applied: [], pending: [] })
     })
 
+    it('--require-maintenance refuses (exit 4) unless the mode is maintenance', async () => {
+      const refused = await runCli(['db:migrate', '--require-maintenance', '--json'], { env: db.env, bin: install.bin })
+      expect(refused.code).toBe(4)
+      expect(json(refused)).toMatchObject({ error: { code: 'NOT_IN_MAINTENANCE' }, exitCode: 4 })
+      await db.pool.query(`UPDATE orchestrator_state SET mode = 'maintenance' WHERE id = 'singleton'`)
+      try {
+        expect((await runCli(['db:migrate', '--require-maintenance'], { env: db.env, bin: install.bin })).code).toBe(0)
+      } finally {
+        await db.pool.query(`UPDATE orchestrator_state SET mode = 'running' WHERE id = 'singleton'`)
+      }
+    })
+
     it('refuses (exit 4, naming the file) when an applied migration was changed, and db:validate too', async () => {
       const changed = createInstall({ '001_initial_schema.sql': INITIAL_SCHEMA, '002_widgets.sql': `${SECOND}-- an afterthought\n`, '003_widget_label.sql': THIRD, '004_more.sql': 'CREATE TABLE more_things (id int);\n' })
       try {
