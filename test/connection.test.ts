@@ -225,6 +225,21 @@ describe('connection', () => {
     })
   })
 
+  describe('masking a common password', () => {
+    it('shows postgres://user:****@… and valid JSON when the password is "postgres"', async () => {
+      const common = `${role}_common`
+      const pool = new Pool({ connectionString: adminUrl(), max: 1 })
+      try {
+        await pool.query(`CREATE ROLE ${common} LOGIN PASSWORD 'postgres'`)
+        const result = await runCli(['db:ping', '--json'], { env: { DATABASE_URL: urlOf({ ...good, user: common, password: 'postgres' }) } })
+        expect(result.code).toBe(0)
+        expect(json(result).target).toBe(`postgres://${common}:****@${server.host}:${server.port}/${db.name}`)
+      } finally {
+        await pool.query(`DROP ROLE IF EXISTS ${common}`).finally(() => pool.end())
+      }
+    })
+  })
+
   describe('failures (SPEC §1, §2)', () => {
     let blackHole: FakeServer
     beforeAll(async () => { blackHole = await blackHoleServer() })
