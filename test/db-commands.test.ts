@@ -1,4 +1,6 @@
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import * as crypto from 'node:crypto'
+import { Pool, escapeIdentifier } from 'pg'
+import { adminUrl, createTestDatabase, urlFor, type TestDatabase } from './helpers/db'
 import { json, runCli } from './helpers/cli'
 
 describe('db:init and db:status', () => {
@@ -52,6 +54,34 @@ describe('db:init', () => {
     const again = await runCli(['db:init'], { env: db.env })
     expect(again.code).toBe(0)
     expect(again.stdout).toBe('Already initialized; the schema is at version 1\n')
+  })
+})
+
+describe('db:init on a missing database', () => {
+  it('creates it, or exits 3 saying so when the user may not create databases', async () => {
+    const role = `pw_nocreate_${crypto.randomBytes(4).toString('hex')}`
+    const name = `pw_init_${crypto.randomBytes(4).toString('hex')}`
+    const admin = new Pool({ connectionString: adminUrl(), max: 1 })
+    try {
+      await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD 'nocreate-pw' NOCREATEDB`)
+      const url = new URL(urlFor(name))
+      url.username = role
+      url.password = 'nocreate-pw'
+      const refused = await runCli(['db:init', '--json', '--url', url.toString()])
+      expect(refused.code).toBe(3)
+      expect(json(refused)).toEqual({
+        error: { code: 'DATABASE_MISSING', message: expect.stringContaining(`"${name}" does not exist`), hint: expect.stringContaining('CREATE DATABASE') },
+        exitCode: 3,
+      })
+
+      const created = await runCli(['db:init'], { env: { DATABASE_URL: urlFor(name) } })
+      expect(created.code).toBe(0)
+      expect(created.stdout).toBe(`Created database ${name}\nApplied 1 migration(s); the schema is at version 1\n`)
+    } finally {
+      await admin.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(name)} WITH (FORCE)`)
+      await admin.query(`DROP ROLE IF EXISTS ${role}`)
+      await admin.end()
+    }
   })
 })
 
