@@ -5,7 +5,7 @@
  */
 import { Command, Flags, type Interfaces } from '@oclif/core'
 import type { Database, DatabaseConfig } from './db/database'
-import { ExitCode, PipeweaveError, UsageError } from './errors'
+import { ExitCode, PipeweaveError, RefusedError, UsageError } from './errors'
 import { Output, stderrLogger } from './output'
 import type { Logger } from './logger'
 import { redact } from './redact'
@@ -173,6 +173,13 @@ export function classify(error: unknown): Failure {
   if (e && (e.parse !== undefined || /Flag|Arg|Parse|Validation/.test(e.constructor?.name ?? '') || e.oclif?.exit === 2)) {
     const usage = new UsageError('BAD_USAGE', usageMessage(e.message), { hint: 'see --help' })
     return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
+  }
+  // undefined_table: a command that needs the schema ran on a database that has not got it (yet).
+  if (e?.code === '42P01') {
+    const refused = new RefusedError('NOT_INITIALIZED', `the database is not initialized: ${firstLine(e.message)}`, {
+      hint: 'run `pipeweave db:init` (or db:migrate); `pipeweave db:status` shows what is pending',
+    })
+    return { exitCode: refused.exitCode, code: refused.code, message: refused.message, hint: refused.hint }
   }
   if (e?.oclif?.exit !== undefined && e.oclif.exit !== 1) {
     return { exitCode: e.oclif.exit, code: 'EXIT', message: firstLine(e.message) }

@@ -189,4 +189,15 @@ describe('db:cleanup', () => {
     expect(result.stderr.trim().split('\n')).toHaveLength(1)
     expect(result.stderr).toMatch(/--batch-size.*(greater than or equal to 1|at least 1)/)
   })
+
+  it('on a database that was never initialized: exit 4 saying to run db:init, not "a bug"', async () => {
+    const empty = await createTestDatabase()
+    try {
+      const result = await runCli(['db:cleanup', '--json'], { env: empty.env })
+      expect(result.code).toBe(4)
+      expect(json(result)).toEqual({ error: { code: 'NOT_INITIALIZED', message: expect.stringContaining('idempotency_cache'), hint: expect.stringContaining('pipeweave db:init') }, exitCode: 4 })
+    } finally {
+      await empty.drop()
+    }
+  })
 })
