@@ -3,10 +3,34 @@
  * production-looking guard before even connecting); with --yes it drops and re-migrates.
  */
 import { objectsCreatedBy } from '../src/api/reset'
-import { json, runCli } from './helpers/cli'
+import { spawn } from 'node:child_process'
+import { BIN, cleanEnv, json, runCli } from './helpers/cli'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { type FakeServer, blackHoleServer } from './helpers/fake-server'
 import { INITIAL_SCHEMA, createInstall } from './helpers/install'
+import { waitFor } from './helpers/wait'
+
+/**
+ * db:reset on a terminal: run under util-linux `script`, which gives it a pseudo-terminal, and
+ * type `keys` once the prompt shows.
+ */
+async function resetOnTerminal(env: Record<string, string>, keys: string): Promise<{ code: number | null; output: string }> {
+  const child = spawn('script', ['-qec', `"${process.execPath}" "${BIN}" db:reset`, '/dev/null'], {
+    env: cleanEnv({ ...env, TERM: 'dumb' }), stdio: ['pipe', 'pipe', 'pipe'],
+  })
+  let output = ''
+  child.stdout.on('data', (chunk) => { output += chunk })
+  child.stderr.on('data', (chunk) => { output += chunk })
+  const done = new Promise<number | null>((resolve) => child.on('close', resolve))
+  try {
+    await waitFor(() => output.includes('Type the database name to confirm:'), { what: 'the confirmation prompt' })
+    child.stdin.write(keys)
+    const code = await done
+    return { code, output }
+  } finally {
+    child.kill('SIGKILL')
+  }
+}
 
 describe('db:reset', () => {
   let db: TestDatabase
@@ -127,5 +151,26 @@ CREATE DOMAIN positive AS int CHECK (VALUE > 0);`,
     expect(names).toEqual(expect.arrayContaining(['TABLE public."Odd Name"', 'MATERIALIZED VIEW stats', 'DOMAIN positive']))
     expect(names.join(' ')).not.toMatch(/not_this_one|nor_this/)
     expect(created.functions).toEqual(['pipeweave_log_migration', 'tidy'])
+  })
+
+  describe('on a terminal', () => {
+    it('refuses (exit 4) when the name typed differs, or on Ctrl+D, leaving the data', async () => {
+      const wrong = await resetOnTerminal(db.env, 'not_the_name\r')
+      expect(wrong.code).toBe(4)
+      expect(wrong.output).toMatch(/the name typed does not match; nothing was changed/)
+      expect(await survivors()).toEqual(['keep-me'])
+
+      const eof = await resetOnTerminal(db.env, '\x04')
+      expect(eof.code).toBe(4)
+      expect(eof.output).not.toMatch(/unexpected error/)
+      expect(await survivors()).toEqual(['keep-me'])
+    })
+
+    it('resets once the database name is typed', async () => {
+      const typed = await resetOnTerminal(db.env, `${db.name}\r`)
+      expect(typed.code).toBe(0)
+      expect(typed.output).toContain(`Reset ${db.name}`)
+      expect(await survivors()).toEqual([])
+    })
   })
 })
