@@ -176,6 +176,13 @@ describe('the embedded server', () => {
       expect(reset.code).toBe(4)
       expect(reset.stderr).toMatch(/--yes/)
       await expectNoServer(home, 'db:reset')
+
+      // Ctrl+C mid-migration: the command releases what it holds, the last one out stops the server.
+      const interrupted = startCli(['db:migrate'], { env, bin: install.bin })
+      await waitFor(() => interrupted.stderr().includes('Applying: 002_slow.sql'), { what: 'db:migrate to reach 002_slow.sql again' })
+      interrupted.child.kill('SIGINT')
+      expect((await interrupted.done).code).toBe(130)
+      await expectNoServer(home, 'an interrupted db:migrate')
     } finally {
       install.remove()
     }
