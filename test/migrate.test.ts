@@ -181,5 +181,24 @@ describe('db:migrate', () => {
         holder.release()
       }
     })
+
+    // Last in this block: it leaves a migration 4 that the other installs do not know.
+    it('warns when orchestrators are alive outside maintenance; a database ahead of this pipeweave is refused', async () => {
+      const newer = createInstall({ '001_initial_schema.sql': INITIAL_SCHEMA, '002_widgets.sql': SECOND, '003_widget_label.sql': THIRD, '004_more.sql': 'CREATE TABLE more_things (id int);\n' })
+      try {
+        await db.pool.query(`INSERT INTO orchestrators (id, host, pid, version) VALUES ('o-1', 'h', 1, '0.1.0')`)
+        const warned = await runCli(['db:migrate'], { env: db.env, bin: newer.bin })
+        expect(warned.code).toBe(0)
+        expect(warned.stderr).toMatch(/warning: 1 orchestrator\(s\) are running and the mode is running/)
+        expect(await appliedIds(db)).toEqual([1, 2, 3, 4])
+
+        const older = await runCli(['db:migrate', '--json'], { env: db.env, bin: install.bin })
+        expect(older.code).toBe(4)
+        expect(json(older)).toMatchObject({ error: { code: 'SCHEMA_AHEAD', message: expect.stringContaining('4 (more)') }, exitCode: 4 })
+      } finally {
+        newer.remove()
+        await db.pool.query(`DELETE FROM orchestrators`)
+      }
+    })
   })
 })
