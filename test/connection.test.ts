@@ -209,6 +209,21 @@ describe('connection', () => {
       }
     })
 
+    it('logs a query slower than DB_SLOW_QUERY_MS as a warning with its name and duration, never its values', async () => {
+      const warnings: Array<[string, unknown]> = []
+      const logger = { debug: () => undefined, info: () => undefined, error: () => undefined, warn: (message: string, fields?: unknown) => { warnings.push([message, fields]) } }
+      const api = await createDatabase({ flags: { url: urlOf(good) }, env: { DB_SLOW_QUERY_MS: '300' }, command: 'test', logger })
+      try {
+        await api.query({ name: 'warm_up', text: 'SELECT 1' }) // opens the pooled connection, which may take a while
+        await api.query({ name: 'quick_one', text: 'SELECT $1::text AS v' }, ['fast-value'])
+        await api.query({ name: 'sleepy_statement', text: 'SELECT pg_sleep(0.4), $1::text AS v' }, ['secret-value'])
+      } finally {
+        await api.close()
+      }
+      expect(warnings.filter(([message]) => !message.includes('warm_up'))).toEqual([[expect.stringMatching(/^slow query sleepy_statement took \d+ ms$/), { statement: 'sleepy_statement', durationMs: expect.any(Number) }]])
+      expect(JSON.stringify(warnings)).not.toContain('secret-value')
+    })
+
     it('returns timestamptz values as the same instants whatever the client and server time zones', async () => {
       const migrated = await createTestDatabase({ migrated: true })
       try {
