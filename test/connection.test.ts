@@ -265,6 +265,7 @@ describe('connection', () => {
       { name: 'an unused port', url: async () => urlOf({ ...good, port: await unusedPort() }), exit: 3, code: 'CONNECTION_REFUSED', says: /connection refused by 127\.0\.0\.1:\d+/ },
       { name: 'a wrong password', url: async () => urlOf({ ...good, password: wrongPassword }), exit: 3, code: 'AUTHENTICATION_FAILED', says: new RegExp(`password authentication failed for user "${role}"`) },
       { name: 'a missing database', url: async () => urlOf({ ...good, database: 'pw_no_such_db' }), exit: 3, code: 'DATABASE_MISSING', says: /database "pw_no_such_db" does not exist.*pipeweave db:init/ },
+      { name: 'an unknown host', url: async () => urlOf({ ...good, host: 'no-such-host.invalid' }), exit: 3, code: 'HOST_NOT_FOUND', says: /cannot resolve the database host "no-such-host\.invalid"/ },
       { name: 'a malformed URL', url: async () => `postgres://${role}:${encodeURIComponent(password)}@${server.host}:99999999/x`, exit: 2, code: 'INVALID_URL', says: /not a valid connection string/ },
     ]
 
