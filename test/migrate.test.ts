@@ -2,6 +2,9 @@
  * db:migrate (SPEC §3): concurrent migrators, a failing migration, a changed one, --dry-run and
  * --lock-timeout. Altered migration files live in throw-away installs (helpers/install.ts).
  */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
 import { MIGRATION_LOCK_KEY } from '../src/sql/migrations'
 import { json, runCli, startCli } from './helpers/cli'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
@@ -113,10 +116,19 @@ describe('db:migrate', () => {
     })
     afterAll(async () => { await db.drop() })
 
-    it('says there is nothing to apply', async () => {
-      const result = await runCli(['db:migrate', '--json'], { env: db.env, bin: install.bin })
-      expect(result.code).toBe(0)
-      expect(json(result)).toEqual({ dryRun: false, applied: [], pending: [] })
+    it('says there is nothing to apply, whatever migrations/ the current directory holds', async () => {
+      // The CLI reads the migrations beside itself, never ./migrations (SPEC §3).
+      const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-cwd-'))
+      try {
+        fs.mkdirSync(path.join(cwd, 'migrations'))
+        fs.writeFileSync(path.join(cwd, 'migrations', '004_not_ours.sql'), 'CREATE TABLE not_ours (id int);')
+        const result = await runCli(['db:migrate', '--json'], { env: db.env, bin: install.bin, cwd })
+        expect(result.code).toBe(0)
+        expect(json(result)).toEqual({ dryRun: false, applied: [], pending: [] })
+        expect(json(await runCli(['db:validate', '--json'], { env: db.env, bin: install.bin, cwd }))).toEqual({ valid: true, problems: [] })
+      } finally {
+        fs.rmSync(cwd, { recursive: true, force: true })
+      }
     })
 
     it('--require-maintenance refuses (exit 4) unless the mode is maintenance', async () => {
