@@ -183,6 +183,14 @@ describe('the embedded server', () => {
       interrupted.child.kill('SIGINT')
       expect((await interrupted.done).code).toBe(130)
       await expectNoServer(home, 'an interrupted db:migrate')
+
+      // A lock file left by a process killed while it held it does not block the next command.
+      const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' })
+      fs.writeFileSync(path.join(home, 'embedded.lock'), gone.stdout)
+      const afterStaleLock = await runCli(['db:status', '--json'], { env, timeoutMs: 30_000 })
+      expect(afterStaleLock.code).toBe(0)
+      expect(fs.existsSync(path.join(home, 'embedded.lock'))).toBe(false)
+      await expectNoServer(home, 'db:status after a stale lock file')
     } finally {
       install.remove()
     }
