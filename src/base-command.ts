@@ -5,7 +5,7 @@
  */
 import { Command, Flags, type Interfaces } from '@oclif/core'
 import type { Database, DatabaseConfig } from './db/database'
-import { ExitCode, PipeweaveError, UsageError } from './errors'
+import { ExitCode, PipeweaveError, RefusedError, UsageError } from './errors'
 import { Output, stderrLogger } from './output'
 import type { Logger } from './logger'
 import { redact } from './redact'
@@ -181,10 +181,18 @@ export function classify(error: unknown): Failure {
     return { exitCode: error.exitCode, code: error.code, message: error.message, ...(error.hint ? { hint: error.hint } : {}) }
   }
   const e = error as Error & { oclif?: { exit?: number }; parse?: unknown; code?: string }
-  // oclif's parser errors (unknown flag, missing argument, bad value) are bad usage.
-  if (e && (e.parse !== undefined || /Flag|Arg|Parse|Validation/.test(e.constructor?.name ?? ''))) {
-    const usage = new UsageError('BAD_USAGE', firstLine(e.message), { hint: 'see --help' })
+  // oclif's parser errors (unknown flag, missing argument, bad value) are bad usage. A bad flag
+  // value is a plain CLIError with exit 2 whose reason is on its second line: keep every line.
+  if (e && (e.parse !== undefined || /Flag|Arg|Parse|Validation/.test(e.constructor?.name ?? '') || e.oclif?.exit === 2)) {
+    const usage = new UsageError('BAD_USAGE', usageMessage(e.message), { hint: 'see --help' })
     return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
+  }
+  // undefined_table: a command that needs the schema ran on a database that has not got it (yet).
+  if (e?.code === '42P01') {
+    const refused = new RefusedError('NOT_INITIALIZED', `the database is not initialized: ${firstLine(e.message)}`, {
+      hint: 'run `pipeweave db:init` (or db:migrate); `pipeweave db:status` shows what is pending',
+    })
+    return { exitCode: refused.exitCode, code: refused.code, message: refused.message, hint: refused.hint }
   }
   if (e?.oclif?.exit !== undefined && e.oclif.exit !== 1) {
     return { exitCode: e.oclif.exit, code: 'EXIT', message: firstLine(e.message) }
@@ -199,4 +207,9 @@ export function classify(error: unknown): Failure {
 
 function firstLine(text: string): string {
   return text.trim().split('\n')[0]
+}
+
+/** oclif's "Parsing --flag \n\tExpected …\nSee more help with --help" as one line (the hint says --help). */
+function usageMessage(text: string): string {
+  return text.split('\n').map((line) => line.trim()).filter((line) => line && !/^See more help/.test(line)).join(': ')
 }

@@ -4,7 +4,7 @@
  * ora and cli-table3 are loaded only when a command draws one (start-up cost).
  */
 import type { Logger, LogFields } from './logger'
-import { redact } from './redact'
+import { redact, redactValue } from './redact'
 
 export interface Stream {
   write(text: string): unknown
@@ -59,7 +59,7 @@ export class Output {
 
   /** Exactly one JSON document on stdout. */
   json(document: unknown): void {
-    this.stdout.write(`${redact(JSON.stringify(document, null, 2))}\n`)
+    this.stdout.write(`${JSON.stringify(redactValue(document), null, 2)}\n`)
   }
 
   /** A diagnostic line on stderr. */
@@ -123,7 +123,7 @@ export function processLogger(stream: Stream, format: LogFormat, verbose = false
   const emit = (level: 'debug' | 'info' | 'warn' | 'error') => (message: string, fields: LogFields = {}) => {
     if (level === 'debug' && !verbose) return
     if (format === 'json') {
-      stream.write(`${redact(JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...fields }))}\n`)
+      stream.write(`${JSON.stringify(redactValue({ time: new Date().toISOString(), level, msg: message, ...fields }))}\n`)
       return
     }
     const time = style.dim(new Date().toISOString().slice(11, 23))

@@ -13,12 +13,36 @@ export function registerSecret(secret: string | undefined): void {
 
 const URL_PASSWORD = /(postgres(?:ql)?:\/\/[^:/?#@\s]*):([^@\s]*)@/gi
 
+const SCHEME = /postgres(?:ql)?:\/\//gi
+const SCHEME_MARK = /\u0000(\d+)\u0000/g
+
 export function redact(text: string): string {
   let out = text.replace(URL_PASSWORD, '$1:****@')
+  if (secrets.size === 0) return out
+  // The scheme of a connection string is never a secret, even when the password is "postgres"
+  // (a common one): set it aside while masking, so a target still reads postgres://user:****@….
+  const schemes: string[] = []
+  out = out.replace(SCHEME, (scheme) => `\u0000${schemes.push(scheme) - 1}\u0000`)
   // Longest first, so that a password containing another is masked whole.
   for (const secret of [...secrets].sort((a, b) => b.length - a.length)) {
     if (secret.length < 3 && !out.includes(`:${secret}@`)) continue // too short to mask blindly
     out = out.split(secret).join('****')
   }
-  return out
+  return out.replace(SCHEME_MARK, (_, index: string) => schemes[Number(index)])
+}
+
+/**
+ * A JSON-able value with every string inside it masked, and nothing else touched: masking the
+ * serialized text would also hit keys, numbers and booleans (a password "true" or "1234" made
+ * `--json` output invalid JSON).
+ */
+export function redactValue(value: unknown): unknown {
+  const plain = value === undefined ? undefined : JSON.parse(JSON.stringify(value)) as unknown
+  const walk = (v: unknown): unknown => {
+    if (typeof v === 'string') return redact(v)
+    if (Array.isArray(v)) return v.map(walk)
+    if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]))
+    return v
+  }
+  return walk(plain)
 }

@@ -1,4 +1,6 @@
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import * as crypto from 'node:crypto'
+import { Pool, escapeIdentifier } from 'pg'
+import { adminUrl, createTestDatabase, urlFor, type TestDatabase } from './helpers/db'
 import { json, runCli } from './helpers/cli'
 
 describe('db:init and db:status', () => {
@@ -29,5 +31,108 @@ describe('db:init and db:status', () => {
     expect(after.applied[0].durationMs).toEqual(expect.any(Number))
 
     expect((await runCli(['db:status', '--exit-code'], { env: db.env })).code).toBe(0)
+  })
+
+  it('draws plain tables without colour when the output is not a terminal, NO_COLOR or not', async () => {
+    const result = await runCli(['db:status'], { env: { ...db.env, NO_COLOR: undefined, FORCE_COLOR: undefined } })
+    expect(result.code).toBe(0)
+    expect(result.stdout).toMatch(/^Initialized: (yes|no)\nCurrent version: (1|none)\n/)
+    expect(result.stdout).toMatch(/^\+----\+/m)
+    expect(result.stdout + result.stderr).not.toMatch(/\x1b\[/)
+  })
+})
+
+describe('db:init', () => {
+  let db: TestDatabase
+  beforeAll(async () => { db = await createTestDatabase() })
+  afterAll(async () => { await db.drop() })
+
+  it('is idempotent', async () => {
+    const first = await runCli(['db:init', '--json'], { env: db.env })
+    expect(first.code).toBe(0)
+    expect(json(first)).toEqual({ database: db.name, created: false, applied: [{ id: 1, name: 'initial_schema', durationMs: expect.any(Number) }], currentVersion: 1 })
+    const again = await runCli(['db:init'], { env: db.env })
+    expect(again.code).toBe(0)
+    expect(again.stdout).toBe('Already initialized; the schema is at version 1\n')
+  })
+})
+
+describe('db:init on a missing database', () => {
+  it('creates it, or exits 3 saying so when the user may not create databases', async () => {
+    const role = `pw_nocreate_${crypto.randomBytes(4).toString('hex')}`
+    const name = `pw_init_${crypto.randomBytes(4).toString('hex')}`
+    const admin = new Pool({ connectionString: adminUrl(), max: 1 })
+    try {
+      await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD 'nocreate-pw' NOCREATEDB`)
+      const url = new URL(urlFor(name))
+      url.username = role
+      url.password = 'nocreate-pw'
+      const refused = await runCli(['db:init', '--json', '--url', url.toString()])
+      expect(refused.code).toBe(3)
+      expect(json(refused)).toEqual({
+        error: { code: 'DATABASE_MISSING', message: expect.stringContaining(`"${name}" does not exist`), hint: expect.stringContaining('CREATE DATABASE') },
+        exitCode: 3,
+      })
+
+      const created = await runCli(['db:init'], { env: { DATABASE_URL: urlFor(name) } })
+      expect(created.code).toBe(0)
+      expect(created.stdout).toBe(`Created database ${name}\nApplied 1 migration(s); the schema is at version 1\n`)
+    } finally {
+      await admin.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(name)} WITH (FORCE)`)
+      await admin.query(`DROP ROLE IF EXISTS ${role}`)
+      await admin.end()
+    }
+  })
+})
+
+describe('db:ping (alias db:test)', () => {
+  let db: TestDatabase
+  beforeAll(async () => { db = await createTestDatabase() })
+  afterAll(async () => { await db.drop() })
+
+  it('reports the server version, the round trip, the masked target and no TLS on the local server', async () => {
+    const url = new URL(db.url)
+    const masked = `postgres://${url.username}:****@${url.hostname}:${url.port}/${db.name}`
+    for (const command of ['db:ping', 'db:test']) {
+      const result = await runCli([command, '--json'], { env: db.env })
+      expect(result.code).toBe(0)
+      expect(json(result)).toEqual({ target: masked, embedded: false, serverVersion: expect.stringMatching(/^\d+(\.\d+)?/), roundTripMs: expect.any(Number), tls: false })
+      expect(json<{ roundTripMs: number }>(result).roundTripMs).toBeGreaterThanOrEqual(0)
+    }
+    const human = await runCli(['db:ping'], { env: db.env })
+    expect(human.code).toBe(0)
+    expect(human.stdout.split('\n')).toEqual([
+      `Connected to ${masked}`,
+      expect.stringMatching(/^Server version: PostgreSQL \d+/),
+      expect.stringMatching(/^Round trip: [\d.]+ ms$/),
+      'TLS: no',
+      '',
+    ])
+    expect(human.stdout + human.stderr).not.toContain(decodeURIComponent(url.password))
+  })
+})
+
+describe('help and usage', () => {
+  const COMMANDS = ['db:init', 'db:migrate', 'db:status', 'db:validate', 'db:cleanup', 'db:reset', 'db:ping']
+
+  it('lists every db command in --help, and prints the version', async () => {
+    const help = await runCli(['--help'])
+    expect(help.code).toBe(0)
+    const topic = await runCli(['db', '--help'])
+    for (const command of COMMANDS) expect(topic.stdout).toContain(command)
+    const version = await runCli(['--version'])
+    expect(version.code).toBe(0)
+    expect(version.stdout).toContain(`pipeweave/${require('../package.json').version}`)
+  })
+
+  it.each([...COMMANDS, 'db:test'])('%s --help has an example, and an unknown flag exits 2', async (command) => {
+    const help = await runCli([command, '--help'])
+    expect(help.code).toBe(0)
+    expect(help.stdout).toMatch(/\nEXAMPLES\n/)
+    expect(help.stdout).toMatch(new RegExp(`\\$ (\\S+=\\S+ )?pipeweave ${command}(\\s|$)`, 'm'))
+
+    const bad = await runCli([command, '--no-such-flag', '--json'])
+    expect(bad.code).toBe(2)
+    expect(json(bad)).toEqual({ error: { code: 'BAD_USAGE', message: expect.stringContaining('--no-such-flag'), hint: 'see --help' }, exitCode: 2 })
   })
 })

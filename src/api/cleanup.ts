@@ -52,11 +52,12 @@ export async function runCleanup(db: Database, options: CleanupOptions = {}): Pr
       const runsCutoff = options.runsRetentionDays === undefined ? undefined : new Date(now - options.runsRetentionDays * day)
 
       if (dryRun) {
-        const count = async (statement: typeof cache.countExpired, cutoff: Date) => (await session.query<{ n: number }>(statement, [cutoff])).rows[0].n
+        const count = async (statement: typeof cache.countExpired, values: Date[]) => (await session.query<{ n: number }>(statement, values)).rows[0].n
         return {
-          idempotencyCache: await count(cache.countExpired, new Date(now)),
-          dlq: await count(dlq.countOlder, dlqCutoff),
-          taskRuns: runsCutoff ? await count(runs.countFinishedDeletable, runsCutoff) : 0,
+          idempotencyCache: await count(cache.countExpired, [new Date(now)]),
+          dlq: await count(dlq.countOlder, [dlqCutoff]),
+          // Runs held only by DLQ entries that this cleanup deletes count as deleted, as they would be.
+          taskRuns: runsCutoff ? await count(runs.countFinishedDeletable, [runsCutoff, dlqCutoff]) : 0,
           dryRun,
         }
       }

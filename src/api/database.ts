@@ -29,6 +29,14 @@ export async function openOrCreateDatabase(config: DatabaseConfig): Promise<{ db
   } catch (error) {
     // Another db:init created it first: that is success too.
     const code = (error as { code?: string }).code
+    if (code === SQLSTATE.INSUFFICIENT_PRIVILEGE) {
+      // Foreseen (a managed server's app user rarely has CREATEDB): still the missing database, exit 3.
+      const user = admin.target.user
+      throw new ConnectionError('DATABASE_MISSING', `database "${name}" does not exist, and user "${user}" may not create it`, {
+        hint: `create it as an administrator (CREATE DATABASE ${escapeIdentifier(name)} OWNER ${escapeIdentifier(user)}), then run pipeweave db:init again`,
+        cause: error,
+      })
+    }
     if (code !== SQLSTATE.DUPLICATE_DATABASE && code !== SQLSTATE.UNIQUE_VIOLATION) throw error
   } finally {
     await admin.close()

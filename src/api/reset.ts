@@ -7,7 +7,7 @@ import type { Database } from '../db/database'
 import { RefusedError } from '../errors'
 import type { Logger } from '../logger'
 import { MIGRATION_LOCK_KEY } from '../sql/migrations'
-import { runMigrations, type RunMigrationsResult } from './migrations'
+import { type MigrationFile, readMigrationFiles, runMigrations, type RunMigrationsResult } from './migrations'
 
 /** The tables of SPEC §3 plus the migration bookkeeping, dependents first. */
 const TABLES = [
@@ -50,21 +50,70 @@ export function checkResetGuards(input: ResetGuardInput): { database: string } {
   return { database: target.database }
 }
 
+/** What a DROP … CASCADE statement takes, in the order they are dropped. */
+const KINDS = ['VIEW', 'MATERIALIZED VIEW', 'TABLE', 'SEQUENCE', 'TYPE', 'DOMAIN'] as const
+type Kind = (typeof KINDS)[number]
+
+export interface MigrationObjects {
+  relations: Array<{ kind: Kind; name: string }>
+  functions: string[]
+}
+
+/**
+ * The objects the migration files create, read from their CREATE statements: a reset must drop
+ * what every migration made, not only the tables of migration 001, or the next migration that
+ * adds a table or a type fails to apply again ("already exists").
+ */
+export function objectsCreatedBy(files: Array<Pick<MigrationFile, 'sql'>>): MigrationObjects {
+  const name = String.raw`((?:"[^"]+"|[A-Za-z_][\w$]*)(?:\.(?:"[^"]+"|[A-Za-z_][\w$]*))?)`
+  const patterns: Array<[Kind | 'FUNCTION', RegExp]> = [
+    ['MATERIALIZED VIEW', new RegExp(String.raw`\bCREATE\s+MATERIALIZED\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?${name}`, 'gi')],
+    ['VIEW', new RegExp(String.raw`\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?(?:RECURSIVE\s+)?VIEW\s+${name}`, 'gi')],
+    ['TABLE', new RegExp(String.raw`\bCREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?${name}`, 'gi')],
+    ['SEQUENCE', new RegExp(String.raw`\bCREATE\s+(?:UNLOGGED\s+)?SEQUENCE\s+(?:IF\s+NOT\s+EXISTS\s+)?${name}`, 'gi')],
+    ['TYPE', new RegExp(String.raw`\bCREATE\s+TYPE\s+${name}`, 'gi')],
+    ['DOMAIN', new RegExp(String.raw`\bCREATE\s+DOMAIN\s+${name}`, 'gi')],
+    ['FUNCTION', new RegExp(String.raw`\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\s+${name}`, 'gi')],
+  ]
+  const relations: MigrationObjects['relations'] = []
+  const functions: string[] = []
+  for (const file of files) {
+    // Comments may mention CREATE TABLE too; string bodies rarely matter (a false name is dropped IF EXISTS).
+    const sql = file.sql.replace(/--[^\n]*/g, '').replace(/\/\*[\s\S]*?\*\//g, '')
+    for (const [kind, pattern] of patterns) {
+      for (const match of sql.matchAll(pattern)) {
+        if (kind === 'FUNCTION') functions.push(match[1])
+        else relations.push({ kind, name: match[1] })
+      }
+    }
+  }
+  relations.sort((a, b) => KINDS.indexOf(a.kind) - KINDS.indexOf(b.kind))
+  return { relations, functions }
+}
+
 export async function resetDatabase(db: Database, logger?: Logger): Promise<RunMigrationsResult> {
+  const created = objectsCreatedBy(readMigrationFiles().files)
   await db.withTransaction(async (tx) => {
     // Under the migrators' lock, so a concurrent db:migrate does not interleave with the drop.
     await tx.query({ name: 'reset_lock', text: `SELECT pg_advisory_xact_lock(${MIGRATION_LOCK_KEY})` })
+    for (const { kind, name } of created.relations.filter((r) => r.kind.endsWith('VIEW'))) {
+      await tx.query({ name: 'reset_drop_view', text: `DROP ${kind} IF EXISTS ${name} CASCADE` })
+    }
     for (const table of TABLES) {
       await tx.query({ name: 'reset_drop_table', text: `DROP TABLE IF EXISTS ${table} CASCADE` })
+    }
+    for (const { kind, name } of created.relations.filter((r) => !r.kind.endsWith('VIEW'))) {
+      await tx.query({ name: 'reset_drop_object', text: `DROP ${kind} IF EXISTS ${name} CASCADE` })
     }
     const { rows } = await tx.query<{ signature: string }>({
       name: 'reset_list_functions',
       text: `SELECT p.oid::regprocedure::text AS signature
                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = current_schema() AND p.proname LIKE 'pipeweave\\_%'`,
-    })
+              WHERE n.nspname = current_schema() AND (p.proname LIKE 'pipeweave\\_%' OR p.proname = ANY ($1::text[]))`,
+    }, [created.functions.map((f) => f.replace(/^.*\./, '').replace(/"/g, ''))])
     for (const { signature } of rows) {
-      await tx.query({ name: 'reset_drop_function', text: `DROP FUNCTION IF EXISTS ${signature} CASCADE` })
+      // ROUTINE: a migration may have created a procedure as well as functions.
+      await tx.query({ name: 'reset_drop_function', text: `DROP ROUTINE IF EXISTS ${signature} CASCADE` })
     }
   })
   return runMigrations(db, { logger })

@@ -2,6 +2,7 @@
  * The pool and the one place queries go through: application_name, TLS (with libpq's `prefer`
  * fallback, which node-postgres lacks), the slow-query log, error mapping and password masking.
  */
+import { isIP } from 'node:net'
 import type { ConnectionOptions } from 'node:tls'
 import { Client, Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg'
 import { type Logger, silentLogger } from '../logger'
@@ -77,7 +78,9 @@ export function tlsOptions(ssl: SslSettings, host: string): false | ConnectionOp
     case 'verify-ca':
       return { ...files, rejectUnauthorized: true, checkServerIdentity: () => undefined }
     case 'verify-full':
-      return { ...files, rejectUnauthorized: true, servername: host }
+      // SNI takes host names only: an IP address as servername makes Node print a DEP0123 warning
+      // on stderr. Without it, Node still checks the certificate against the address connected to.
+      return { ...files, rejectUnauthorized: true, ...(isIP(host) === 0 ? { servername: host } : {}) }
   }
 }
 
@@ -158,6 +161,9 @@ class PgDatabase implements Database {
   readonly description: string
   readonly embeddedDataDir?: string
   private closed = false
+  /** Pooled connections not yet closed: pool.end() resolves before their sockets are (pg-pool 3). */
+  private readonly connections = new Set<unknown>()
+  private onAllClosed?: () => void
 
   constructor(
     private readonly pool: Pool,
@@ -171,6 +177,11 @@ class PgDatabase implements Database {
   ) {
     this.description = describeTarget(target)
     this.embeddedDataDir = embedded?.server.dataDir
+    pool.on('connect', (client) => this.connections.add(client))
+    pool.on('remove', (client) => {
+      this.connections.delete(client)
+      if (this.connections.size === 0) this.onAllClosed?.()
+    })
   }
 
   query<R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]): Promise<QueryResult<R>> {
@@ -234,6 +245,15 @@ class PgDatabase implements Database {
     if (this.closed) return
     this.closed = true
     await this.pool.end().catch(() => undefined)
+    // pg-pool's end() calls client.end() without waiting for it: wait until every pooled
+    // connection has really closed, or the embedded server's "is any other pipeweave process
+    // connected?" check below can count our own closing connections and leave it running.
+    if (this.connections.size > 0) {
+      await new Promise<void>((resolve) => {
+        this.onAllClosed = resolve
+        setTimeout(resolve, this.settings.connectTimeoutMs).unref()
+      })
+    }
     await this.embedded?.release()
   }
 }

@@ -462,8 +462,14 @@ export async function acquireEmbeddedServer(options: EmbeddedOptions): Promise<E
   })
 }
 
+/**
+ * Other live pipeweave processes, counted by their connections that are idle: every live process
+ * holds an idle presence connection until it ends. A backend whose client was killed (SIGKILL)
+ * while it ran a statement stays 'active' until that statement ends, which may be never (a long
+ * migration, pg_sleep): counting it would leave the orphaned server running for good.
+ */
 const COUNT_OTHERS = `SELECT count(*)::int AS n FROM pg_stat_activity
-  WHERE application_name LIKE 'pipeweave/%' AND pid <> pg_backend_pid()`
+  WHERE application_name LIKE 'pipeweave/%' AND pid <> pg_backend_pid() AND state = 'idle'`
 
 /** Other pipeweave connections to the server; 0 when the server cannot be reached at all. */
 async function otherPipeweaveConnections(presence: Client, fresh: () => Client): Promise<number> {

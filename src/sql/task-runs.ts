@@ -43,13 +43,17 @@ export const deleteFinishedBatch: Statement = {
            LEFT JOIN LATERAL (SELECT completed_at, id FROM batch ORDER BY completed_at DESC, id DESC LIMIT 1) last ON true`,
 }
 
+/**
+ * db:cleanup --dry-run: the finished runs a real cleanup would delete. The real one deletes the
+ * DLQ entries older than the DLQ cutoff ($2) first, so only entries that survive it hold a run.
+ */
 export const countFinishedDeletable: Statement = {
   name: 'count_finished_deletable',
   text: `SELECT count(*)::int AS n
            FROM task_runs r
           WHERE r.status IN ('completed', 'failed', 'timeout', 'cancelled')
             AND r.completed_at < $1::timestamptz
-            AND NOT EXISTS (SELECT 1 FROM dlq d WHERE d.task_run_id = r.id)`,
+            AND NOT EXISTS (SELECT 1 FROM dlq d WHERE d.task_run_id = r.id AND d.failed_at >= $2::timestamptz)`,
 }
 
 /** Enqueue one run through the gate (migration 002 pipeweave_enqueue). */

@@ -41,6 +41,8 @@ export interface CliResult {
   signal: NodeJS.Signals | null
   stdout: string
   stderr: string
+  /** Wall time from spawn to exit, for generous bounds only ("within the connect timeout"). */
+  ms: number
 }
 
 export interface CliOptions {
@@ -48,6 +50,8 @@ export interface CliOptions {
   cwd?: string
   input?: string
   timeoutMs?: number
+  /** Another executable than this checkout's bin/run.js (a throw-away install, helpers/install.ts). */
+  bin?: string
 }
 
 /** Run `pipeweave <args>` to completion. */
@@ -65,11 +69,12 @@ export interface RunningCli {
 
 /** Start `pipeweave <args>` and return at once (long-running commands, signals). */
 export function startCli(args: string[], options: CliOptions = {}): RunningCli {
-  const child = spawn(process.execPath, [BIN, ...args], {
+  const child = spawn(process.execPath, [options.bin ?? BIN, ...args], {
     env: cleanEnv(options.env),
     cwd: options.cwd ?? os.tmpdir(),
     stdio: ['pipe', 'pipe', 'pipe'],
   })
+  const started = Date.now()
   let stdout = ''
   let stderr = ''
   child.stdout!.on('data', (chunk) => { stdout += chunk })
@@ -80,7 +85,7 @@ export function startCli(args: string[], options: CliOptions = {}): RunningCli {
   const done = new Promise<CliResult>((resolve) => {
     child.on('close', (code, signal) => {
       clearTimeout(timer)
-      resolve({ code, signal, stdout, stderr })
+      resolve({ code, signal, stdout, stderr, ms: Date.now() - started })
     })
   })
   return { child, done, stdout: () => stdout, stderr: () => stderr }

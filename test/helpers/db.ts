@@ -4,6 +4,8 @@
  */
 import * as crypto from 'node:crypto'
 import { Pool, escapeIdentifier } from 'pg'
+import { runMigrations } from '../../src/api/migrations'
+import { createDatabase } from '../../src/db/database'
 
 export function adminUrl(): string {
   const url = process.env.PIPEWEAVE_TEST_ADMIN_URL
@@ -60,12 +62,6 @@ export async function createTestDatabase(options: { migrated?: boolean; prefix?:
 }
 
 async function migrate(url: string): Promise<void> {
-  // require, not import(): under ts-jest with module nodenext a real import() needs
-  // --experimental-vm-modules, and every createTestDatabase({ migrated: true }) failed.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { createDatabase } = require('../../src/db/database') as typeof import('../../src/db/database')
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { runMigrations } = require('../../src/api/migrations') as typeof import('../../src/api/migrations')
   const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
   try {
     await runMigrations(db)

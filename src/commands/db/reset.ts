@@ -36,8 +36,16 @@ database containing "prod", a host ending in .com, an RDS endpoint) unless --for
         })
       }
       const rl = readline.createInterface({ input: process.stdin, output: process.stderr })
-      const answer = await rl.question(`This drops every pipeweave table in "${database}". Type the database name to confirm: `)
-      rl.close()
+      let answer: string
+      try {
+        answer = await rl.question(`This drops every pipeweave table in "${database}". Type the database name to confirm: `)
+      } catch {
+        // Ctrl+D at the prompt rejects the question ("Aborted with Ctrl+D"): an answer of no.
+        answer = ''
+        process.stderr.write('\n')
+      } finally {
+        rl.close()
+      }
       if (answer.trim() !== database) {
         throw new RefusedError('CONFIRMATION_MISMATCH', 'the name typed does not match; nothing was changed', { hint: `type ${database} exactly, or pass --yes` })
       }

@@ -1,0 +1,260 @@
+/**
+ * Connection resolution (SPEC §1) as the pure function it is: flags and environment in, one
+ * target out. The CLI-level proof that each source reaches the server is in connection.test.ts.
+ */
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {
+  CONNECTION_DEFAULTS, type ConnectionFlags, type ExternalTarget, describeTarget, resolveConnection, resolvePoolSettings,
+} from '../src/db/config'
+import { tlsOptions } from '../src/db/database'
+import { UsageError } from '../src/errors'
+
+type Env = Record<string, string | undefined>
+
+function external(flags: ConnectionFlags, env: Env): ExternalTarget {
+  const target = resolveConnection(flags, env)
+  if (target.kind !== 'external') throw new Error(`expected an external target, got ${JSON.stringify(target)}`)
+  return target
+}
+
+function usageError(fn: () => unknown): UsageError {
+  try {
+    fn()
+  } catch (error) {
+    expect(error).toBeInstanceOf(UsageError)
+    return error as UsageError
+  }
+  throw new Error('expected a UsageError')
+}
+
+const osUser = os.userInfo().username
+
+describe('resolveConnection: the first source present wins as a whole', () => {
+  const all: { flags: ConnectionFlags; env: Env } = {
+    flags: { url: 'postgres://u1:p1@h1:1001/d1', host: 'h2', port: 1002, database: 'd2', user: 'u2', password: 'p2' },
+    env: {
+      DATABASE_URL: 'postgres://u3:p3@h3:1003/d3',
+      DB_HOST: 'h4', DB_PORT: '1004', DB_NAME: 'd4', DB_USER: 'u4', DB_PASS: 'p4',
+      PGHOST: 'h5', PGPORT: '1005', PGDATABASE: 'd5', PGUSER: 'u5', PGPASSWORD: 'p5',
+    },
+  }
+
+  it('takes --url over everything', () => {
+    expect(external(all.flags, all.env)).toMatchObject({ source: '--url', host: 'h1', port: 1001, database: 'd1', user: 'u1', password: 'p1' })
+  })
+
+  it('takes the connection flags over the environment', () => {
+    const { url: _url, ...flags } = all.flags
+    expect(external(flags, all.env)).toMatchObject({ source: 'flags', host: 'h2', port: 1002, database: 'd2', user: 'u2', password: 'p2' })
+  })
+
+  it('takes DATABASE_URL over DB_* and PG*', () => {
+    expect(external({}, all.env)).toMatchObject({ source: 'DATABASE_URL', host: 'h3', port: 1003, database: 'd3', user: 'u3', password: 'p3' })
+  })
+
+  it('takes DB_* over PG*', () => {
+    const { DATABASE_URL: _u, ...env } = all.env
+    expect(external({}, env)).toMatchObject({ source: 'DB_*', host: 'h4', port: 1004, database: 'd4', user: 'u4', password: 'p4' })
+  })
+
+  it('takes the libpq variables last', () => {
+    const env = { PGHOST: 'h5', PGPORT: '1005', PGDATABASE: 'd5', PGUSER: 'u5', PGPASSWORD: 'p5' }
+    expect(external({}, env)).toMatchObject({ source: 'PG*', host: 'h5', port: 1005, database: 'd5', user: 'u5', password: 'p5' })
+  })
+
+  it('uses the embedded database when nothing is configured (empty values count as unset)', () => {
+    expect(resolveConnection({}, {})).toEqual({ kind: 'embedded' })
+    expect(resolveConnection({ url: '' }, { DATABASE_URL: '', DB_HOST: '', PGUSER: '' })).toEqual({ kind: 'embedded' })
+  })
+
+  it.each([
+    ['a lone --host', { host: 'h' }, {}, 'flags'],
+    ['a lone --port', { port: 6543 }, {}, 'flags'],
+    ['a lone --password', { password: 'x' }, {}, 'flags'],
+    ['a lone DB_HOST', {}, { DB_HOST: 'h' }, 'DB_*'],
+    ['a lone DB_PASSWORD', {}, { DB_PASSWORD: 'x' }, 'DB_*'],
+    ['a lone PGUSER', {}, { PGUSER: 'someone' }, 'PG*'],
+    ['a lone PGHOST', {}, { PGHOST: 'h' }, 'PG*'],
+  ] as Array<[string, ConnectionFlags, Env, string]>)('treats %s as a present source (no embedded database)', (_what, flags, env, source) => {
+    expect(external(flags, env).source).toBe(source)
+  })
+
+  it('does not mix a losing source into the winner: DB_PASS is not used with DATABASE_URL', () => {
+    const target = external({}, { DATABASE_URL: 'postgres://app@db:5432/app', DB_PASS: 'from-db-pass', DB_NAME: 'other' })
+    expect(target.password).toBeUndefined()
+    expect(target.database).toBe('app')
+  })
+
+  it('accepts DB_PASSWORD for DB_PASS, and prefers DB_PASS when both are set', () => {
+    expect(external({}, { DB_HOST: 'h', DB_PASSWORD: 'b' }).password).toBe('b')
+    expect(external({}, { DB_HOST: 'h', DB_PASS: 'a', DB_PASSWORD: 'b' }).password).toBe('a')
+  })
+})
+
+describe('resolveConnection: parts a source leaves out', () => {
+  it('fall back to the libpq variables for a URL, as libpq does', () => {
+    const target = external({ url: 'postgres://db.internal' }, { PGPORT: '6000', PGUSER: 'pguser', PGPASSWORD: 'pgpass', PGDATABASE: 'pgdb' })
+    expect(target).toMatchObject({ host: 'db.internal', port: 6000, user: 'pguser', password: 'pgpass', database: 'pgdb' })
+  })
+
+  it('then to the defaults: port 5432, the OS user, a database named after the user, localhost', () => {
+    expect(external({ url: 'postgres://db.internal' }, {})).toMatchObject({ host: 'db.internal', port: CONNECTION_DEFAULTS.port, user: osUser, database: osUser })
+    expect(external({}, { PGUSER: 'alice' })).toMatchObject({ host: 'localhost', port: 5432, user: 'alice', database: 'alice' })
+  })
+
+  it('fall back for DB_* too (DB_PORT defaults to 5432)', () => {
+    expect(external({}, { DB_HOST: 'h', DB_USER: 'u' })).toMatchObject({ host: 'h', port: 5432, user: 'u', database: 'u' })
+  })
+})
+
+describe('resolveConnection: URLs', () => {
+  it('decodes a percent-encoded user, password and database', () => {
+    const password = 'p@ss:w/rd %x#?'
+    const url = `postgresql://us%40er:${encodeURIComponent(password)}@h:5433/my%20db`
+    expect(external({ url }, {})).toMatchObject({ user: 'us@er', password, host: 'h', port: 5433, database: 'my db' })
+  })
+
+  it('reads an IPv6 host', () => {
+    expect(external({ url: 'postgres://u@[::1]:5440/d' }, {})).toMatchObject({ host: '::1', port: 5440 })
+  })
+
+  it('reads a Unix socket directory from ?host=, with or without an empty host part (Cloud SQL)', () => {
+    const socket = '/cloudsql/project:region:instance'
+    for (const url of [`postgres://u:p@/d?host=${socket}`, `postgres://u:p@localhost/d?host=${encodeURIComponent(socket)}`]) {
+      const target = external({ url }, {})
+      expect(target).toMatchObject({ host: socket, database: 'd', user: 'u' })
+      expect(target.ssl.mode).toBe('disable')
+    }
+  })
+
+  it('takes user, password, port and dbname from query parameters', () => {
+    expect(external({ url: 'postgres://h/?user=u&password=p&port=7000&dbname=d' }, {}))
+      .toMatchObject({ host: 'h', user: 'u', password: 'p', port: 7000, database: 'd' })
+  })
+
+  it.each([
+    'not a url',
+    'mysql://u:p@h/d',
+    'postgres://u:p@h:notaport/d',
+    'postgres://u:p%zz@h/d',
+  ])('refuses %j as exit 2 naming the source, never echoing it', (url) => {
+    const error = usageError(() => resolveConnection({}, { DATABASE_URL: url }))
+    expect(error.exitCode).toBe(2)
+    expect(error.code).toBe('INVALID_URL')
+    expect(error.message).toContain('DATABASE_URL')
+    expect(error.message).not.toContain(url)
+  })
+
+  it('refuses a port out of range from any source', () => {
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', DB_PORT: '99999' })).code).toBe('INVALID_PORT')
+    expect(usageError(() => resolveConnection({}, { PGPORT: 'abc' })).code).toBe('INVALID_PORT')
+  })
+})
+
+describe('resolveConnection: TLS', () => {
+  const ssl = (flags: ConnectionFlags, env: Env) => external(flags, env).ssl
+
+  it('uses no TLS for a loopback host or a socket unless asked', () => {
+    expect(ssl({ url: 'postgres://u@localhost/d' }, {}).mode).toBe('disable')
+    expect(ssl({ url: 'postgres://u@127.0.0.1/d' }, { NODE_ENV: 'production' }).mode).toBe('disable')
+    expect(ssl({ host: '/var/run/postgresql' }, { PGSSLMODE: 'require' }).mode).toBe('disable')
+  })
+
+  it('uses libpq\'s default prefer for a remote host, and verified TLS under NODE_ENV=production', () => {
+    expect(ssl({ url: 'postgres://u@db.internal/d' }, {}).mode).toBe('prefer')
+    expect(ssl({ url: 'postgres://u@db.internal/d' }, { NODE_ENV: 'production' })).toMatchObject({ mode: 'verify-full', setting: 'NODE_ENV=production' })
+  })
+
+  it.each(['disable', 'prefer', 'require', 'verify-ca', 'verify-full', 'no-verify'])('honours sslmode=%s in the URL with libpq\'s meaning', (mode) => {
+    expect(ssl({ url: `postgres://u@db.internal/d?sslmode=${mode}` }, { NODE_ENV: 'production', DB_SSL: 'true' })).toMatchObject({ mode, setting: 'sslmode in the URL' })
+  })
+
+  it('honours PGSSLMODE, and lets an explicit setting win over the production default', () => {
+    expect(ssl({}, { DB_HOST: 'db.internal', PGSSLMODE: 'require' })).toMatchObject({ mode: 'require', setting: 'PGSSLMODE' })
+    expect(ssl({}, { DB_HOST: 'db.internal', PGSSLMODE: 'disable', NODE_ENV: 'production' }).mode).toBe('disable')
+  })
+
+  it('reads --ssl and DB_SSL=true as verified TLS, DB_SSL=no-verify as the explicit opt-out', () => {
+    expect(ssl({ host: 'db.internal', ssl: true }, {})).toMatchObject({ mode: 'verify-full', setting: '--ssl' })
+    expect(ssl({}, { DB_HOST: 'db.internal', DB_SSL: 'true' })).toMatchObject({ mode: 'verify-full', setting: 'DB_SSL' })
+    expect(ssl({}, { DB_HOST: 'db.internal', DB_SSL: 'no-verify' }).mode).toBe('no-verify')
+    expect(ssl({}, { DB_HOST: 'db.internal', DB_SSL: 'false' }).mode).toBe('disable')
+  })
+
+  it('reads the CA and client certificate files, and refuses an unreadable one (exit 2)', () => {
+    const ca = path.resolve(__dirname, 'fixtures', 'tls', 'server.crt')
+    expect(ssl({}, { DB_HOST: 'db.internal', DB_SSL: 'true', DB_SSL_CA: ca }).ca).toContain('BEGIN CERTIFICATE')
+    expect(ssl({}, { DB_HOST: 'db.internal', PGSSLMODE: 'verify-ca', PGSSLROOTCERT: ca }).ca).toContain('BEGIN CERTIFICATE')
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'db.internal', DB_SSL_CA: '/nonexistent/ca.pem' })).code).toBe('TLS_FILE_UNREADABLE')
+  })
+
+  it('refuses an unknown sslmode (exit 2)', () => {
+    expect(usageError(() => resolveConnection({ url: 'postgres://h/d?sslmode=sometimes' }, {})).code).toBe('INVALID_SSLMODE')
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', DB_SSL: 'maybe' })).code).toBe('INVALID_SSLMODE')
+  })
+})
+
+describe('tlsOptions', () => {
+  const settings = (mode: Parameters<typeof tlsOptions>[0]['mode']) => ({ mode, setting: 'test' })
+
+  it('turns TLS off for disable', () => {
+    expect(tlsOptions(settings('disable'), 'db.internal')).toBe(false)
+  })
+
+  it.each(['prefer', 'require', 'no-verify'] as const)('encrypts without verifying for %s', (mode) => {
+    expect(tlsOptions(settings(mode), 'db.internal')).toMatchObject({ rejectUnauthorized: false })
+  })
+
+  it('verifies the chain but not the host name for verify-ca', () => {
+    const options = tlsOptions(settings('verify-ca'), 'db.internal') as { rejectUnauthorized: boolean; checkServerIdentity: () => unknown }
+    expect(options.rejectUnauthorized).toBe(true)
+    expect(options.checkServerIdentity()).toBeUndefined()
+  })
+
+  it('verifies chain and host for verify-full, passing the CA and client certificate', () => {
+    const options = tlsOptions({ mode: 'verify-full', setting: 'test', ca: 'CA', cert: 'CERT', key: 'KEY' }, 'db.internal')
+    expect(options).toMatchObject({ rejectUnauthorized: true, ca: 'CA', cert: 'CERT', key: 'KEY' })
+    expect(options).not.toHaveProperty('checkServerIdentity')
+    expect(options).toMatchObject({ servername: 'db.internal' })
+  })
+
+  it('sends no SNI server name for an IP address (Node warns on stderr), and still verifies', () => {
+    for (const host of ['10.0.0.5', '::1']) {
+      const options = tlsOptions(settings('verify-full'), host)
+      expect(options).toMatchObject({ rejectUnauthorized: true })
+      expect(options).not.toHaveProperty('servername')
+    }
+  })
+})
+
+describe('describeTarget', () => {
+  it('masks the password and never shows it', () => {
+    const target = external({ url: 'postgres://app:s3cret@db.internal:6432/orders' }, {})
+    expect(describeTarget(target)).toBe('postgres://app:****@db.internal:6432/orders')
+  })
+
+  it('shows no mask when there is no password, brackets an IPv6 host and names a socket directory', () => {
+    expect(describeTarget(external({ url: 'postgres://app@[::1]:5432/d' }, {}))).toBe('postgres://app@[::1]:5432/d')
+    expect(describeTarget(external({ url: 'postgres://app:pw@/d?host=/cloudsql/p:r:i' }, {}))).toBe('postgres://app:****@/d?host=/cloudsql/p:r:i')
+  })
+})
+
+describe('resolvePoolSettings', () => {
+  it('has the SPEC defaults', () => {
+    expect(resolvePoolSettings({})).toEqual({ max: 10, connectTimeoutMs: 10_000, idleTimeoutMs: 30_000, slowQueryMs: 1000 })
+  })
+
+  it('reads every setting from the environment', () => {
+    expect(resolvePoolSettings({
+      DB_POOL_MAX: '3', DB_CONNECT_TIMEOUT_MS: '2500', DB_POOL_IDLE_TIMEOUT_MS: '100', DB_STATEMENT_TIMEOUT_MS: '5000', DB_SLOW_QUERY_MS: '50',
+    })).toEqual({ max: 3, connectTimeoutMs: 2500, idleTimeoutMs: 100, statementTimeoutMs: 5000, slowQueryMs: 50 })
+  })
+
+  it.each([['DB_POOL_MAX', '0'], ['DB_POOL_MAX', 'ten'], ['DB_CONNECT_TIMEOUT_MS', '1.5'], ['DB_STATEMENT_TIMEOUT_MS', '-1']])(
+    'refuses %s=%s as invalid configuration (exit 2)', (name, value) => {
+      const error = usageError(() => resolvePoolSettings({ [name]: value }))
+      expect(error.exitCode).toBe(2)
+      expect(error.message).toContain(name)
+    })
+})
