@@ -141,7 +141,7 @@ CREATE TABLE task_runs (
   orchestrator_id   text
 );
 
--- The claim (src/sql/task-runs.ts claim, migration 003 pipeweave_claim_runs): due pending runs,
+-- The claim (src/sql/task-runs.ts claim, migration 002 pipeweave_claim_runs): due pending runs,
 -- lowest priority first, then oldest. Partial, so finished history never enters the scan
 -- (STACK-NOTES: an index on (status, …) lets the planner walk finished rows).
 CREATE INDEX task_runs_claim_idx ON task_runs (priority, created_at) WHERE status = 'pending';

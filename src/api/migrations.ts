@@ -81,11 +81,14 @@ export function readMigrationFiles(dir = MIGRATIONS_DIR): { files: MigrationFile
     files.push({ id, name: match[2], fileName, hash: hashOf(fileName, text), sql: text })
   }
   files.sort((a, b) => a.id - b.id)
-  files.forEach((file, index) => {
-    if (file.id !== index + 1) {
-      problems.push({ code: 'NON_CONSECUTIVE_ID', file: file.fileName, message: `${file.fileName} has id ${file.id}; ids must run 1, 2, 3… with no gap (expected ${index + 1})` })
+  // One problem per gap, named at the file after it (001, 003, 004 is one gap, not two).
+  let expected = 1
+  for (const file of files) {
+    if (file.id !== expected) {
+      problems.push({ code: 'NON_CONSECUTIVE_ID', file: file.fileName, message: `${file.fileName} has id ${file.id}; ids must run 1, 2, 3… with no gap (expected ${expected})` })
     }
-  })
+    expected = file.id + 1
+  }
   return { files, problems }
 }
 
