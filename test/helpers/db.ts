@@ -4,6 +4,8 @@
  */
 import * as crypto from 'node:crypto'
 import { Pool, escapeIdentifier } from 'pg'
+import { runMigrations } from '../../src/api/migrations'
+import { createDatabase } from '../../src/db/database'
 
 export function adminUrl(): string {
   const url = process.env.PIPEWEAVE_TEST_ADMIN_URL
@@ -60,8 +62,6 @@ export async function createTestDatabase(options: { migrated?: boolean; prefix?:
 }
 
 async function migrate(url: string): Promise<void> {
-  const { createDatabase } = await import('../../src/db/database')
-  const { runMigrations } = await import('../../src/api/migrations')
   const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
   try {
     await runMigrations(db)
