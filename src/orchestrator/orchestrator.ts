@@ -15,6 +15,7 @@ import { type Logger, silentLogger } from '../logger'
 import { defaultActor, drainCheck, type Mode } from '../maintenance/maintenance'
 import * as sql from '../sql/migrations'
 import { type DispatchResult, Dispatcher } from './dispatcher'
+import type { Failure } from './repository'
 import { Listener } from './listener'
 import { type ClaimedRun, type Repository, createRepository } from './repository'
 import { Wakeup, delay } from './wakeup'
@@ -74,6 +75,8 @@ interface InFlight {
   promise: Promise<void>
   /** Shutdown aborted its dispatch: hand it back to pending. */
   aborted: boolean
+  /** performance.now() at the claim. */
+  startedAt: number
 }
 
 class RunLoop implements Orchestrator {
@@ -241,10 +244,11 @@ class RunLoop implements Orchestrator {
   }
 
   private startRun(run: ClaimedRun): void {
-    const entry: InFlight = { run, controller: new AbortController(), promise: Promise.resolve(), aborted: false }
+    const entry: InFlight = { run, controller: new AbortController(), promise: Promise.resolve(), aborted: false, startedAt: performance.now() }
     this.running.set(run.id, entry)
     this.hooks.onInFlight?.(this.running.size)
-    this.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running' })
+    // durationMs: null: nothing has been measured yet (the key is there on every state change).
+    this.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running', durationMs: null })
     entry.promise = this.execute(entry)
       .catch((error) => this.log.error(`run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId }))
       .finally(() => {
@@ -260,7 +264,8 @@ class RunLoop implements Orchestrator {
     const fields = { runId: run.id, taskId: run.taskId, attempt: run.attempt }
     if (run.cached) {
       // An unexpired idempotency entry holds this key's result: complete without a dispatch.
-      const result = await this.persist(run, () => this.repo.complete(run.id, run.cachedOutput, [], true))
+      const written = await this.persist(run, () => this.repo.complete(run.id, run.cachedOutput, [], true))
+      const result = written.ok ? written.value : undefined
       if (result?.completed) {
         this.hooks.onOutcome?.(run.taskId, 'cached')
         this.log.info(`run ${run.id} completed from the idempotency cache`, { event: 'run', ...fields, status: 'completed', cached: true, durationMs: 0 })
@@ -291,38 +296,63 @@ class RunLoop implements Orchestrator {
     this.hooks.onDispatch?.(run.taskId, durationMs / 1000)
 
     if (result.kind === 'completed') {
-      const done = await this.persist(run, () => this.repo.complete(run.id, result.output, result.runNext, false))
-      if (!done) return
-      if (!done.completed) {
-        this.log.warn(`run ${run.id} finished, but it had been handed to another orchestrator (this one looked dead); result discarded`, { event: 'fenced', ...fields })
+      const written = await this.persist(run, () => this.repo.complete(run.id, result.output, result.runNext, false))
+      if (written.ok) {
+        const done = written.value
+        if (!done.completed) {
+          this.log.warn(`run ${run.id} finished, but it had been handed to another orchestrator (this one looked dead); result discarded`, { event: 'fenced', ...fields })
+          return
+        }
+        this.hooks.onOutcome?.(run.taskId, 'completed')
+        this.log.info(`run ${run.id} completed`, { event: 'run', ...fields, status: 'completed', durationMs })
+        if (done.ignoredNext.length > 0) {
+          this.log.warn(`run ${run.id} asked for follow-ups its task does not allow: ${done.ignoredNext.join(', ')} (ignored)`, { runId: run.id, taskId: run.taskId })
+        }
+        followUpTasks(result.runNext, done.ignoredNext).forEach((taskId, i) => {
+          const followUp = done.followUps[i]
+          if (followUp) this.log.info(`run ${followUp} queued as a follow-up of ${run.id}`, { event: 'run', runId: followUp, taskId, attempt: 1, status: 'pending', durationMs: null, parentRunId: run.id })
+        })
+        if (done.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
         return
       }
-      this.hooks.onOutcome?.(run.taskId, 'completed')
-      this.log.info(`run ${run.id} completed`, { event: 'run', ...fields, status: 'completed', durationMs })
-      if (done.ignoredNext.length > 0) {
-        this.log.warn(`run ${run.id} asked for follow-ups its task does not allow: ${done.ignoredNext.join(', ')} (ignored)`, { runId: run.id, taskId: run.taskId })
-      }
-      for (const followUp of done.followUps) this.log.info(`run ${followUp} queued as a follow-up of ${run.id}`, { event: 'run', runId: followUp, parentRunId: run.id, status: 'pending' })
-      if (done.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
+      if (!written.error) return // forced stop during an outage: crash recovery hands the run back
+      // The database refused the worker's answer itself (a NUL character in the output, say):
+      // record that as this attempt's failure rather than leave the run `running` for ever.
+      await this.recordFailure(run, {
+        error: `the worker's result could not be stored: ${(written.error as Error).message}`,
+        code: 'RESULT_REJECTED', retryable: true, timedOut: false,
+      }, durationMs)
       return
     }
 
-    const failed = await this.persist(run, () => this.repo.fail(run.id, result))
-    if (!failed) return
+    await this.recordFailure(run, result, durationMs)
+  }
+
+  /** Record a failed attempt (retry or DLQ) and log it. */
+  private async recordFailure(run: ClaimedRun, failure: Failure, durationMs: number): Promise<void> {
+    const fields = { runId: run.id, taskId: run.taskId, attempt: run.attempt }
+    let written = await this.persist(run, () => this.repo.fail(run.id, failure))
+    if (!written.ok && written.error) {
+      // Not even the failure could be written: write one that carries nothing from the worker.
+      failure = { error: `the worker's answer could not be recorded (${failure.code}): ${(written.error as Error).message}`, code: 'RESULT_NOT_RECORDED', retryable: failure.retryable, timedOut: failure.timedOut }
+      written = await this.persist(run, () => this.repo.fail(run.id, failure))
+    }
+    if (!written.ok) return
+    const failed = written.value
     switch (failed.outcome) {
       case 'fenced':
         this.log.warn(`run ${run.id} failed, but it had been handed to another orchestrator; result discarded`, { event: 'fenced', ...fields })
         return
       case 'retried':
         this.hooks.onOutcome?.(run.taskId, 'retried')
-        this.log.warn(`run ${run.id} attempt ${run.attempt} failed (${result.code}: ${result.error}); retrying${failed.scheduledFor ? ` at ${failed.scheduledFor.toISOString()}` : ''}`, {
-          event: 'run', ...fields, status: 'pending', durationMs, errorCode: result.code, retryAt: failed.scheduledFor?.toISOString(),
+        this.log.warn(`run ${run.id} attempt ${run.attempt} failed (${failure.code}: ${failure.error}); retrying${failed.scheduledFor ? ` at ${failed.scheduledFor.toISOString()}` : ''}`, {
+          event: 'run', ...fields, status: 'pending', durationMs, errorCode: failure.code, retryAt: failed.scheduledFor?.toISOString(),
         })
         break
       default:
         this.hooks.onOutcome?.(run.taskId, failed.outcome)
-        this.log.error(`run ${run.id} ${failed.outcome === 'timeout' ? 'timed out' : 'failed'} on attempt ${run.attempt} (${result.code}: ${result.error}); moved to the DLQ`, {
-          event: 'run', ...fields, status: failed.outcome, durationMs, errorCode: result.code,
+        this.log.error(`run ${run.id} ${failed.outcome === 'timeout' ? 'timed out' : 'failed'} on attempt ${run.attempt} (${failure.code}: ${failure.error}); moved to the DLQ`, {
+          event: 'run', ...fields, status: failed.outcome, durationMs, errorCode: failure.code,
         })
     }
     if (failed.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
@@ -330,23 +360,24 @@ class RunLoop implements Orchestrator {
 
   /**
    * Record a result, riding out a database outage: the worker's answer is kept in memory and
-   * written when the database is back. Gives up only on a forced stop (the run then stays
-   * `running` until crash recovery hands it back).
+   * written when the database is back. Gives up on a forced stop (`error` undefined: the run then
+   * stays `running` until crash recovery hands it back) and on an error that is not the
+   * connection (`error` set: the caller decides what to record instead).
    */
-  private async persist<T>(run: ClaimedRun, write: () => Promise<T>): Promise<T | undefined> {
+  private async persist<T>(run: ClaimedRun, write: () => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error?: unknown }> {
     let backoff = 250
     for (;;) {
       try {
-        const result = await write()
+        const value = await write()
         this.databaseBack()
-        return result
+        return { ok: true, value }
       } catch (error) {
         if (!isConnectionLoss(error)) {
           this.log.error(`could not record the result of run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId })
-          return undefined
+          return { ok: false, error }
         }
         this.databaseTrouble(error, `recording run ${run.id}`)
-        if (this.forced.signal.aborted) return undefined
+        if (this.forced.signal.aborted) return { ok: false }
         await delay(backoff, this.forced.signal)
         backoff = Math.min(backoff * 2, 5000)
       }
@@ -477,14 +508,19 @@ class RunLoop implements Orchestrator {
     }
     const aborted = [...this.running.values()]
     await Promise.all(aborted.map((e) => e.promise))
-    const handBack = aborted.filter((e) => e.aborted).map((e) => e.run.id)
+    const handBack = new Map(aborted.filter((e) => e.aborted).map((e) => [e.run.id, e]))
     for (const timer of this.timers) clearInterval(timer)
-    if (handBack.length > 0) {
+    if (handBack.size > 0) {
       try {
-        const released = await this.repo.release(handBack)
-        for (const id of released) this.log.info(`run ${id} handed back to pending`, { event: 'run', runId: id, status: 'pending' })
+        const released = await this.repo.release([...handBack.keys()])
+        for (const id of released) {
+          const { run, startedAt } = handBack.get(id)!
+          this.log.info(`run ${id} handed back to pending (attempt ${run.attempt} kept)`, {
+            event: 'run', runId: id, taskId: run.taskId, attempt: run.attempt, status: 'pending', durationMs: Math.round(performance.now() - startedAt),
+          })
+        }
       } catch (error) {
-        this.log.error(`could not hand back ${handBack.length} run(s) (${(error as Error).message}); crash recovery will return them once this orchestrator's heartbeat is stale`)
+        this.log.error(`could not hand back ${handBack.size} run(s) (${(error as Error).message}); crash recovery will return them once this orchestrator's heartbeat is stale`)
       }
     }
     await this.listener?.stop()
@@ -499,4 +535,19 @@ class RunLoop implements Orchestrator {
     this.resolveDone(result)
     return result
   }
+}
+
+/**
+ * The tasks of the follow-ups pipeweave_complete_run created, in order: it walks runNext and
+ * creates a run for each name it does not ignore, so runNext minus the ignored names lines up
+ * with the ids it returns.
+ */
+function followUpTasks(runNext: string[], ignored: string[]): string[] {
+  const skip = [...ignored]
+  return runNext.filter((name) => {
+    const i = skip.indexOf(name)
+    if (i < 0) return true
+    skip.splice(i, 1)
+    return false
+  })
 }

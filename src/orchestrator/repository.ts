@@ -37,6 +37,27 @@ export interface CompleteResult {
   ignoredNext: string[]
 }
 
+/** A failed attempt as the loop reports it. */
+export interface Failure {
+  error: string
+  code: string
+  retryable: boolean
+  timedOut: boolean
+}
+
+/** Longest error text stored for one attempt (a worker may answer with megabytes). */
+const MAX_ERROR_CHARS = 4000
+
+/**
+ * Worker-supplied text on its way into `text` columns: PostgreSQL refuses the NUL character in
+ * text (and jsonb), and an error message needs no more than a few kilobytes.
+ */
+export function storableText(text: string, max = MAX_ERROR_CHARS): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = text.replace(/\u0000/g, '\uFFFD')
+  return clean.length > max ? `${clean.slice(0, max)}…` : clean
+}
+
 export type FailOutcome = 'retried' | 'failed' | 'timeout' | 'fenced'
 
 export interface FailResult {
@@ -51,7 +72,7 @@ export interface Repository {
   deregister(): Promise<void>
   claim(limit: number): Promise<ClaimedRun[]>
   complete(runId: string, output: unknown, runNext: string[], fromCache: boolean): Promise<CompleteResult>
-  fail(runId: string, failure: { error: string; code: string; retryable: boolean; timedOut: boolean }): Promise<FailResult>
+  fail(runId: string, failure: Failure): Promise<FailResult>
   /** Hand unfinished runs back to pending, keeping their attempt (graceful shutdown). */
   release(runIds: string[]): Promise<string[]>
   workRemains(): Promise<boolean>
@@ -78,7 +99,7 @@ export function createRepository(db: Queryable, orchestratorId: string, concurre
     },
     async fail(runId, failure) {
       const { rows: [row] } = await db.query<{ outcome: FailOutcome; attempt: number | null; scheduled_for: Date | null; mode: Mode }>(runs.fail,
-        [runId, orchestratorId, failure.error, failure.code, failure.retryable, failure.timedOut])
+        [runId, orchestratorId, storableText(failure.error), storableText(failure.code, 200), failure.retryable, failure.timedOut])
       return { outcome: row.outcome, attempt: row.attempt, scheduledFor: row.scheduled_for, mode: row.mode }
     },
     async release(runIds) {
