@@ -8,6 +8,7 @@ import type { Pool } from 'pg'
 import { registerService, type TaskManifest } from '../../src/api/services'
 import { createDatabase } from '../../src/db/database'
 import { type CliResult, type RunningCli, startCli } from './cli'
+import { waitFor } from './wait'
 
 export interface LogLine {
   time: string
@@ -183,4 +184,48 @@ export async function allIn(pool: Pool, statuses: string[], ids?: string[]): Pro
     `SELECT count(*)::int AS n FROM task_runs WHERE status <> ALL ($1::text[]) AND ($2::text[] IS NULL OR id = ANY ($2::text[]))`,
     [statuses, ids ?? null])
   return row.n === 0
+}
+
+export interface EnqueueArgs {
+  input?: unknown
+  priority?: number
+  idempotencyKey?: string
+  delayMs?: number
+  inputPath?: string
+  pipelineRunId?: string
+}
+
+/** Enqueue one run through pipeweave_enqueue (the gate of SPEC §4 applies). */
+export async function enqueueOne(pool: Pick<Pool, 'query'>, taskId: string, args: EnqueueArgs = {}): Promise<{ runId: string; deduplicated: boolean }> {
+  const { rows: [row] } = await pool.query<{ run_id: string; deduplicated: boolean }>(
+    'SELECT run_id, deduplicated FROM pipeweave_enqueue($1::text, $2::jsonb, $3::int, $4::text, $5::bigint, $6::text, $7::text)',
+    [taskId, args.input === undefined ? null : JSON.stringify(args.input), args.priority ?? null, args.idempotencyKey ?? null,
+      args.delayMs ?? 0, args.inputPath ?? null, args.pipelineRunId ?? null])
+  return { runId: row.run_id, deduplicated: row.deduplicated }
+}
+
+export const FINAL = ['completed', 'failed', 'timeout', 'cancelled']
+
+/** Wait until the run is in a final state, and return it. */
+export async function finished(pool: Pool, id: string, timeoutMs = 30_000): Promise<RunRow> {
+  return waitFor(async () => {
+    const run = await getRun(pool, id)
+    return FINAL.includes(run.status) ? run : undefined
+  }, { timeoutMs, what: `run ${id} to finish` })
+}
+
+export interface DlqRow {
+  id: string
+  task_run_id: string
+  task_id: string
+  error: string | null
+  error_code: string | null
+  attempts: number
+  previous_attempts: Array<{ attempt: number; error: string; errorCode: string; at: string }>
+  failed_at: Date
+}
+
+export async function dlqFor(pool: Pool, runId: string): Promise<DlqRow[]> {
+  const { rows } = await pool.query<DlqRow>('SELECT * FROM dlq WHERE task_run_id = $1', [runId])
+  return rows
 }
