@@ -193,11 +193,9 @@ export class StubWorker extends EventEmitter {
       Promise.resolve()
         .then(() => behaviour(request))
         .then((action) => {
+          if (action.kind === 'hold') request.held = true
           this.emit('request', request)
-          if (action.kind === 'hold') {
-            request.held = true
-            return
-          }
+          if (action.kind === 'hold') return
           return this.perform(request, res, action, settle)
         })
         .catch((error) => {
