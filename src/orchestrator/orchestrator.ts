@@ -110,6 +110,14 @@ class RunLoop implements Orchestrator {
   private outage = false
   private drainChecking = false
   private drainAgain = false
+  /**
+   * A claim failed with the connection: it may have committed on the server, its answer lost.
+   * Those runs are `running` under our id, unknown to us, and no crash recovery will take them
+   * back while we heartbeat: hand them back before the next claim.
+   */
+  private claimInDoubt = false
+  /** In `orchestrators`: only then is there anything to hand back or deregister at stop. */
+  private registered = false
 
   constructor(private readonly options: OrchestratorOptions) {
     this.db = options.db
@@ -146,6 +154,7 @@ class RunLoop implements Orchestrator {
   async start(): Promise<void> {
     await this.checkSchemaAtStart()
     await this.repo.heartbeat()
+    this.registered = true
     // Recover runs of orchestrators that died while none was watching (SPEC §5: "the next start").
     const check = await drainCheck(this.db, { staleMs: this.staleMs, actor: this.actor })
     this.observeMode(check.mode)
@@ -214,12 +223,14 @@ class RunLoop implements Orchestrator {
       let claimed = 0
       if (capacity > 0) {
         try {
+          if (this.claimInDoubt) await this.releaseUnknownClaims()
           const runs = await this.repo.claim(capacity)
           this.databaseBack()
           backoff = 250
           claimed = runs.length
           for (const run of runs) this.startRun(run)
         } catch (error) {
+          if (isConnectionLoss(error)) this.claimInDoubt = true
           this.databaseTrouble(error, 'claiming runs')
           await delay(backoff, this.forced.signal)
           backoff = Math.min(backoff * 2, 5000)
@@ -240,6 +251,17 @@ class RunLoop implements Orchestrator {
         }
       }
       await this.wakeup.wait(this.pollIntervalMs)
+    }
+  }
+
+  /** Runs we hold in the database but not in memory (a claim whose answer was lost) go back. */
+  private async releaseUnknownClaims(): Promise<void> {
+    const released = await this.repo.releaseHeld([...this.running.keys()])
+    this.claimInDoubt = false
+    if (released.length === 0) return
+    this.log.warn(`handed back ${released.length} run(s) claimed while the database connection failed (the claim committed, its answer was lost)`, { event: 'released', count: released.length })
+    for (const r of released) {
+      this.log.info(`run ${r.id} handed back to pending (attempt ${r.attempt} kept)`, { event: 'run', runId: r.id, taskId: r.taskId, attempt: r.attempt, status: 'pending', durationMs: null })
     }
   }
 
@@ -508,20 +530,27 @@ class RunLoop implements Orchestrator {
     }
     const aborted = [...this.running.values()]
     await Promise.all(aborted.map((e) => e.promise))
-    const handBack = new Map(aborted.filter((e) => e.aborted).map((e) => [e.run.id, e]))
     for (const timer of this.timers) clearInterval(timer)
-    if (handBack.size > 0) {
-      try {
-        const released = await this.repo.release([...handBack.keys()])
-        for (const id of released) {
-          const { run, startedAt } = handBack.get(id)!
-          this.log.info(`run ${id} handed back to pending (attempt ${run.attempt} kept)`, {
-            event: 'run', runId: id, taskId: run.taskId, attempt: run.attempt, status: 'pending', durationMs: Math.round(performance.now() - startedAt),
-          })
-        }
-      } catch (error) {
-        this.log.error(`could not hand back ${handBack.size} run(s) (${(error as Error).message}); crash recovery will return them once this orchestrator's heartbeat is stale`)
+    if (!this.registered) {
+      // start() was refused (pending migrations, schema ahead, no database): nothing to undo.
+      const result = { exitCode: this.exitCode }
+      this.resolveDone(result)
+      return result
+    }
+    const handBack = new Map(aborted.filter((e) => e.aborted).map((e) => [e.run.id, e]))
+    // Everything we still hold goes back: the runs aborted above, and any whose result could not
+    // be written (a forced stop during an outage) or whose claim answer was lost.
+    try {
+      const released = await this.repo.releaseHeld([])
+      for (const r of released) {
+        const entry = handBack.get(r.id)
+        this.log.info(`run ${r.id} handed back to pending (attempt ${r.attempt} kept)`, {
+          event: 'run', runId: r.id, taskId: r.taskId, attempt: r.attempt, status: 'pending',
+          durationMs: entry ? Math.round(performance.now() - entry.startedAt) : null,
+        })
       }
+    } catch (error) {
+      this.log.error(`could not hand back the runs in flight (${(error as Error).message}); crash recovery will return them once this orchestrator's heartbeat is stale`)
     }
     await this.listener?.stop()
     try {

@@ -73,8 +73,11 @@ export interface Repository {
   claim(limit: number): Promise<ClaimedRun[]>
   complete(runId: string, output: unknown, runNext: string[], fromCache: boolean): Promise<CompleteResult>
   fail(runId: string, failure: Failure): Promise<FailResult>
-  /** Hand unfinished runs back to pending, keeping their attempt (graceful shutdown). */
-  release(runIds: string[]): Promise<string[]>
+  /**
+   * Hand every run this orchestrator holds, except `keep`, back to pending keeping its attempt
+   * (graceful shutdown; a claim whose answer was lost).
+   */
+  releaseHeld(keep: string[]): Promise<Array<{ id: string; taskId: string; attempt: number }>>
   workRemains(): Promise<boolean>
 }
 
@@ -102,10 +105,9 @@ export function createRepository(db: Queryable, orchestratorId: string, concurre
         [runId, orchestratorId, storableText(failure.error), storableText(failure.code, 200), failure.retryable, failure.timedOut])
       return { outcome: row.outcome, attempt: row.attempt, scheduledFor: row.scheduled_for, mode: row.mode }
     },
-    async release(runIds) {
-      if (runIds.length === 0) return []
-      const { rows } = await db.query<{ id: string }>(runs.release, [orchestratorId, runIds])
-      return rows.map((r) => r.id)
+    async releaseHeld(keep) {
+      const { rows } = await db.query<{ id: string; task_id: string; attempt: number }>(runs.releaseHeld, [orchestratorId, keep])
+      return rows.map((r) => ({ id: r.id, taskId: r.task_id, attempt: r.attempt }))
     },
     async workRemains() {
       const { rows: [row] } = await db.query<{ remains: boolean }>(runs.workRemains)
