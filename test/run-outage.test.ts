@@ -84,10 +84,14 @@ describe('pipeweave run: database outages', () => {
       await run.started()
       await worker.until(() => worker.requests.length >= 50, { what: '50 dispatches' })
 
-      const restart = await pgCtl(['-D', s.dataDir, '-l', path.join(s.dataDir, 'server.log'), '-m', 'fast', '-w', '-t', '60', 'restart'])
-      expect(restart).toMatchObject({ code: 0 })
-
-      await run.waitForLog((l) => l.event === 'db-down', { what: 'the outage to be logged' })
+      // Restart the server, with the orchestrator seeing it down in between: stop, wait until
+      // the outage is logged (dispatches go on; their answers wait in memory), start again.
+      const stopped = await pgCtl(['-D', s.dataDir, '-m', 'fast', '-w', '-t', '60', 'stop'])
+      expect(stopped).toMatchObject({ code: 0 })
+      const down = await run.waitForLog((l) => l.event === 'db-down', { what: 'the outage to be logged' })
+      expect(down.level).toBe('error')
+      const started = await pgCtl(['-D', s.dataDir, '-l', path.join(s.dataDir, 'server.log'), '-o', `-p ${s.port}`, '-w', '-t', '60', 'start'])
+      expect(started).toMatchObject({ code: 0 })
       await run.waitForLog((l) => l.event === 'db-up', { what: 'the recovery to be logged' })
       await waitFor(() => allIn(pool!, ['completed']), { timeoutMs: 60_000, what: 'every run completed' })
       expect(await statusCounts(pool)).toEqual({ completed: 400 })
