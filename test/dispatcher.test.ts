@@ -104,6 +104,12 @@ describe('Dispatcher against a worker', () => {
     await worker.until(() => worker.requests[0].abandonedAt !== undefined, { what: 'the hang-up' })
   })
 
+  it('fails a run whose base URL is unusable instead of throwing', async () => {
+    for (const baseUrl of ['http://exa mple:99999', 'ftp://127.0.0.1/x', 'not a url']) {
+      expect(await dispatcher.dispatch(baseUrl, request())).toMatchObject({ kind: 'failed', code: 'INVALID_URL', retryable: false })
+    }
+  })
+
   it('refuses an answer larger than its limit', async () => {
     const small = new Dispatcher({ maxResponseBytes: 1024 })
     try {

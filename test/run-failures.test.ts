@@ -273,6 +273,17 @@ describe('pipeweave run: worker answers, retries and the DLQ', () => {
     expect(await dlqFor(db.pool, b.runId)).toHaveLength(1)
   })
 
+  it('never leaves a run `running` when its service\'s base URL is unusable', async () => {
+    // Registration validates the URL; a runbook's SQL does not.
+    await registerTasks(db.url, worker.url, [{ id: 'misrouted', retries: 0 }], 'misrouted-service')
+    await db.pool.query(`UPDATE services SET base_url = 'http://exa mple:99999' WHERE id = 'misrouted-service'`)
+    const { runId } = await enqueueOne(db.pool, 'misrouted')
+    const done = await finished(db.pool, runId, 15_000)
+    expect(done).toMatchObject({ status: 'failed', error_code: 'INVALID_URL' })
+    expect(done.error).toContain('exa mple')
+    expect(await dlqFor(db.pool, runId)).toHaveLength(1)
+  })
+
   it('logs one JSON line per run state change with runId, taskId, attempt, status and durationMs', async () => {
     const lines = run.logs()
     expect(run.otherLines()).toEqual([])

@@ -272,7 +272,13 @@ class RunLoop implements Orchestrator {
     // durationMs: null: nothing has been measured yet (the key is there on every state change).
     this.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running', durationMs: null })
     entry.promise = this.execute(entry)
-      .catch((error) => this.log.error(`run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId }))
+      .catch(async (error) => {
+        // A bug or an unforeseen failure between claim and record: record it as a failed attempt
+        // rather than leave the run `running` under a live orchestrator that will never finish it.
+        this.log.error(`run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId })
+        await this.recordFailure(run, { error: `pipeweave failed to run it: ${(error as Error).message}`, code: 'INTERNAL_ERROR', retryable: true, timedOut: false },
+          Math.round(performance.now() - entry.startedAt)).catch(() => undefined)
+      })
       .finally(() => {
         this.running.delete(run.id)
         this.hooks.onInFlight?.(this.running.size)
