@@ -83,6 +83,22 @@ describe('pipeweave run: graceful shutdown', () => {
     expect((await db.pool.query('SELECT id FROM orchestrators')).rows).toEqual([])
   })
 
+  it('exits 0 on a SIGTERM that arrives while it is still starting', async () => {
+    // A fresh database and --auto-migrate: the SIGTERM lands while the migrations are applied.
+    const fresh = await createTestDatabase()
+    try {
+      const run = startRun(quickEnv(fresh.env), ['--log-format', 'json', '--auto-migrate'])
+      await run.waitForLog((l) => /pending migration/.test(l.msg), { what: 'the start of the migrations' })
+      run.child.kill('SIGTERM')
+      const exit = await run.done
+      expect(exit.code).toBe(0)
+      expect(exit.signal).toBeNull()
+      expect((await fresh.pool.query('SELECT id FROM orchestrators')).rows).toEqual([])
+    } finally {
+      await fresh.drop()
+    }
+  })
+
   it('stops at once on a second SIGINT, still handing the held runs back', async () => {
     worker.behave('job', () => hold())
     await enqueueMany(db.pool, 'job', 4)

@@ -102,6 +102,7 @@ class RunLoop implements Orchestrator {
   private listener?: Listener
   private timers: NodeJS.Timeout[] = []
   private loopDone?: Promise<void>
+  private starting?: Promise<void>
   private started = false
   private stopping?: Promise<{ exitCode: number }>
   private exitCode = 0
@@ -151,8 +152,18 @@ class RunLoop implements Orchestrator {
   // ------------------------------------------------------------------------------------------
   // Start
 
-  async start(): Promise<void> {
+  start(): Promise<void> {
+    if (!this.starting) this.starting = this.startUp()
+    return this.starting
+  }
+
+  /**
+   * A stop() may come at any await below (a SIGTERM during the migrations): then nothing more is
+   * started, and the shutdown, which waits for this, undoes what was.
+   */
+  private async startUp(): Promise<void> {
     await this.checkSchemaAtStart()
+    if (this.stopping) return
     await this.repo.heartbeat()
     this.registered = true
     // Recover runs of orchestrators that died while none was watching (SPEC §5: "the next start").
@@ -166,6 +177,7 @@ class RunLoop implements Orchestrator {
       }, this.log)
       await this.listener.start()
     }
+    if (this.stopping) return
     this.every(this.heartbeatIntervalMs, () => this.heartbeat())
     this.every(this.maintenanceCheckIntervalMs, () => this.maintenanceTick())
     this.started = true
@@ -517,6 +529,8 @@ class RunLoop implements Orchestrator {
 
   private async shutdown(): Promise<{ exitCode: number }> {
     this.wakeup.notify()
+    // Stopped while starting: let start() reach a point where it sees the stop, or fail.
+    await this.starting?.catch(() => undefined)
     await this.loopDone
     if (this.running.size > 0) {
       this.log.info(`stopping: no new claims; waiting up to ${this.shutdownTimeoutMs} ms for ${this.running.size} run(s) in flight`, { event: 'stopping', inFlight: this.running.size })
