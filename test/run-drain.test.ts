@@ -94,6 +94,19 @@ describe('pipeweave run: the drain', () => {
     expect((await run.stop('SIGTERM')).code).toBe(0)
   })
 
+  it('stays up in maintenance and resumes on a mode change made in SQL by a runbook', async () => {
+    worker.behave('work', () => ok('done'))
+    const run = startRun({ ...db.env, POLL_INTERVAL_MS: '200' }, ['--log-format', 'json'])
+    await run.started()
+    expect((await runCli(['maintenance:enter', '--reason', 'runbook test'], { env: db.env })).code).toBe(0)
+    await expect(enqueueOne(db.pool, 'work')).rejects.toMatchObject({ code: 'PWMNT' })
+    await db.pool.query(`UPDATE orchestrator_state SET mode = 'running' WHERE id = 'singleton'`)
+    const { runId } = await enqueueOne(db.pool, 'work')
+    expect(await finished(db.pool, runId)).toMatchObject({ status: 'completed' })
+    expect(run.exited()).toBe(false)
+    expect((await run.stop('SIGTERM')).code).toBe(0)
+  })
+
   it('sees the end of a drain promptly, without waiting for its maintenance check interval', async () => {
     worker.behave('work', () => hold())
     await enqueueMany(db.pool, 'work', 3)
