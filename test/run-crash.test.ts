@@ -73,6 +73,37 @@ describe('pipeweave run: crash recovery', () => {
     expect((await second.stop('SIGTERM')).code).toBe(0)
   })
 
+  it('fences an orchestrator that was taken for dead: its late results do not overwrite the new ones', async () => {
+    worker.behave('job', (r) => (r.attempt === 1 ? hold() : ok('fresh')))
+    const ids = await enqueueMany(db.pool, 'job', 3)
+    const frozen = startRun(env(), ['--log-format', 'json'])
+    const frozenId = await frozen.started()
+    await worker.until(() => worker.held().length === 3, { what: '3 runs held' })
+    // Frozen, not dead: a long GC pause, a suspended VM. Its heartbeat goes stale.
+    frozen.child.kill('SIGSTOP')
+    try {
+      const other = startRun(env(), ['--log-format', 'json'])
+      await other.started()
+      await waitFor(() => allIn(db.pool, ['completed'], ids), { what: 'the other orchestrator to finish the runs' })
+      frozen.child.kill('SIGCONT')
+      // The frozen one wakes up and its workers answer at last: too late.
+      await frozen.waitForLog((l) => l.event === 'reregistered', { what: 'the re-registration' })
+      worker.releaseAll(ok('stale'))
+      for (const id of ids) await frozen.waitForLog((l) => l.event === 'fenced' && l.runId === id, { what: `the fenced result of ${id}` })
+      const { rows } = await db.pool.query<{ output: unknown; attempt: number; orchestrator_id: string }>('SELECT output, attempt, orchestrator_id FROM task_runs')
+      expect(rows).toHaveLength(3)
+      for (const row of rows) {
+        expect(row.output).toBe('fresh')
+        expect(row.attempt).toBe(2)
+        expect(row.orchestrator_id).not.toBe(frozenId)
+      }
+      expect((await frozen.stop('SIGTERM')).code).toBe(0)
+      expect((await other.stop('SIGTERM')).code).toBe(0)
+    } finally {
+      frozen.child.kill('SIGCONT')
+    }
+  })
+
   it('dead-letters a run that kills its orchestrator every time instead of looping', async () => {
     await registerTasks(db.url, worker.url, [{ id: 'poison', retries: 1, retryBackoff: 'fixed', retryDelayMs: 0 }], 'poison-service')
     worker.behave('poison', () => hold())
