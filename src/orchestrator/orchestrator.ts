@@ -15,9 +15,8 @@ import { type Logger, silentLogger } from '../logger'
 import { defaultActor, drainCheck, type Mode } from '../maintenance/maintenance'
 import * as sql from '../sql/migrations'
 import { type DispatchResult, Dispatcher } from './dispatcher'
-import type { Failure } from './repository'
 import { Listener } from './listener'
-import { type ClaimedRun, type Repository, createRepository } from './repository'
+import { type ClaimedRun, type Failure, type Repository, createRepository } from './repository'
 import { Wakeup, delay } from './wakeup'
 
 export type RunOutcome = 'completed' | 'cached' | 'retried' | 'failed' | 'timeout'
@@ -355,7 +354,7 @@ class RunLoop implements Orchestrator {
         if (done.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
         return
       }
-      if (!written.error) return // forced stop during an outage: crash recovery hands the run back
+      if (!written.error) return // forced stop during an outage: the shutdown hands the run back
       // The database refused the worker's answer itself (a NUL character in the output, say):
       // record that as this attempt's failure rather than leave the run `running` for ever.
       await this.recordFailure(run, {
@@ -400,9 +399,9 @@ class RunLoop implements Orchestrator {
 
   /**
    * Record a result, riding out a database outage: the worker's answer is kept in memory and
-   * written when the database is back. Gives up on a forced stop (`error` undefined: the run then
-   * stays `running` until crash recovery hands it back) and on an error that is not the
-   * connection (`error` set: the caller decides what to record instead).
+   * written when the database is back. Gives up on a forced stop (`error` undefined: the run
+   * stays `running` until the shutdown, or else crash recovery, hands it back) and on an error
+   * that is not the connection (`error` set: the caller decides what to record instead).
    */
   private async persist<T>(run: ClaimedRun, write: () => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error?: unknown }> {
     let backoff = 250
