@@ -545,6 +545,9 @@ class RunLoop implements Orchestrator {
       if (this.running.size > 0) {
         this.log.warn(`shutdown timeout: aborting ${this.running.size} run(s) and handing them back to pending`, { event: 'stopping' })
         for (const entry of this.running.values()) entry.controller.abort()
+        // Results still waiting for the database (an outage) are given up as well: the platform
+        // kills what outlives its grace period anyway, and crash recovery returns those runs.
+        this.forced.abort()
       }
     }
     const aborted = [...this.running.values()]
