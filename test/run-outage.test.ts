@@ -17,7 +17,7 @@ import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { allIn, enqueueMany, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
-import { startWorker, type StubWorker } from './helpers/worker'
+import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
 
 /** pg_ctl of the embedded server, run the way the embedded module runs it (as `postgres` when root). */
 function pgCtl(args: string[]): Promise<{ code: number | null; output: string }> {
@@ -56,18 +56,36 @@ describe('pipeweave run: database outages', () => {
     await worker.close()
   })
 
-  it('rides out a restart of the PostgreSQL server: logs it, carries on, loses nothing', async () => {
+  describe('on a server of its own', () => {
     const home = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-outage-'))
-    fs.chmodSync(home, 0o755)
-    let handle: EmbeddedHandle | undefined
-    let pool: Pool | undefined
-    try {
+    let handle: EmbeddedHandle
+    let url: string
+    let pool: Pool
+
+    beforeAll(async () => {
+      fs.chmodSync(home, 0o755)
       handle = await acquireEmbeddedServer({
         env: { PIPEWEAVE_HOME: home }, cwd: home, applicationName: 'pipeweave-test-outage',
         serverSettings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off' },
       })
+    })
+
+    afterAll(async () => {
+      await handle?.release({ stop: 'always' })
+      fs.rmSync(home, { recursive: true, force: true })
+    })
+
+    /** A fresh, migrated database on the dedicated server for each test. */
+    beforeEach(async () => {
       const s = handle.server
-      const url = `postgres://${s.user}:${encodeURIComponent(s.password)}@${s.host}:${s.port}/${s.database}`
+      const name = `outage_${Math.random().toString(16).slice(2, 10)}`
+      const admin = new Pool({ connectionString: `postgres://${s.user}:${encodeURIComponent(s.password)}@${s.host}:${s.port}/postgres`, max: 1 })
+      try {
+        await admin.query(`CREATE DATABASE ${name}`)
+      } finally {
+        await admin.end()
+      }
+      url = `postgres://${s.user}:${encodeURIComponent(s.password)}@${s.host}:${s.port}/${name}`
       const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
       try {
         await runMigrations(db)
@@ -75,8 +93,20 @@ describe('pipeweave run: database outages', () => {
         await db.close()
       }
       pool = new Pool({ connectionString: url, max: 3 })
-      pool.on('error', () => undefined) // idle clients die with the restart
-      await registerTasks(url, worker.url, [{ id: 'job', retries: 0 }])
+      pool.on('error', () => undefined) // idle clients die with the server
+      await registerTasks(url, worker.url, [{ id: 'job', retries: 2, retryBackoff: 'fixed', retryDelayMs: 0 }])
+    })
+
+    afterEach(async () => {
+      await killLeftoverRuns()
+      await pool.end().catch(() => undefined)
+    })
+
+    const stopServer = () => pgCtl(['-D', handle.server.dataDir, '-m', 'fast', '-w', '-t', '60', 'stop'])
+    const startServer = () => pgCtl(['-D', handle.server.dataDir, '-l', path.join(handle.server.dataDir, 'server.log'),
+      '-o', `-p ${handle.server.port}`, '-w', '-t', '60', 'start'])
+
+    it('rides out a restart of the PostgreSQL server: logs it, carries on, loses nothing', async () => {
       worker.behave('job', () => ({ kind: 'reply', status: 200, body: { output: 'ok' }, delayMs: 10 }))
       const ids = await enqueueMany(pool, 'job', 400)
 
@@ -86,25 +116,50 @@ describe('pipeweave run: database outages', () => {
 
       // Restart the server, with the orchestrator seeing it down in between: stop, wait until
       // the outage is logged (dispatches go on; their answers wait in memory), start again.
-      const stopped = await pgCtl(['-D', s.dataDir, '-m', 'fast', '-w', '-t', '60', 'stop'])
-      expect(stopped).toMatchObject({ code: 0 })
+      expect(await stopServer()).toMatchObject({ code: 0 })
       const down = await run.waitForLog((l) => l.event === 'db-down', { what: 'the outage to be logged' })
       expect(down.level).toBe('error')
-      const started = await pgCtl(['-D', s.dataDir, '-l', path.join(s.dataDir, 'server.log'), '-o', `-p ${s.port}`, '-w', '-t', '60', 'start'])
-      expect(started).toMatchObject({ code: 0 })
+      expect(await startServer()).toMatchObject({ code: 0 })
       await run.waitForLog((l) => l.event === 'db-up', { what: 'the recovery to be logged' })
-      await waitFor(() => allIn(pool!, ['completed']), { timeoutMs: 60_000, what: 'every run completed' })
+      await waitFor(() => allIn(pool, ['completed']), { timeoutMs: 60_000, what: 'every run completed' })
       expect(await statusCounts(pool)).toEqual({ completed: 400 })
       expect(new Set(worker.arrivals().keys())).toEqual(new Set(ids))
       // Dispatched once each: answers that arrived during the outage were kept and written later.
       expect([...worker.arrivals().values()].filter((n) => n > 1)).toEqual([])
       expect(run.exited()).toBe(false)
       expect((await run.stop('SIGTERM')).code).toBe(0)
-    } finally {
-      await pool?.end().catch(() => undefined)
-      await handle?.release({ stop: 'always' })
-      fs.rmSync(home, { recursive: true, force: true })
-    }
+    })
+
+    it('still exits soon after its shutdown timeout when SIGTERM comes while the database is down', async () => {
+      worker.behave('job', () => hold())
+      const ids = await enqueueMany(pool, 'job', 3)
+      const env = quickEnv({ DATABASE_URL: url, ORCHESTRATOR_STALE_MS: '2000' })
+      const run = startRun(env, ['--log-format', 'json', '--concurrency', '5', '--shutdown-timeout', '1000'])
+      await run.started()
+      await worker.until(() => worker.held().length === 3, { what: '3 runs in flight' })
+      expect(await stopServer()).toMatchObject({ code: 0 })
+      let serverUp = false
+      try {
+        // The worker answers while the database is down: the results wait in memory.
+        worker.releaseAll(ok('answered during the outage'))
+        await run.waitForLog((l) => l.event === 'db-down', { what: 'the outage to be logged' })
+        run.child.kill('SIGTERM')
+        // A container platform kills what outlives its grace period: waiting for the database
+        // to come back is not an option. 1 s of shutdown timeout; 20 s is generous.
+        await waitFor(() => run.exited(), { timeoutMs: 20_000, what: 'the orchestrator to exit' })
+        expect((await run.done).code).toBe(0)
+        expect(await startServer()).toMatchObject({ code: 0 })
+        serverUp = true
+      } finally {
+        if (!serverUp) await startServer()
+      }
+      // Nothing lost: the next orchestrator finds the runs of the one that left without a word.
+      worker.behave('job', () => ok('again'))
+      const next = startRun(env, ['--log-format', 'json'])
+      await next.started()
+      await waitFor(() => allIn(pool, ['completed'], ids), { timeoutMs: 30_000, what: 'the runs to complete' })
+      expect((await next.stop('SIGTERM')).code).toBe(0)
+    })
   })
 
   describe('through a proxy', () => {
