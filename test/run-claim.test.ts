@@ -45,6 +45,8 @@ describe('pipeweave run: the claim', () => {
     expect(worker.requests).toHaveLength(1000)
     expect(new Set(worker.requests.map((r) => r.runId)).size).toBe(1000)
     expect(worker.maxInFlight.get('urgent')).toBe(2)
+    // --concurrency bounds the runs in flight, all tasks together.
+    expect(worker.maxInFlightTotal).toBeLessThanOrEqual(25)
     // The other tasks are not limited: they did overlap beyond 2, so the limit above is real.
     expect(Math.max(worker.maxInFlight.get('normal') ?? 0, worker.maxInFlight.get('bulk') ?? 0)).toBeGreaterThan(2)
     const { rows: [wrong] } = await db.pool.query(

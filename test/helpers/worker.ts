@@ -51,6 +51,9 @@ export class StubWorker extends EventEmitter {
   /** Highest number of requests of one task in flight at once. */
   readonly maxInFlight = new Map<string, number>()
   private readonly inFlight = new Map<string, number>()
+  private inFlightTotal = 0
+  /** Highest number of requests, all tasks together, in flight at once. */
+  maxInFlightTotal = 0
   private readonly behaviours = new Map<string, Behaviour>()
   private fallback: Behaviour = (r) => ok({ echo: r.body.input ?? null })
   private readonly server: http.Server
@@ -160,6 +163,7 @@ export class StubWorker extends EventEmitter {
         if (settled) return false
         settled = true
         this.inFlight.set(taskId, (this.inFlight.get(taskId) ?? 1) - 1)
+        this.inFlightTotal -= 1
         return true
       }
       const request: WorkerRequest = {
@@ -188,6 +192,8 @@ export class StubWorker extends EventEmitter {
       const now = (this.inFlight.get(taskId) ?? 0) + 1
       this.inFlight.set(taskId, now)
       if (now > (this.maxInFlight.get(taskId) ?? 0)) this.maxInFlight.set(taskId, now)
+      this.inFlightTotal += 1
+      this.maxInFlightTotal = Math.max(this.maxInFlightTotal, this.inFlightTotal)
       this.requests.push(request)
       const behaviour = this.behaviours.get(taskId) ?? this.fallback
       Promise.resolve()
