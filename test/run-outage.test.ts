@@ -15,7 +15,7 @@ import { runMigrations } from '../src/api/migrations'
 import { createDatabase } from '../src/db/database'
 import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
-import { allIn, enqueueMany, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
+import { allIn, enqueueMany, FINAL, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -128,6 +128,37 @@ describe('pipeweave run: database outages', () => {
       expect([...worker.arrivals().values()].filter((n) => n > 1)).toEqual([])
       expect(run.exited()).toBe(false)
       expect((await run.stop('SIGTERM')).code).toBe(0)
+    })
+
+    it('does not take live orchestrators for dead after an outage longer than ORCHESTRATOR_STALE_MS', async () => {
+      // No heartbeat can land while the server is down; when it is back, every orchestrator's
+      // heartbeat is older than the stale limit although all of them are alive.
+      await registerTasks(url, worker.url, [{ id: 'once', retries: 0 }], 'once-service')
+      worker.behave('once', () => hold())
+      const ids = await enqueueMany(pool, 'once', 6)
+      const env = quickEnv({ DATABASE_URL: url, ORCHESTRATOR_STALE_MS: '2000', MAINTENANCE_CHECK_INTERVAL_MS: '100' })
+      const runs = [startRun(env, ['--log-format', 'json', '--concurrency', '3']), startRun(env, ['--log-format', 'json', '--concurrency', '3'])]
+      await Promise.all(runs.map((r) => r.started()))
+      await worker.until(() => worker.held().length === 6, { what: '6 runs in flight' })
+      expect(await stopServer()).toMatchObject({ code: 0 })
+      const stoppedAt = Date.now()
+      let serverUp = false
+      try {
+        await Promise.all(runs.map((r) => r.waitForLog((l) => l.event === 'db-down')))
+        // An outage longer than the stale limit (a time the SPEC names, not a guess at speed).
+        await waitFor(() => Date.now() - stoppedAt > 3000, { what: 'an outage of 3 s' })
+        expect(await startServer()).toMatchObject({ code: 0 })
+        serverUp = true
+      } finally {
+        if (!serverUp) await startServer()
+      }
+      await Promise.all(runs.map((r) => r.waitForLog((l) => l.event === 'db-up')))
+      worker.releaseAll(ok('done'))
+      await waitFor(() => allIn(pool, FINAL, ids), { timeoutMs: 30_000, what: 'the runs to finish' })
+      const { rows } = await pool.query<{ status: string; error_code: string | null }>('SELECT status, error_code FROM task_runs WHERE id = ANY ($1)', [ids])
+      expect(rows).toEqual(ids.map(() => ({ status: 'completed', error_code: null })))
+      expect([...worker.arrivals().values()]).toEqual(ids.map(() => 1))
+      for (const r of runs) expect((await r.stop('SIGTERM')).code).toBe(0)
     })
 
     it('still exits soon after its shutdown timeout when SIGTERM comes while the database is down', async () => {

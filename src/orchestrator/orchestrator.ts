@@ -108,6 +108,9 @@ class RunLoop implements Orchestrator {
   private knownVersion = 0
   private currentMode?: Mode
   private outage = false
+  private outageStartedAt?: number
+  private outageLastedMs = 0
+  private outageGraceUntil = 0
   private drainChecking = false
   private drainAgain = false
   /**
@@ -454,7 +457,7 @@ class RunLoop implements Orchestrator {
   }
 
   private async runDrainCheck(): Promise<void> {
-    const check = await drainCheck(this.db, { staleMs: this.staleMs, actor: this.actor })
+    const check = await drainCheck(this.db, { staleMs: this.reapStaleMs(), actor: this.actor })
     this.databaseBack()
     this.observeMode(check.mode)
     if (check.lostRuns > 0) this.log.warn(`returned ${check.lostRuns} run(s) held by dead orchestrators`, { event: 'recovered', count: check.lostRuns })
@@ -494,6 +497,19 @@ class RunLoop implements Orchestrator {
     this.log.info(says, { event: 'mode', mode })
   }
 
+  /**
+   * The heartbeat age past which the drain check takes an orchestrator for dead. No heartbeat can
+   * land while the database is unreachable, so right after an outage every orchestrator looks
+   * stale though all may be alive: until the others have had a full stale period of a reachable
+   * database to heartbeat again, the outage does not count towards their age.
+   */
+  private reapStaleMs(): number {
+    const now = Date.now()
+    if (this.outage && this.outageStartedAt !== undefined) return this.staleMs + (now - this.outageStartedAt)
+    if (now < this.outageGraceUntil) return this.staleMs + this.outageLastedMs
+    return this.staleMs
+  }
+
   private databaseTrouble(error: unknown, doing: string): void {
     if (!isConnectionLoss(error)) {
       this.log.error(`${doing} failed: ${(error as Error).message}`)
@@ -501,6 +517,7 @@ class RunLoop implements Orchestrator {
     }
     if (!this.outage) {
       this.outage = true
+      this.outageStartedAt = Date.now()
       this.log.error(`database unavailable while ${doing} (${(error as Error).message}); retrying, runs in flight carry on`, { event: 'db-down' })
     }
   }
@@ -508,8 +525,13 @@ class RunLoop implements Orchestrator {
   private databaseBack(): void {
     if (this.outage) {
       this.outage = false
-      this.log.info('database connection restored', { event: 'db-up' })
+      const now = Date.now()
+      this.outageLastedMs = now - (this.outageStartedAt ?? now)
+      this.outageGraceUntil = now + this.staleMs
+      this.log.info('database connection restored', { event: 'db-up', outageMs: this.outageLastedMs })
       this.listener?.kick()
+      // Our own heartbeat first, before any drain check of ours or of others can find it stale.
+      void this.heartbeat()
     }
   }
 
