@@ -6,6 +6,7 @@
  * connections under a claim with a TCP proxy, so that the claim commits but its answer is lost.
  */
 import { spawn, spawnSync } from 'node:child_process'
+import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as os from 'node:os'
@@ -215,10 +216,11 @@ describe('pipeweave run: database outages', () => {
       const run = startRun(quickEnv({ DATABASE_URL: via.toString() }), ['--log-format', 'json', '--concurrency', '5', '--no-listen'])
       const orchestratorId = await run.started()
 
-      // Runs due in a moment; the answer that carries their ids (the claim's) never arrives, so
-      // the claim commits on the server unseen by the orchestrator.
-      const ids = await enqueueMany(db.pool, 'job', 3, { delayMs: 1000 })
+      // The answer that carries these runs' ids (the claim's) never arrives, so the claim commits
+      // on the server unseen by the orchestrator. Ids chosen here, so the proxy knows them first.
+      const ids = [0, 1, 2].map(() => crypto.randomUUID())
       proxy.swallowAnswersContaining(ids)
+      await db.pool.query(`INSERT INTO task_runs (id, task_id) SELECT unnest($1::text[]), 'job'`, [ids])
       await waitFor(async () => {
         const { rows } = await db.pool.query(`SELECT id FROM task_runs WHERE status = 'running' AND orchestrator_id = $1`, [orchestratorId])
         return rows.length === 3
