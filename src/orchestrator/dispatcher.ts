@@ -57,7 +57,17 @@ export class Dispatcher {
 
   /** POST one run to its worker. `signal` aborts it (shutdown); the task timeout aborts it too. */
   dispatch(baseUrl: string, request: DispatchRequest, signal?: AbortSignal): Promise<DispatchResult> {
-    const url = new URL(`${baseUrl.replace(/\/+$/, '')}/tasks/${encodeURIComponent(request.taskId)}`)
+    let url: URL
+    try {
+      url = new URL(`${baseUrl.replace(/\/+$/, '')}/tasks/${encodeURIComponent(request.taskId)}`)
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`unsupported protocol ${url.protocol}`)
+    } catch (error) {
+      // Registration validates the URL, SQL does not: a failure of the run, not of the loop.
+      return Promise.resolve({
+        kind: 'failed', error: `the service's base URL "${baseUrl}" is not usable: ${(error as Error).message}`,
+        code: 'INVALID_URL', retryable: false, timedOut: false,
+      })
+    }
     const body = Buffer.from(JSON.stringify(request))
     const headers: http.OutgoingHttpHeaders = {
       'content-type': 'application/json',

@@ -16,7 +16,7 @@ import { defaultActor, drainCheck, type Mode } from '../maintenance/maintenance'
 import * as sql from '../sql/migrations'
 import { type DispatchResult, Dispatcher } from './dispatcher'
 import { Listener } from './listener'
-import { type ClaimedRun, type Repository, createRepository } from './repository'
+import { type ClaimedRun, type Failure, type Repository, createRepository } from './repository'
 import { Wakeup, delay } from './wakeup'
 
 export type RunOutcome = 'completed' | 'cached' | 'retried' | 'failed' | 'timeout'
@@ -74,6 +74,8 @@ interface InFlight {
   promise: Promise<void>
   /** Shutdown aborted its dispatch: hand it back to pending. */
   aborted: boolean
+  /** performance.now() at the claim. */
+  startedAt: number
 }
 
 class RunLoop implements Orchestrator {
@@ -99,14 +101,26 @@ class RunLoop implements Orchestrator {
   private listener?: Listener
   private timers: NodeJS.Timeout[] = []
   private loopDone?: Promise<void>
+  private starting?: Promise<void>
   private started = false
   private stopping?: Promise<{ exitCode: number }>
   private exitCode = 0
   private knownVersion = 0
   private currentMode?: Mode
   private outage = false
+  private outageStartedAt?: number
+  private outageLastedMs = 0
+  private outageGraceUntil = 0
   private drainChecking = false
   private drainAgain = false
+  /**
+   * A claim failed with the connection: it may have committed on the server, its answer lost.
+   * Those runs are `running` under our id, unknown to us, and no crash recovery will take them
+   * back while we heartbeat: hand them back before the next claim.
+   */
+  private claimInDoubt = false
+  /** In `orchestrators`: only then is there anything to hand back or deregister at stop. */
+  private registered = false
 
   constructor(private readonly options: OrchestratorOptions) {
     this.db = options.db
@@ -140,9 +154,20 @@ class RunLoop implements Orchestrator {
   // ------------------------------------------------------------------------------------------
   // Start
 
-  async start(): Promise<void> {
+  start(): Promise<void> {
+    if (!this.starting) this.starting = this.startUp()
+    return this.starting
+  }
+
+  /**
+   * A stop() may come at any await below (a SIGTERM during the migrations): then nothing more is
+   * started, and the shutdown, which waits for this, undoes what was.
+   */
+  private async startUp(): Promise<void> {
     await this.checkSchemaAtStart()
+    if (this.stopping) return
     await this.repo.heartbeat()
+    this.registered = true
     // Recover runs of orchestrators that died while none was watching (SPEC §5: "the next start").
     const check = await drainCheck(this.db, { staleMs: this.staleMs, actor: this.actor })
     this.observeMode(check.mode)
@@ -154,6 +179,7 @@ class RunLoop implements Orchestrator {
       }, this.log)
       await this.listener.start()
     }
+    if (this.stopping) return
     this.every(this.heartbeatIntervalMs, () => this.heartbeat())
     this.every(this.maintenanceCheckIntervalMs, () => this.maintenanceTick())
     this.started = true
@@ -211,12 +237,14 @@ class RunLoop implements Orchestrator {
       let claimed = 0
       if (capacity > 0) {
         try {
+          if (this.claimInDoubt) await this.releaseUnknownClaims()
           const runs = await this.repo.claim(capacity)
           this.databaseBack()
           backoff = 250
           claimed = runs.length
           for (const run of runs) this.startRun(run)
         } catch (error) {
+          if (isConnectionLoss(error)) this.claimInDoubt = true
           this.databaseTrouble(error, 'claiming runs')
           await delay(backoff, this.forced.signal)
           backoff = Math.min(backoff * 2, 5000)
@@ -240,13 +268,31 @@ class RunLoop implements Orchestrator {
     }
   }
 
+  /** Runs we hold in the database but not in memory (a claim whose answer was lost) go back. */
+  private async releaseUnknownClaims(): Promise<void> {
+    const released = await this.repo.releaseHeld([...this.running.keys()])
+    this.claimInDoubt = false
+    if (released.length === 0) return
+    this.log.warn(`handed back ${released.length} run(s) claimed while the database connection failed (the claim committed, its answer was lost)`, { event: 'released', count: released.length })
+    for (const r of released) {
+      this.log.info(`run ${r.id} handed back to pending (attempt ${r.attempt} kept)`, { event: 'run', runId: r.id, taskId: r.taskId, attempt: r.attempt, status: 'pending', durationMs: null })
+    }
+  }
+
   private startRun(run: ClaimedRun): void {
-    const entry: InFlight = { run, controller: new AbortController(), promise: Promise.resolve(), aborted: false }
+    const entry: InFlight = { run, controller: new AbortController(), promise: Promise.resolve(), aborted: false, startedAt: performance.now() }
     this.running.set(run.id, entry)
     this.hooks.onInFlight?.(this.running.size)
-    this.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running' })
+    // durationMs: null: nothing has been measured yet (the key is there on every state change).
+    this.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running', durationMs: null })
     entry.promise = this.execute(entry)
-      .catch((error) => this.log.error(`run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId }))
+      .catch(async (error) => {
+        // A bug or an unforeseen failure between claim and record: record it as a failed attempt
+        // rather than leave the run `running` under a live orchestrator that will never finish it.
+        this.log.error(`run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId })
+        await this.recordFailure(run, { error: `pipeweave failed to run it: ${(error as Error).message}`, code: 'INTERNAL_ERROR', retryable: true, timedOut: false },
+          Math.round(performance.now() - entry.startedAt)).catch(() => undefined)
+      })
       .finally(() => {
         this.running.delete(run.id)
         this.hooks.onInFlight?.(this.running.size)
@@ -260,7 +306,8 @@ class RunLoop implements Orchestrator {
     const fields = { runId: run.id, taskId: run.taskId, attempt: run.attempt }
     if (run.cached) {
       // An unexpired idempotency entry holds this key's result: complete without a dispatch.
-      const result = await this.persist(run, () => this.repo.complete(run.id, run.cachedOutput, [], true))
+      const written = await this.persist(run, () => this.repo.complete(run.id, run.cachedOutput, [], true))
+      const result = written.ok ? written.value : undefined
       if (result?.completed) {
         this.hooks.onOutcome?.(run.taskId, 'cached')
         this.log.info(`run ${run.id} completed from the idempotency cache`, { event: 'run', ...fields, status: 'completed', cached: true, durationMs: 0 })
@@ -291,38 +338,63 @@ class RunLoop implements Orchestrator {
     this.hooks.onDispatch?.(run.taskId, durationMs / 1000)
 
     if (result.kind === 'completed') {
-      const done = await this.persist(run, () => this.repo.complete(run.id, result.output, result.runNext, false))
-      if (!done) return
-      if (!done.completed) {
-        this.log.warn(`run ${run.id} finished, but it had been handed to another orchestrator (this one looked dead); result discarded`, { event: 'fenced', ...fields })
+      const written = await this.persist(run, () => this.repo.complete(run.id, result.output, result.runNext, false))
+      if (written.ok) {
+        const done = written.value
+        if (!done.completed) {
+          this.log.warn(`run ${run.id} finished, but it had been handed to another orchestrator (this one looked dead); result discarded`, { event: 'fenced', ...fields })
+          return
+        }
+        this.hooks.onOutcome?.(run.taskId, 'completed')
+        this.log.info(`run ${run.id} completed`, { event: 'run', ...fields, status: 'completed', durationMs })
+        if (done.ignoredNext.length > 0) {
+          this.log.warn(`run ${run.id} asked for follow-ups its task does not allow: ${done.ignoredNext.join(', ')} (ignored)`, { runId: run.id, taskId: run.taskId })
+        }
+        followUpTasks(result.runNext, done.ignoredNext).forEach((taskId, i) => {
+          const followUp = done.followUps[i]
+          if (followUp) this.log.info(`run ${followUp} queued as a follow-up of ${run.id}`, { event: 'run', runId: followUp, taskId, attempt: 1, status: 'pending', durationMs: null, parentRunId: run.id })
+        })
+        if (done.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
         return
       }
-      this.hooks.onOutcome?.(run.taskId, 'completed')
-      this.log.info(`run ${run.id} completed`, { event: 'run', ...fields, status: 'completed', durationMs })
-      if (done.ignoredNext.length > 0) {
-        this.log.warn(`run ${run.id} asked for follow-ups its task does not allow: ${done.ignoredNext.join(', ')} (ignored)`, { runId: run.id, taskId: run.taskId })
-      }
-      for (const followUp of done.followUps) this.log.info(`run ${followUp} queued as a follow-up of ${run.id}`, { event: 'run', runId: followUp, parentRunId: run.id, status: 'pending' })
-      if (done.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
+      if (!written.error) return // forced stop during an outage: the shutdown hands the run back
+      // The database refused the worker's answer itself (a NUL character in the output, say):
+      // record that as this attempt's failure rather than leave the run `running` for ever.
+      await this.recordFailure(run, {
+        error: `the worker's result could not be stored: ${(written.error as Error).message}`,
+        code: 'RESULT_REJECTED', retryable: true, timedOut: false,
+      }, durationMs)
       return
     }
 
-    const failed = await this.persist(run, () => this.repo.fail(run.id, result))
-    if (!failed) return
+    await this.recordFailure(run, result, durationMs)
+  }
+
+  /** Record a failed attempt (retry or DLQ) and log it. */
+  private async recordFailure(run: ClaimedRun, failure: Failure, durationMs: number): Promise<void> {
+    const fields = { runId: run.id, taskId: run.taskId, attempt: run.attempt }
+    let written = await this.persist(run, () => this.repo.fail(run.id, failure))
+    if (!written.ok && written.error) {
+      // Not even the failure could be written: write one that carries nothing from the worker.
+      failure = { error: `the worker's answer could not be recorded (${failure.code}): ${(written.error as Error).message}`, code: 'RESULT_NOT_RECORDED', retryable: failure.retryable, timedOut: failure.timedOut }
+      written = await this.persist(run, () => this.repo.fail(run.id, failure))
+    }
+    if (!written.ok) return
+    const failed = written.value
     switch (failed.outcome) {
       case 'fenced':
         this.log.warn(`run ${run.id} failed, but it had been handed to another orchestrator; result discarded`, { event: 'fenced', ...fields })
         return
       case 'retried':
         this.hooks.onOutcome?.(run.taskId, 'retried')
-        this.log.warn(`run ${run.id} attempt ${run.attempt} failed (${result.code}: ${result.error}); retrying${failed.scheduledFor ? ` at ${failed.scheduledFor.toISOString()}` : ''}`, {
-          event: 'run', ...fields, status: 'pending', durationMs, errorCode: result.code, retryAt: failed.scheduledFor?.toISOString(),
+        this.log.warn(`run ${run.id} attempt ${run.attempt} failed (${failure.code}: ${failure.error}); retrying${failed.scheduledFor ? ` at ${failed.scheduledFor.toISOString()}` : ''}`, {
+          event: 'run', ...fields, status: 'pending', durationMs, errorCode: failure.code, retryAt: failed.scheduledFor?.toISOString(),
         })
         break
       default:
         this.hooks.onOutcome?.(run.taskId, failed.outcome)
-        this.log.error(`run ${run.id} ${failed.outcome === 'timeout' ? 'timed out' : 'failed'} on attempt ${run.attempt} (${result.code}: ${result.error}); moved to the DLQ`, {
-          event: 'run', ...fields, status: failed.outcome, durationMs, errorCode: result.code,
+        this.log.error(`run ${run.id} ${failed.outcome === 'timeout' ? 'timed out' : 'failed'} on attempt ${run.attempt} (${failure.code}: ${failure.error}); moved to the DLQ`, {
+          event: 'run', ...fields, status: failed.outcome, durationMs, errorCode: failure.code,
         })
     }
     if (failed.mode === 'waiting_for_maintenance') this.scheduleDrainCheck()
@@ -330,23 +402,24 @@ class RunLoop implements Orchestrator {
 
   /**
    * Record a result, riding out a database outage: the worker's answer is kept in memory and
-   * written when the database is back. Gives up only on a forced stop (the run then stays
-   * `running` until crash recovery hands it back).
+   * written when the database is back. Gives up on a forced stop (`error` undefined: the run
+   * stays `running` until the shutdown, or else crash recovery, hands it back) and on an error
+   * that is not the connection (`error` set: the caller decides what to record instead).
    */
-  private async persist<T>(run: ClaimedRun, write: () => Promise<T>): Promise<T | undefined> {
+  private async persist<T>(run: ClaimedRun, write: () => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error?: unknown }> {
     let backoff = 250
     for (;;) {
       try {
-        const result = await write()
+        const value = await write()
         this.databaseBack()
-        return result
+        return { ok: true, value }
       } catch (error) {
         if (!isConnectionLoss(error)) {
           this.log.error(`could not record the result of run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId })
-          return undefined
+          return { ok: false, error }
         }
         this.databaseTrouble(error, `recording run ${run.id}`)
-        if (this.forced.signal.aborted) return undefined
+        if (this.forced.signal.aborted) return { ok: false }
         await delay(backoff, this.forced.signal)
         backoff = Math.min(backoff * 2, 5000)
       }
@@ -384,7 +457,7 @@ class RunLoop implements Orchestrator {
   }
 
   private async runDrainCheck(): Promise<void> {
-    const check = await drainCheck(this.db, { staleMs: this.staleMs, actor: this.actor })
+    const check = await drainCheck(this.db, { staleMs: this.reapStaleMs(), actor: this.actor })
     this.databaseBack()
     this.observeMode(check.mode)
     if (check.lostRuns > 0) this.log.warn(`returned ${check.lostRuns} run(s) held by dead orchestrators`, { event: 'recovered', count: check.lostRuns })
@@ -424,6 +497,19 @@ class RunLoop implements Orchestrator {
     this.log.info(says, { event: 'mode', mode })
   }
 
+  /**
+   * The heartbeat age past which the drain check takes an orchestrator for dead. No heartbeat can
+   * land while the database is unreachable, so right after an outage every orchestrator looks
+   * stale though all may be alive: until the others have had a full stale period of a reachable
+   * database to heartbeat again, the outage does not count towards their age.
+   */
+  private reapStaleMs(): number {
+    const now = Date.now()
+    if (this.outage && this.outageStartedAt !== undefined) return this.staleMs + (now - this.outageStartedAt)
+    if (now < this.outageGraceUntil) return this.staleMs + this.outageLastedMs
+    return this.staleMs
+  }
+
   private databaseTrouble(error: unknown, doing: string): void {
     if (!isConnectionLoss(error)) {
       this.log.error(`${doing} failed: ${(error as Error).message}`)
@@ -431,6 +517,7 @@ class RunLoop implements Orchestrator {
     }
     if (!this.outage) {
       this.outage = true
+      this.outageStartedAt = Date.now()
       this.log.error(`database unavailable while ${doing} (${(error as Error).message}); retrying, runs in flight carry on`, { event: 'db-down' })
     }
   }
@@ -438,8 +525,13 @@ class RunLoop implements Orchestrator {
   private databaseBack(): void {
     if (this.outage) {
       this.outage = false
-      this.log.info('database connection restored', { event: 'db-up' })
+      const now = Date.now()
+      this.outageLastedMs = now - (this.outageStartedAt ?? now)
+      this.outageGraceUntil = now + this.staleMs
+      this.log.info('database connection restored', { event: 'db-up', outageMs: this.outageLastedMs })
       this.listener?.kick()
+      // Our own heartbeat first, before any drain check of ours or of others can find it stale.
+      void this.heartbeat()
     }
   }
 
@@ -458,6 +550,8 @@ class RunLoop implements Orchestrator {
 
   private async shutdown(): Promise<{ exitCode: number }> {
     this.wakeup.notify()
+    // Stopped while starting: let start() reach a point where it sees the stop, or fail.
+    await this.starting?.catch(() => undefined)
     await this.loopDone
     if (this.running.size > 0) {
       this.log.info(`stopping: no new claims; waiting up to ${this.shutdownTimeoutMs} ms for ${this.running.size} run(s) in flight`, { event: 'stopping', inFlight: this.running.size })
@@ -473,19 +567,34 @@ class RunLoop implements Orchestrator {
       if (this.running.size > 0) {
         this.log.warn(`shutdown timeout: aborting ${this.running.size} run(s) and handing them back to pending`, { event: 'stopping' })
         for (const entry of this.running.values()) entry.controller.abort()
+        // Results still waiting for the database (an outage) are given up as well: the platform
+        // kills what outlives its grace period anyway, and crash recovery returns those runs.
+        this.forced.abort()
       }
     }
     const aborted = [...this.running.values()]
     await Promise.all(aborted.map((e) => e.promise))
-    const handBack = aborted.filter((e) => e.aborted).map((e) => e.run.id)
     for (const timer of this.timers) clearInterval(timer)
-    if (handBack.length > 0) {
-      try {
-        const released = await this.repo.release(handBack)
-        for (const id of released) this.log.info(`run ${id} handed back to pending`, { event: 'run', runId: id, status: 'pending' })
-      } catch (error) {
-        this.log.error(`could not hand back ${handBack.length} run(s) (${(error as Error).message}); crash recovery will return them once this orchestrator's heartbeat is stale`)
+    if (!this.registered) {
+      // start() was refused (pending migrations, schema ahead, no database): nothing to undo.
+      const result = { exitCode: this.exitCode }
+      this.resolveDone(result)
+      return result
+    }
+    const handBack = new Map(aborted.filter((e) => e.aborted).map((e) => [e.run.id, e]))
+    // Everything we still hold goes back: the runs aborted above, and any whose result could not
+    // be written (a forced stop during an outage) or whose claim answer was lost.
+    try {
+      const released = await this.repo.releaseHeld([])
+      for (const r of released) {
+        const entry = handBack.get(r.id)
+        this.log.info(`run ${r.id} handed back to pending (attempt ${r.attempt} kept)`, {
+          event: 'run', runId: r.id, taskId: r.taskId, attempt: r.attempt, status: 'pending',
+          durationMs: entry ? Math.round(performance.now() - entry.startedAt) : null,
+        })
       }
+    } catch (error) {
+      this.log.error(`could not hand back the runs in flight (${(error as Error).message}); crash recovery will return them once this orchestrator's heartbeat is stale`)
     }
     await this.listener?.stop()
     try {
@@ -499,4 +608,19 @@ class RunLoop implements Orchestrator {
     this.resolveDone(result)
     return result
   }
+}
+
+/**
+ * The tasks of the follow-ups pipeweave_complete_run created, in order: it walks runNext and
+ * creates a run for each name it does not ignore, so runNext minus the ignored names lines up
+ * with the ids it returns.
+ */
+function followUpTasks(runNext: string[], ignored: string[]): string[] {
+  const skip = [...ignored]
+  return runNext.filter((name) => {
+    const i = skip.indexOf(name)
+    if (i < 0) return true
+    skip.splice(i, 1)
+    return false
+  })
 }

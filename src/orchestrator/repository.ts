@@ -37,6 +37,27 @@ export interface CompleteResult {
   ignoredNext: string[]
 }
 
+/** A failed attempt as the loop reports it. */
+export interface Failure {
+  error: string
+  code: string
+  retryable: boolean
+  timedOut: boolean
+}
+
+/** Longest error text stored for one attempt (a worker may answer with megabytes). */
+const MAX_ERROR_CHARS = 4000
+
+/**
+ * Worker-supplied text on its way into `text` columns: PostgreSQL refuses the NUL character in
+ * text (and jsonb), and an error message needs no more than a few kilobytes.
+ */
+export function storableText(text: string, max = MAX_ERROR_CHARS): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = text.replace(/\u0000/g, '\uFFFD')
+  return clean.length > max ? `${clean.slice(0, max)}…` : clean
+}
+
 export type FailOutcome = 'retried' | 'failed' | 'timeout' | 'fenced'
 
 export interface FailResult {
@@ -51,9 +72,12 @@ export interface Repository {
   deregister(): Promise<void>
   claim(limit: number): Promise<ClaimedRun[]>
   complete(runId: string, output: unknown, runNext: string[], fromCache: boolean): Promise<CompleteResult>
-  fail(runId: string, failure: { error: string; code: string; retryable: boolean; timedOut: boolean }): Promise<FailResult>
-  /** Hand unfinished runs back to pending, keeping their attempt (graceful shutdown). */
-  release(runIds: string[]): Promise<string[]>
+  fail(runId: string, failure: Failure): Promise<FailResult>
+  /**
+   * Hand every run this orchestrator holds, except `keep`, back to pending keeping its attempt
+   * (graceful shutdown; a claim whose answer was lost).
+   */
+  releaseHeld(keep: string[]): Promise<Array<{ id: string; taskId: string; attempt: number }>>
   workRemains(): Promise<boolean>
 }
 
@@ -78,13 +102,12 @@ export function createRepository(db: Queryable, orchestratorId: string, concurre
     },
     async fail(runId, failure) {
       const { rows: [row] } = await db.query<{ outcome: FailOutcome; attempt: number | null; scheduled_for: Date | null; mode: Mode }>(runs.fail,
-        [runId, orchestratorId, failure.error, failure.code, failure.retryable, failure.timedOut])
+        [runId, orchestratorId, storableText(failure.error), storableText(failure.code, 200), failure.retryable, failure.timedOut])
       return { outcome: row.outcome, attempt: row.attempt, scheduledFor: row.scheduled_for, mode: row.mode }
     },
-    async release(runIds) {
-      if (runIds.length === 0) return []
-      const { rows } = await db.query<{ id: string }>(runs.release, [orchestratorId, runIds])
-      return rows.map((r) => r.id)
+    async releaseHeld(keep) {
+      const { rows } = await db.query<{ id: string; task_id: string; attempt: number }>(runs.releaseHeld, [orchestratorId, keep])
+      return rows.map((r) => ({ id: r.id, taskId: r.task_id, attempt: r.attempt }))
     },
     async workRemains() {
       const { rows: [row] } = await db.query<{ remains: boolean }>(runs.workRemains)

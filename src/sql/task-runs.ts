@@ -83,13 +83,18 @@ export const fail: Statement = {
            FROM pipeweave_fail_run($1::text, $2::text, $3::text, $4::text, $5::boolean, $6::boolean)`,
 }
 
-/** Graceful shutdown: runs of orchestrator $1 that did not finish go back to pending, keeping their attempt. */
-export const release: Statement = {
-  name: 'release_runs',
+/**
+ * Hand back to pending, keeping their attempt, the runs orchestrator $1 holds, except those in $2:
+ * at graceful shutdown everything it still holds, and after a claim whose answer was lost (the
+ * connection broke after the claim committed) those it holds without knowing it. Never
+ * dispatched, or stopped by us: not the run's failure. task_runs_active_idx (status = 'running').
+ */
+export const releaseHeld: Statement = {
+  name: 'release_held_runs',
   text: `UPDATE task_runs
             SET status = 'pending', started_at = NULL, heartbeat_at = NULL, orchestrator_id = NULL
-          WHERE id = ANY ($2::text[]) AND status = 'running' AND orchestrator_id = $1::text
-          RETURNING id`,
+          WHERE status = 'running' AND orchestrator_id = $1::text AND NOT (id = ANY ($2::text[]))
+          RETURNING id, task_id, attempt`,
 }
 
 /** Is there anything left to do: a due pending or a running run (--until-idle); task_runs_active_idx. */

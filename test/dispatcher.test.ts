@@ -1,0 +1,142 @@
+/**
+ * The worker protocol seen from the dispatcher alone (SPEC §5): the result rules, keep-alive,
+ * the task timeout, aborts, the signature. Real HTTP against the stub worker, no database.
+ */
+import * as crypto from 'node:crypto'
+import * as net from 'node:net'
+import { classify, Dispatcher, type DispatchRequest, sign } from '../src/orchestrator/dispatcher'
+import { deferred } from './helpers/wait'
+import { destroy, fail, garbled, hold, ok, startWorker, type StubWorker } from './helpers/worker'
+
+const request = (over: Partial<DispatchRequest> = {}): DispatchRequest => ({
+  runId: crypto.randomUUID(), taskId: 'task', pipelineRunId: null, attempt: 1, codeVersion: 1, codeHash: null,
+  input: { n: 1 }, inputPath: null, previousAttempts: [], timeoutMs: 10_000, idempotencyKey: null, ...over,
+})
+const body = (value: unknown) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value))
+
+describe('classify: the result rules', () => {
+  it.each([
+    [200, '', { kind: 'completed', output: null, runNext: [] }],
+    [204, '', { kind: 'completed', output: null, runNext: [] }],
+    [200, { output: { a: 1 }, runNext: ['next', 3] }, { kind: 'completed', output: { a: 1 }, runNext: ['next'] }],
+    [201, { output: 0 }, { kind: 'completed', output: 0 }],
+    [200, '{"output": tru', { kind: 'failed', code: 'INVALID_RESPONSE', retryable: true, timedOut: false }],
+    [200, '[1, 2]', { kind: 'failed', code: 'INVALID_RESPONSE', retryable: true }],
+    [400, '', { kind: 'failed', code: 'HTTP_400', retryable: false }],
+    [404, 'no such task', { kind: 'failed', code: 'HTTP_404', retryable: false }],
+    [422, { error: 'bad field' }, { kind: 'failed', code: 'HTTP_422', error: 'bad field', retryable: false }],
+    [408, '', { kind: 'failed', code: 'HTTP_408', retryable: true }],
+    [429, '', { kind: 'failed', code: 'HTTP_429', retryable: true }],
+    [500, '', { kind: 'failed', code: 'HTTP_500', retryable: true }],
+    [503, '<html>down</html>', { kind: 'failed', code: 'HTTP_503', retryable: true }],
+    [500, { error: 'never', code: 'E_BAD', retryable: false }, { kind: 'failed', error: 'never', code: 'E_BAD', retryable: false }],
+    [400, { error: 'later', retryable: true }, { kind: 'failed', error: 'later', code: 'HTTP_400', retryable: true }],
+    [500, { error: { message: 'nested' } }, { kind: 'failed', error: 'nested', retryable: true }],
+    [302, '', { kind: 'failed', code: 'HTTP_302', retryable: true }],
+  ])('%i %j', (status, answer, expected) => {
+    expect(classify(status, '', body(answer))).toMatchObject(expected)
+  })
+
+  it('keeps a non-JSON error body in the message, shortened', () => {
+    const result = classify(502, 'Bad Gateway', body('x'.repeat(2000)))
+    expect(result).toMatchObject({ kind: 'failed', code: 'HTTP_502' })
+    expect((result as { error: string }).error.length).toBeLessThan(600)
+  })
+})
+
+describe('Dispatcher against a worker', () => {
+  let worker: StubWorker
+  let dispatcher: Dispatcher
+
+  beforeEach(async () => {
+    worker = await startWorker()
+    dispatcher = new Dispatcher({ maxSockets: 4 })
+  })
+
+  afterEach(async () => {
+    dispatcher.close()
+    await worker.close()
+  })
+
+  it('POSTs the run to {baseUrl}/tasks/{taskId} as JSON and reads the answer', async () => {
+    worker.otherwise(() => ok({ done: true }, ['b']))
+    const result = await dispatcher.dispatch(`${worker.url}/prefix/`, request({ taskId: 'resize image/v2' }))
+    expect(result).toEqual({ kind: 'completed', output: { done: true }, runNext: ['b'], status: 200 })
+    const [seen] = worker.requests
+    expect(seen.path).toBe('/prefix/tasks/resize%20image%2Fv2')
+    expect(seen.headers['content-type']).toBe('application/json')
+    expect(seen.headers['x-pipeweave-signature']).toBeUndefined()
+  })
+
+  it('reuses one keep-alive connection for runs one after another', async () => {
+    for (let i = 0; i < 20; i++) expect((await dispatcher.dispatch(worker.url, request())).kind).toBe('completed')
+    expect(worker.connections).toBe(1)
+  })
+
+  it('gives up at the task timeout, as a retryable timeout, and hangs up on the worker', async () => {
+    worker.otherwise(() => hold())
+    const result = await dispatcher.dispatch(worker.url, request({ timeoutMs: 300 }))
+    expect(result).toMatchObject({ kind: 'failed', code: 'TIMEOUT', retryable: true, timedOut: true })
+    await worker.until(() => worker.requests[0]?.abandonedAt !== undefined, { what: 'the hang-up' })
+  })
+
+  it('treats a dropped connection, a garbled body and a refused connection as retryable', async () => {
+    worker.behave('drop', () => destroy())
+    worker.behave('garble', () => garbled())
+    expect(await dispatcher.dispatch(worker.url, request({ taskId: 'drop' }))).toMatchObject({ kind: 'failed', retryable: true, timedOut: false })
+    expect(await dispatcher.dispatch(worker.url, request({ taskId: 'garble' }))).toMatchObject({ kind: 'failed', code: 'INVALID_RESPONSE', retryable: true })
+    const closed = net.createServer()
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+    const port = (closed.address() as net.AddressInfo).port
+    await new Promise<void>((resolve) => closed.close(() => resolve()))
+    expect(await dispatcher.dispatch(`http://127.0.0.1:${port}`, request())).toMatchObject({ kind: 'failed', code: 'ECONNREFUSED', retryable: true })
+  })
+
+  it('reports an abort (shutdown) as aborted, not as the worker\'s failure', async () => {
+    worker.otherwise(() => hold())
+    const controller = new AbortController()
+    const arrived = deferred()
+    worker.once('request', () => arrived.resolve())
+    const pending = dispatcher.dispatch(worker.url, request(), controller.signal)
+    await arrived.promise
+    controller.abort()
+    expect(await pending).toEqual({ kind: 'aborted' })
+    await worker.until(() => worker.requests[0].abandonedAt !== undefined, { what: 'the hang-up' })
+  })
+
+  it('fails a run whose base URL is unusable instead of throwing', async () => {
+    for (const baseUrl of ['http://exa mple:99999', 'ftp://127.0.0.1/x', 'not a url']) {
+      expect(await dispatcher.dispatch(baseUrl, request())).toMatchObject({ kind: 'failed', code: 'INVALID_URL', retryable: false })
+    }
+  })
+
+  it('refuses an answer larger than its limit', async () => {
+    const small = new Dispatcher({ maxResponseBytes: 1024 })
+    try {
+      worker.otherwise(() => ok('x'.repeat(5000)))
+      expect(await small.dispatch(worker.url, request())).toMatchObject({ kind: 'failed', code: 'RESPONSE_TOO_LARGE', retryable: false })
+    } finally {
+      small.close()
+    }
+  })
+
+  it('signs "<timestamp>.<body>" with HMAC-SHA256 when given a secret', async () => {
+    const signed = new Dispatcher({ secretKey: 'k3y' })
+    try {
+      await signed.dispatch(worker.url, request({ input: { unicode: 'é ✓', n: 1.5 } }))
+      const [seen] = worker.requests
+      const timestamp = String(seen.headers['x-pipeweave-timestamp'])
+      expect(timestamp).toMatch(/^\d{13}$/)
+      const hmac = crypto.createHmac('sha256', 'k3y').update(`${timestamp}.${seen.rawBody.toString('utf8')}`).digest('hex')
+      expect(seen.headers['x-pipeweave-signature']).toBe(`sha256=${hmac}`)
+      expect(sign('k3y', timestamp, seen.rawBody)).toBe(`sha256=${hmac}`)
+    } finally {
+      signed.close()
+    }
+  })
+
+  it('answers a worker error with its JSON body', async () => {
+    worker.otherwise(() => fail(503, { error: 'overloaded', code: 'BUSY' }))
+    expect(await dispatcher.dispatch(worker.url, request())).toMatchObject({ kind: 'failed', error: 'overloaded', code: 'BUSY', retryable: true, status: 503 })
+  })
+})
