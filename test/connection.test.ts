@@ -212,7 +212,7 @@ describe('connection', () => {
     it('logs a query slower than DB_SLOW_QUERY_MS as a warning with its name and duration, never its values', async () => {
       const warnings: Array<[string, unknown]> = []
       const logger = { debug: () => undefined, info: () => undefined, error: () => undefined, warn: (message: string, fields?: unknown) => { warnings.push([message, fields]) } }
-      const api = await createDatabase({ flags: { url: urlOf(good) }, env: { DB_SLOW_QUERY_MS: '300' }, command: 'test', logger })
+      const api = await createDatabase({ flags: { url: urlOf(good) }, env: { DB_SLOW_QUERY_MS: '300' }, command: 'test', logger, logSlowQueries: true })
       try {
         await api.query({ name: 'warm_up', text: 'SELECT 1' }) // opens the pooled connection, which may take a while
         await api.query({ name: 'quick_one', text: 'SELECT $1::text AS v' }, ['fast-value'])

@@ -2,6 +2,7 @@ import * as crypto from 'node:crypto'
 import { Pool, escapeIdentifier } from 'pg'
 import { adminUrl, createTestDatabase, urlFor, type TestDatabase } from './helpers/db'
 import { json, runCli } from './helpers/cli'
+import { LATEST_VERSION, MIGRATIONS } from './helpers/migrations'
 
 describe('db:init and db:status', () => {
   let db: TestDatabase
@@ -36,7 +37,7 @@ describe('db:init and db:status', () => {
   it('draws plain tables without colour when the output is not a terminal, NO_COLOR or not', async () => {
     const result = await runCli(['db:status'], { env: { ...db.env, NO_COLOR: undefined, FORCE_COLOR: undefined } })
     expect(result.code).toBe(0)
-    expect(result.stdout).toMatch(/^Initialized: (yes|no)\nCurrent version: (1|none)\n/)
+    expect(result.stdout).toMatch(/^Initialized: (yes|no)\nCurrent version: (\d+|none)\n/)
     expect(result.stdout).toMatch(/^\+----\+/m)
     expect(result.stdout + result.stderr).not.toMatch(/\x1b\[/)
   })
@@ -50,10 +51,10 @@ describe('db:init', () => {
   it('is idempotent', async () => {
     const first = await runCli(['db:init', '--json'], { env: db.env })
     expect(first.code).toBe(0)
-    expect(json(first)).toEqual({ database: db.name, created: false, applied: [{ id: 1, name: 'initial_schema', durationMs: expect.any(Number) }], currentVersion: 1 })
+    expect(json(first)).toEqual({ database: db.name, created: false, applied: MIGRATIONS.map((m) => ({ id: m.id, name: m.name, durationMs: expect.any(Number) })), currentVersion: LATEST_VERSION })
     const again = await runCli(['db:init'], { env: db.env })
     expect(again.code).toBe(0)
-    expect(again.stdout).toBe('Already initialized; the schema is at version 1\n')
+    expect(again.stdout).toBe(`Already initialized; the schema is at version ${LATEST_VERSION}\n`)
   })
 })
 
@@ -76,7 +77,7 @@ describe('db:init on a missing database', () => {
 
       const created = await runCli(['db:init'], { env: { DATABASE_URL: urlFor(name) } })
       expect(created.code).toBe(0)
-      expect(created.stdout).toBe(`Created database ${name}\nApplied 1 migration(s); the schema is at version 1\n`)
+      expect(created.stdout).toBe(`Created database ${name}\nApplied ${MIGRATIONS.length} migration(s); the schema is at version ${LATEST_VERSION}\n`)
     } finally {
       await admin.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(name)} WITH (FORCE)`)
       await admin.query(`DROP ROLE IF EXISTS ${role}`)

@@ -9,6 +9,7 @@ import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { type FakeServer, blackHoleServer } from './helpers/fake-server'
 import { INITIAL_SCHEMA, createInstall } from './helpers/install'
 import { waitFor } from './helpers/wait'
+import { LATEST_VERSION, MIGRATIONS, SHIPPED } from './helpers/migrations'
 
 /**
  * db:reset on a terminal: run under util-linux `script`, which gives it a pseudo-terminal, and
@@ -97,10 +98,10 @@ describe('db:reset', () => {
     await db.pool.query(`UPDATE orchestrator_state SET mode = 'maintenance'`)
     const result = await runCli(['db:reset', '--yes', '--json'], { env: db.env })
     expect(result.code).toBe(0)
-    expect(json(result)).toEqual({ database: db.name, reset: true, applied: [{ id: 1, name: 'initial_schema', durationMs: expect.any(Number) }] })
+    expect(json(result)).toEqual({ database: db.name, reset: true, applied: MIGRATIONS.map((m) => ({ id: m.id, name: m.name, durationMs: expect.any(Number) })) })
     expect(await survivors()).toEqual([])
     expect((await db.pool.query(`SELECT id, mode FROM orchestrator_state`)).rows).toEqual([{ id: 'singleton', mode: 'running' }])
-    expect((await db.pool.query(`SELECT id FROM migrations ORDER BY id`)).rows).toEqual([{ id: 0 }, { id: 1 }])
+    expect((await db.pool.query(`SELECT id FROM migrations ORDER BY id`)).rows).toEqual([{ id: 0 }, ...MIGRATIONS.map((m) => ({ id: m.id }))])
 
     const status = json<{ initialized: boolean; pending: unknown[] }>(await runCli(['db:status', '--json'], { env: db.env }))
     expect(status).toMatchObject({ initialized: true, pending: [] })
@@ -108,8 +109,8 @@ describe('db:reset', () => {
 
   it('also drops what later migrations created, so they apply again', async () => {
     const later = createInstall({
-      '001_initial_schema.sql': INITIAL_SCHEMA,
-      '002_later.sql': `-- a later migration: a type, a table, a view, a sequence and a function of its own
+      ...SHIPPED,
+      [`${String(LATEST_VERSION + 1).padStart(3, '0')}_later.sql`]: `-- a later migration: a type, a table, a view, a sequence and a function of its own
 CREATE TYPE widget_kind AS ENUM ('small', 'large');
 CREATE TABLE IF NOT EXISTS widgets (id int PRIMARY KEY, kind widget_kind NOT NULL);
 CREATE SEQUENCE widget_numbers;
@@ -123,9 +124,9 @@ INSERT INTO widgets VALUES (1, 'large');
       await db.pool.query(`INSERT INTO widgets VALUES (2, 'small')`)
       const result = await runCli(['db:reset', '--yes'], { env: db.env, bin: later.bin })
       expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: expect.any(String) })
-      expect(result.stdout).toContain('applied 2 migration(s)')
+      expect(result.stdout).toContain(`applied ${MIGRATIONS.length + 1} migration(s)`)
       expect((await db.pool.query(`SELECT id FROM widgets`)).rows).toEqual([{ id: 1 }])
-      expect((await db.pool.query(`SELECT id FROM migrations ORDER BY id`)).rows).toEqual([{ id: 0 }, { id: 1 }, { id: 2 }])
+      expect((await db.pool.query(`SELECT id FROM migrations ORDER BY id`)).rows).toEqual([{ id: 0 }, ...MIGRATIONS.map((m) => ({ id: m.id })), { id: LATEST_VERSION + 1 }])
     } finally {
       later.remove()
       // Back to this checkout's migrations for the other tests of this file.
