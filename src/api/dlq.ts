@@ -4,7 +4,7 @@ import { RefusedError, UsageError } from '../errors'
 import * as sql from '../sql/dlq'
 import * as runs from '../sql/task-runs'
 import { mapEnqueueError } from './enqueue'
-import type { PreviousAttempt } from './runs'
+import { normalizeAttempts, type PreviousAttempt } from './runs'
 
 export interface DlqEntry {
   id: string
@@ -33,7 +33,7 @@ export async function listDlq(db: Queryable, options: ListDlqOptions = {}): Prom
   }>(sql.list, [options.taskId ?? null, Boolean(options.pending), options.limit ?? 50])
   return rows.map((r) => ({
     id: r.id, taskRunId: r.task_run_id, taskId: r.task_id, error: r.error, errorCode: r.error_code, attempts: r.attempts,
-    previousAttempts: r.previous_attempts, failedAt: r.failed_at.toISOString(), retriedAt: r.retried_at ? r.retried_at.toISOString() : null,
+    previousAttempts: normalizeAttempts(r.previous_attempts), failedAt: r.failed_at.toISOString(), retriedAt: r.retried_at ? r.retried_at.toISOString() : null,
     retryRunId: r.retry_run_id,
   }))
 }
