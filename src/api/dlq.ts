@@ -91,5 +91,9 @@ export async function retryDlq(db: Database, target: { ids: string[] } | { all: 
 
 export function assertRetriedAll(result: RetryResult): void {
   if (result.refused.length === 0) return
-  throw new RefusedError('NOT_RETRIABLE', `not retried: ${result.refused.map((r) => `${r.id} (${r.reason})`).join(', ')}`)
+  // The others were retried: name the runs they became, or the refusal (the only output) would lose them.
+  const done = result.retried.length > 0 ? `; ${result.retried.map((r) => `retried ${r.id} as run ${r.runId}`).join(', ')}` : ''
+  throw new RefusedError('NOT_RETRIABLE', `not retried: ${result.refused.map((r) => `${r.id} (${r.reason})`).join(', ')}${done}`, {
+    hint: 'dlq:list shows each entry with the run it was retried as',
+  })
 }
