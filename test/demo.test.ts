@@ -137,6 +137,20 @@ describe('run --demo', () => {
     }
   })
 
+  it('refuses (exit 4) on a database left in maintenance, says how to leave it, and does not hang', async () => {
+    expect((await runCli(['db:init'], { cwd: home, env: env() })).code).toBe(0)
+    expect((await runCli(['maintenance:enter'], { cwd: home, env: env() })).code).toBe(0)
+    try {
+      // A hang ends in SIGKILL after 30 s (the refusal itself takes a second or two).
+      const result = await startTracked(['run', '--demo'], { cwd: home, env: env(), timeoutMs: 30_000 }).done
+      expect({ code: result.code, signal: result.signal }).toEqual({ code: 4, signal: null })
+      expect(result.stderr).toMatch(/in maintenance mode.*maintenance:exit/)
+      await expectNoServerLeft(dataDir)
+    } finally {
+      expect((await runCli(['maintenance:exit'], { cwd: home, env: env() })).code).toBe(0)
+    }
+  })
+
   it('on Ctrl-C mid-demo, stops gracefully with exit 0, leaves no run queued and no server running', async () => {
     const cli = startTracked(['run', '--demo'], { cwd: home, env: env(), timeoutMs: 90_000 })
     await waitFor(() => logLines(cli.stderr()).find((l) => l.taskId === 'demo.slow' && l.status === 'running'), {

@@ -7,6 +7,7 @@ import { registerService } from '../api/services'
 import { enqueueTask } from '../api/enqueue'
 import { runMigrations } from '../api/migrations'
 import { cancelRuns } from '../api/runs'
+import { MaintenanceModeError, RefusedError } from '../errors'
 import type { Logger } from '../logger'
 import { demoManifest, startDemoWorker, type DemoWorker } from './worker'
 
@@ -86,6 +87,11 @@ export async function prepareDemo(db: Database, log: Logger): Promise<DemoSessio
   } catch (error) {
     // Nobody else holds the worker yet: an open server would keep the process alive after the error.
     await worker.close()
+    if (error instanceof MaintenanceModeError) {
+      throw new RefusedError(error.code, `the demo cannot queue its runs: the embedded database is in ${error.mode} mode`, {
+        hint: 'this is your own development database: `pipeweave maintenance:exit` puts it back to running',
+      })
+    }
     throw error
   }
   return {
