@@ -17,7 +17,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { json, runCli } from './helpers/cli'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
-import { killLeftovers, track } from './helpers/surface'
+import { killLeftovers, migratedTestDatabase, track } from './helpers/surface'
 import { waitFor } from './helpers/wait'
 
 const ROOT = path.resolve(__dirname, '..')
@@ -158,25 +158,28 @@ describe('the example worker and the README walkthrough', () => {
     await worker.stop()
   })
 
-  async function registerAndEnqueue(db: TestDatabase, worker: ExampleWorker): Promise<string> {
-    expect((await runCli(['db:init'], { env: db.env })).code).toBe(0)
+  /** A migrated database with the example service registered and one word-count run queued. */
+  async function registerAndEnqueue(worker: ExampleWorker): Promise<{ db: TestDatabase; runId: string }> {
+    const db = await migratedTestDatabase('pw_example')
+    databases.push(db)
     expect((await runCli(['services:register', worker.manifestCopy], { env: db.env })).code).toBe(0)
-    const enqueued = await runCli(['tasks:enqueue', 'example.word-count', '--input', '{"text":"hello pipeweave world"}', '--json'], { env: db.env })
-    expect(enqueued.code).toBe(0)
-    return json<{ runId: string }>(enqueued).runId
+    return { db, runId: await enqueue(db, { text: 'hello pipeweave world' }) }
   }
 
+  const enqueue = async (db: TestDatabase, input: unknown) =>
+    (await db.pool.query(`SELECT run_id FROM pipeweave_enqueue('example.word-count', $1::jsonb, NULL, NULL, 0, NULL, NULL)`, [JSON.stringify(input)])).rows[0].run_id as string
+  const runRow = async (db: TestDatabase, id: string) =>
+    (await db.pool.query('SELECT status, attempt, output, error_code, previous_attempts FROM task_runs WHERE id = $1', [id])).rows[0]
+
   it('accepts signed requests when PIPEWEAVE_SECRET_KEY is the same on both sides', async () => {
-    const db = await freshDatabase()
     const worker = await startExampleWorker(scratch, { PIPEWEAVE_SECRET_KEY: 'correct horse battery staple' })
     expect(worker.output()).toContain('(signatures required)')
-    const runId = await registerAndEnqueue(db, worker)
+    const { db, runId } = await registerAndEnqueue(worker)
     const run = await runCli(['run', '--until-idle'], { env: { ...db.env, PIPEWEAVE_SECRET_KEY: 'correct horse battery staple' } })
     expect(run.code).toBe(0)
-    const shown = json<Record<string, unknown>>(await runCli(['runs:show', runId, '--json'], { env: db.env }))
-    expect(shown).toMatchObject({ status: 'completed', attempt: 1, output: { words: 3, longest: 'pipeweave' } })
-    const { runs } = json<{ runs: Array<{ taskId: string; status: string }> }>(await runCli(['runs:list', '--json', '--task', 'example.shout'], { env: db.env }))
-    expect(runs.map((r) => r.status)).toEqual(['completed'])
+    expect(await runRow(db, runId)).toMatchObject({ status: 'completed', attempt: 1, output: { words: 3, longest: 'pipeweave' } })
+    const { rows } = await db.pool.query(`SELECT status, output FROM task_runs WHERE task_id = 'example.shout'`)
+    expect(rows).toEqual([{ status: 'completed', output: { shouted: 'PIPEWEAVE' } }])
 
     // A replayed request — correctly signed, but not from the last five minutes — is refused,
     // and so is a timestamp that is not a number (it must not slip past the window check).
@@ -200,22 +203,21 @@ describe('the example worker and the README walkthrough', () => {
   })
 
   it('rejects a wrong key and a missing signature with 401: failed for good on the first attempt, into the DLQ', async () => {
-    const db = await freshDatabase()
     const worker = await startExampleWorker(scratch, { PIPEWEAVE_SECRET_KEY: 'the worker key' })
-    const wrongKey = await registerAndEnqueue(db, worker)
-    const run = await runCli(['run', '--until-idle'], { env: { ...db.env, PIPEWEAVE_SECRET_KEY: 'another key' } })
-    expect(run.code).toBe(0)
-    const unsigned = json<{ runId: string }>(await runCli(['tasks:enqueue', 'example.word-count', '--input', '{"text":"x"}', '--json'], { env: db.env })).runId
+    const { db, runId: wrongKey } = await registerAndEnqueue(worker)
+    expect((await runCli(['run', '--until-idle'], { env: { ...db.env, PIPEWEAVE_SECRET_KEY: 'another key' } })).code).toBe(0)
+    const unsigned = await enqueue(db, { text: 'x' })
     expect((await runCli(['run', '--until-idle'], { env: db.env })).code).toBe(0)
 
     for (const [runId, code] of [[wrongKey, 'BAD_SIGNATURE'], [unsigned, 'UNSIGNED']]) {
       // example.word-count allows 3 retries: a 401 is not retried (no previous attempt).
-      expect(json(await runCli(['runs:show', runId, '--json'], { env: db.env }))).toMatchObject({
-        status: 'failed', attempt: 1, errorCode: code, output: null, previousAttempts: [],
-      })
+      expect(await runRow(db, runId)).toMatchObject({ status: 'failed', attempt: 1, error_code: code, output: null, previous_attempts: [] })
     }
-    const { entries } = json<{ entries: Array<Record<string, unknown>> }>(await runCli(['dlq:list', '--json'], { env: db.env }))
-    expect(entries.map((e) => [e.taskRunId, e.errorCode, e.attempts]).sort()).toEqual([[wrongKey, 'BAD_SIGNATURE', 1], [unsigned, 'UNSIGNED', 1]].sort())
+    const { rows } = await db.pool.query('SELECT task_run_id, error_code, attempts FROM dlq ORDER BY failed_at')
+    expect(rows).toEqual([
+      { task_run_id: wrongKey, error_code: 'BAD_SIGNATURE', attempts: 1 },
+      { task_run_id: unsigned, error_code: 'UNSIGNED', attempts: 1 },
+    ])
     expect(worker.output()).not.toMatch(/example\.word-count attempt/) // the task itself never ran
     await worker.stop()
   })
