@@ -10,7 +10,7 @@ import * as path from 'node:path'
 import type { Pool } from 'pg'
 import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
 import { runCli } from './helpers/cli'
-import type { TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase } from './helpers/db'
 import {
   type StubWorker, httpGet, httpPortOf, killLeftovers, migratedTestDatabase, postmasterPid, startStubWorker, startTracked, stubManifest,
 } from './helpers/surface'
@@ -305,6 +305,18 @@ describe('run --http-port', () => {
     const result = await run.done
     expect(result.code).toBe(0)
     expect((await db.pool.query('SELECT status, output FROM task_runs WHERE id = $1', [runId])).rows[0]).toEqual({ status: 'completed', output: 'finished late' })
+  })
+
+  it('a port already in use is a setting to change (exit 2, says which port), not an internal error', async () => {
+    const db = await createTestDatabase({ prefix: 'pw_busy_port' })
+    cleanups.push(() => db.drop())
+    const busy = await startStubWorker(() => ({ status: 200 }))
+    cleanups.push(() => busy.close())
+    const result = await runCli(['run', '--http-port', String(busy.port), '--json'], { env: db.env })
+    expect(result.code).toBe(2)
+    expect(JSON.parse(result.stdout)).toMatchObject({
+      error: { code: 'HTTP_PORT_UNAVAILABLE', message: expect.stringContaining(`port ${busy.port}: it is already in use`) }, exitCode: 2,
+    })
   })
 
   describe('/healthz while the database is down', () => {
