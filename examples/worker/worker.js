@@ -44,7 +44,9 @@ function verifySignature(req, body) {
   const timestamp = req.headers['x-pipeweave-timestamp']
   const signature = req.headers['x-pipeweave-signature']
   if (!timestamp || !signature) throw new TaskError('missing signature headers', 'UNSIGNED', 401)
-  if (Math.abs(Date.now() - Number(timestamp)) > MAX_SKEW_MS) throw new TaskError('request too old or from the future', 'STALE_REQUEST', 401)
+  // Number('yesterday') is NaN, and NaN > anything is false: check that it is a number at all.
+  const age = Date.now() - Number(timestamp)
+  if (!Number.isFinite(age) || Math.abs(age) > MAX_SKEW_MS) throw new TaskError('request too old or from the future', 'STALE_REQUEST', 401)
   const expected = 'sha256=' + crypto.createHmac('sha256', SECRET).update(`${timestamp}.`).update(body).digest('hex')
   const a = Buffer.from(String(signature))
   const b = Buffer.from(expected)

@@ -4,7 +4,7 @@ import { RefusedError, UsageError } from '../errors'
 import * as sql from '../sql/dlq'
 import * as runs from '../sql/task-runs'
 import { mapEnqueueError } from './enqueue'
-import type { PreviousAttempt } from './runs'
+import { normalizeAttempts, type PreviousAttempt } from './runs'
 
 export interface DlqEntry {
   id: string
@@ -33,7 +33,7 @@ export async function listDlq(db: Queryable, options: ListDlqOptions = {}): Prom
   }>(sql.list, [options.taskId ?? null, Boolean(options.pending), options.limit ?? 50])
   return rows.map((r) => ({
     id: r.id, taskRunId: r.task_run_id, taskId: r.task_id, error: r.error, errorCode: r.error_code, attempts: r.attempts,
-    previousAttempts: r.previous_attempts, failedAt: r.failed_at.toISOString(), retriedAt: r.retried_at ? r.retried_at.toISOString() : null,
+    previousAttempts: normalizeAttempts(r.previous_attempts), failedAt: r.failed_at.toISOString(), retriedAt: r.retried_at ? r.retried_at.toISOString() : null,
     retryRunId: r.retry_run_id,
   }))
 }
@@ -91,5 +91,9 @@ export async function retryDlq(db: Database, target: { ids: string[] } | { all: 
 
 export function assertRetriedAll(result: RetryResult): void {
   if (result.refused.length === 0) return
-  throw new RefusedError('NOT_RETRIABLE', `not retried: ${result.refused.map((r) => `${r.id} (${r.reason})`).join(', ')}`)
+  // The others were retried: name the runs they became, or the refusal (the only output) would lose them.
+  const done = result.retried.length > 0 ? `; ${result.retried.map((r) => `retried ${r.id} as run ${r.runId}`).join(', ')}` : ''
+  throw new RefusedError('NOT_RETRIABLE', `not retried: ${result.refused.map((r) => `${r.id} (${r.reason})`).join(', ')}${done}`, {
+    hint: 'dlq:list shows each entry with the run it was retried as',
+  })
 }

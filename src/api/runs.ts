@@ -45,12 +45,24 @@ interface RunRow {
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null)
 
+/**
+ * previous_attempts is JSONB, so its `at` comes back as PostgreSQL wrote it inside the JSON
+ * ("2026-03-01T10:00:00.123456+00:00", in the session's time zone): give it the ISO form of every
+ * other timestamp of the run, so that a consumer can compare and sort them as strings.
+ */
+export function normalizeAttempts(attempts: PreviousAttempt[] | null): PreviousAttempt[] {
+  return (attempts ?? []).map((a) => {
+    const at = typeof a.at === 'string' ? new Date(a.at) : undefined
+    return at && !Number.isNaN(at.getTime()) ? { ...a, at: at.toISOString() } : a
+  })
+}
+
 function toRun(r: RunRow): TaskRun {
   return {
     id: r.id, taskId: r.task_id, pipelineRunId: r.pipeline_run_id, parentRunId: r.parent_run_id, status: r.status,
     attempt: r.attempt, priority: r.priority, input: r.input, output: r.output, inputPath: r.input_path,
     outputPath: r.output_path, error: r.error, errorCode: r.error_code, idempotencyKey: r.idempotency_key,
-    previousAttempts: r.previous_attempts, scheduledFor: iso(r.scheduled_for), createdAt: r.created_at.toISOString(),
+    previousAttempts: normalizeAttempts(r.previous_attempts), scheduledFor: iso(r.scheduled_for), createdAt: r.created_at.toISOString(),
     startedAt: iso(r.started_at), completedAt: iso(r.completed_at), heartbeatAt: iso(r.heartbeat_at), orchestratorId: r.orchestrator_id,
   }
 }

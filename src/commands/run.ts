@@ -9,7 +9,8 @@ import { createOrchestrator, type Orchestrator, type OrchestratorHooks, type Run
 import { processLogger } from '../output'
 
 interface RunResult {
-  orchestratorId: string
+  /** null when a signal stopped `run` before its orchestrator started. */
+  orchestratorId: string | null
   exitCode: number
   outcomes: Record<RunOutcome, number>
   demo?: DemoRunSummary[]
@@ -29,6 +30,8 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
     { command: '<%= config.bin %> <%= command.id %>', description: 'Dispatch with the defaults (10 at a time).' },
     { command: 'MAX_CONCURRENCY=50 <%= config.bin %> <%= command.id %> --auto-migrate --log-format json', description: 'In a container: migrate if needed, JSON logs.' },
     { command: '<%= config.bin %> <%= command.id %> --until-idle', description: 'A batch job: exit once nothing is due or running.' },
+    { command: '<%= config.bin %> <%= command.id %> --http-port 9090', description: 'Serve /healthz, /readyz and /metrics for Kubernetes probes and Prometheus.' },
+    { command: '<%= config.bin %> <%= command.id %> --demo', description: 'Try it out: a demo worker and a few demo runs on the embedded database; ends by itself.' },
   ]
   static flags = {
     concurrency: Flags.integer({ summary: 'Runs in flight at once.', env: 'MAX_CONCURRENCY', default: ORCHESTRATION_DEFAULTS.concurrency, min: 1 }),
@@ -45,6 +48,10 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
 
   protected handlesSignals = false
   private orchestrator?: Orchestrator
+  /** The first SIGTERM/SIGINT, also when it came before the orchestrator existed. */
+  private stopRequested?: NodeJS.Signals
+  /** The connection setting --demo ignored, to say so beside "Try next". */
+  private ignoredConnection?: string
 
   protected get logger(): Logger {
     const format = (this.flags?.['log-format'] as 'pretty' | 'json' | undefined) ?? (process.stderr.isTTY ? 'pretty' : 'json')
@@ -54,11 +61,46 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
   protected async execute(): Promise<RunResult> {
     const log = this.logger
     const demo = this.flags.demo
+    // Signals are ours from the first moment: a Ctrl-C while the embedded database starts (initdb
+    // takes seconds on a fresh clone) must still end with the server stopped and exit 0.
+    this.installSignalHandlers(log)
+    if (demo) log.info('starting the demo: the embedded database, a demo worker and a few runs (Ctrl-C stops it)', { event: 'demo-start' })
     const db = await this.runDatabase(demo)
-    const session = demo ? await lazy<typeof import('../demo/demo')>('../demo/demo').prepareDemo(db, log) : undefined
+    const session = demo && !this.stopRequested
+      ? await lazy<typeof import('../demo/demo')>('../demo/demo').prepareDemo(db, log)
+      : undefined
     if (session) this.onRelease(() => session.worker.close())
 
     const outcomes: Record<RunOutcome, number> = { completed: 0, cached: 0, retried: 0, failed: 0, timeout: 0 }
+    let orchestratorId: string | null = null
+    let exitCode = 0
+    if (!this.stopRequested) {
+      const orchestrator = await this.startOrchestrator(db, demo, outcomes)
+      orchestratorId = orchestrator.id
+      if (session) {
+        const stopWatching = new AbortController()
+        void orchestrator.done.then(() => stopWatching.abort())
+        void session.finished(stopWatching.signal).then(() => {
+          if (!stopWatching.signal.aborted) {
+            log.info('every demo run has finished: stopping', { event: 'demo-done' })
+            void orchestrator.stop()
+          }
+        }, (error: Error) => {
+          log.error(`the demo could not follow its runs: ${error.message}`)
+          void orchestrator.stop()
+        })
+      }
+      exitCode = (await orchestrator.done).exitCode
+    } else {
+      log.info('stopped before the orchestrator started', { event: 'stopped', exitCode: 0 })
+    }
+    if (exitCode !== 0) this.resultExitCode = exitCode
+    if (session) await session.cancelUnfinished()
+    return { orchestratorId, exitCode, outcomes, ...(session ? { demo: await session.summary() } : {}) }
+  }
+
+  private async startOrchestrator(db: Database, demo: boolean, outcomes: Record<RunOutcome, number>): Promise<Orchestrator> {
+    const log = this.logger
     const hooks: OrchestratorHooks[] = [{ onOutcome: (_task, outcome) => { outcomes[outcome] += 1 } }]
     let registry: import('prom-client').Registry | undefined
     if (this.flags['http-port'] !== undefined) {
@@ -81,8 +123,6 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
       logger: log,
       hooks: combineHooks(hooks),
     })
-    this.orchestrator = orchestrator
-    this.installSignalHandlers(orchestrator, log)
     if (registry) {
       const { startHealthServer } = lazy<typeof import('../http/health')>('../http/health')
       const health = await startHealthServer({ port: this.flags['http-port']!, db, isReady: () => orchestrator.isReady(), registry })
@@ -95,22 +135,11 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
       await orchestrator.stop().catch(() => undefined)
       throw error
     }
-    if (session) {
-      const stopWatching = new AbortController()
-      void orchestrator.done.then(() => stopWatching.abort())
-      void session.finished(stopWatching.signal).then(() => {
-        if (!stopWatching.signal.aborted) {
-          log.info('every demo run has finished: stopping', { event: 'demo-done' })
-          void orchestrator.stop()
-        }
-      }, (error: Error) => {
-        log.error(`the demo could not follow its runs: ${error.message}`)
-        void orchestrator.stop()
-      })
-    }
-    const { exitCode } = await orchestrator.done
-    if (exitCode !== 0) this.resultExitCode = exitCode
-    return { orchestratorId: orchestrator.id, exitCode, outcomes, ...(session ? { demo: await session.summary() } : {}) }
+    // Only a started orchestrator is handed to the signal handlers: stop() during start() would
+    // race the loops start() is about to create. A signal that came meanwhile is acted on now.
+    this.orchestrator = orchestrator
+    if (this.stopRequested) void orchestrator.stop()
+    return orchestrator
   }
 
   protected async runDatabase(demo: boolean): Promise<Database> {
@@ -119,8 +148,18 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
     const config = this.databaseConfig({ command: demo ? 'run --demo' : 'run', logSlowQueries: true })
     if (demo) {
       // The demo never reaches a real deployment's orchestrators: always the embedded database.
-      const configured = resolveConnection(config.flags ?? {}, process.env)
-      if (configured.kind !== 'embedded') this.logger.info(`--demo uses the embedded database; ignoring ${configured.source}`)
+      let source: string | undefined
+      try {
+        const configured = resolveConnection(config.flags ?? {}, process.env)
+        if (configured.kind !== 'embedded') source = configured.source
+      } catch {
+        source = 'the configured database (it is not valid either)' // a malformed setting is ignored too
+      }
+      if (source) {
+        this.logger.info(`--demo uses the embedded database; ignoring ${source}`)
+        // Only a setting in the environment follows the commands of "Try next".
+        if (['DATABASE_URL', 'DB_*', 'PG*'].includes(source)) this.ignoredConnection = source
+      }
       config.flags = {}
       config.env = embeddedOnly(process.env)
     }
@@ -129,15 +168,23 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
     return db
   }
 
-  private installSignalHandlers(orchestrator: Orchestrator, log: Logger): void {
+  private installSignalHandlers(log: Logger): void {
     let interrupts = 0
     const onSignal = (signal: NodeJS.Signals) => {
       interrupts += 1
+      const orchestrator = this.orchestrator
       if (interrupts === 1) {
-        log.info(`${signal} received: stopping (a second SIGINT stops at once)`, { event: 'signal', signal })
-        void orchestrator.stop()
+        this.stopRequested = signal
+        log.info(`${signal} received: stopping${orchestrator ? '' : ' once start-up is done'} (a second SIGINT stops at once)`, { event: 'signal', signal })
+        if (orchestrator) void orchestrator.stop()
       } else if (signal === 'SIGINT' || interrupts > 2) {
-        void orchestrator.stop({ force: true })
+        if (orchestrator) {
+          void orchestrator.stop({ force: true })
+        } else {
+          // Still starting (waiting on the database): nothing to hand back, leave now.
+          log.warn(`${signal} again: exiting before start-up finished`, { event: 'signal', signal })
+          process.exit(130)
+        }
       }
     }
     process.on('SIGTERM', onSignal)
@@ -149,9 +196,10 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
   }
 
   protected render(result: RunResult): void {
-    if (result.demo) renderDemo(this.out, result.demo, this.config.bin)
+    if (result.demo) renderDemo(this.out, result.demo, this.config.bin, this.ignoredConnection)
     const o = result.outcomes
-    this.out.line(`Orchestrator ${result.orchestratorId} stopped: ${o.completed} completed, ${o.cached} from cache, ${o.retried} retried, ${o.failed} failed, ${o.timeout} timed out.`)
+    const who = result.orchestratorId ? `Orchestrator ${result.orchestratorId}` : 'Stopped before the orchestrator started;'
+    this.out.line(`${who}${result.orchestratorId ? ' stopped:' : ''} ${o.completed} completed, ${o.cached} from cache, ${o.retried} retried, ${o.failed} failed, ${o.timeout} timed out.`)
   }
 }
 
@@ -164,12 +212,16 @@ function combineHooks(list: OrchestratorHooks[]): OrchestratorHooks {
   }
 }
 
-function renderDemo(out: import('../output').Output, runs: DemoRunSummary[], bin: string): void {
+function renderDemo(out: import('../output').Output, runs: DemoRunSummary[], bin: string, ignoredConnection?: string): void {
   out.line(out.style.bold('The demo runs:'))
-  out.table(['Task', 'Status', 'Attempts', 'Result'], runs.map((r) => [r.taskId, r.status, r.attempts, r.result.slice(0, 70)]))
+  out.table(['Task', 'Status', 'Attempts', 'What happened', 'Result'], runs.map((r) => [r.taskId, r.status, r.attempts, r.happened, r.result.slice(0, 60)]))
   const dead = runs.find((r) => r.status === 'failed' || r.status === 'timeout')
   out.line('')
   out.line(out.style.bold('Try next:'))
+  if (ignoredConnection) {
+    // Every other command would go to the configured database, not to the demo's.
+    out.line(`  (${ignoredConnection} is set, and these commands would use it: unset it first to look at the demo's database)`)
+  }
   out.line(`  npx ${bin} runs:list                  the runs, newest first`)
   out.line(`  npx ${bin} runs:show ${runs[0]?.runId ?? 'RUN_ID'}   one run with its input, output and attempts`)
   out.line(`  npx ${bin} dlq:list                   what failed for good${dead ? ` (${dead.taskId} is there)` : ''}`)

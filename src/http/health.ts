@@ -8,6 +8,7 @@ import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
 import type { Queryable } from '../db/database'
+import { UsageError } from '../errors'
 
 export interface HealthServerOptions {
   port: number
@@ -53,9 +54,11 @@ export function startHealthServer(options: HealthServerOptions): Promise<HealthS
   })
   server.keepAliveTimeout = 5000
   return new Promise((resolve, reject) => {
-    server.once('error', reject)
+    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, options.port)))
     server.listen(options.port, options.host ?? '0.0.0.0', () => {
-      server.off('error', reject)
+      server.removeAllListeners('error')
+      // Once listening, a failed accept (EMFILE) must not crash the orchestrator over its probes.
+      server.on('error', () => undefined)
       resolve({
         port: (server.address() as AddressInfo).port,
         close: () => new Promise((done) => {
@@ -64,5 +67,17 @@ export function startHealthServer(options: HealthServerOptions): Promise<HealthS
         }),
       })
     })
+  })
+}
+
+/** A port that cannot be had is a setting to change (exit 2), not a bug in pipeweave. */
+function listenError(error: NodeJS.ErrnoException, port: number): Error {
+  const why = error.code === 'EADDRINUSE' ? 'it is already in use'
+    : error.code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)'
+      : error.code === 'EADDRNOTAVAIL' ? 'the address is not available on this machine'
+        : undefined
+  if (!why) return error
+  return new UsageError('HTTP_PORT_UNAVAILABLE', `cannot serve health and metrics on port ${port}: ${why}`, {
+    hint: 'choose another --http-port (PIPEWEAVE_HTTP_PORT), or 0 for any free port',
   })
 }

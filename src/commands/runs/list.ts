@@ -26,7 +26,8 @@ export default class RunsList extends BaseCommand<typeof RunsList, { runs: TaskR
     }
     this.out.table(['Run', 'Task', 'Status', 'Attempt', 'Created', 'Finished', 'Error'], result.runs.map((r) => [
       r.id, r.taskId, r.status, r.attempt, r.createdAt, r.completedAt ?? (r.scheduledFor ? `scheduled ${r.scheduledFor}` : ''),
-      r.error ? `${r.errorCode ? `${r.errorCode}: ` : ''}${r.error}`.slice(0, 60) : '',
+      // Not for a completed run: what it holds is the failure of an earlier attempt (runs:show has them).
+      r.error && r.status !== 'completed' ? `${r.errorCode ? `${r.errorCode}: ` : ''}${r.error}`.slice(0, 60) : '',
     ]))
   }
 }

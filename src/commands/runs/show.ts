@@ -33,7 +33,9 @@ export default class RunsShow extends BaseCommand<typeof RunsShow, TaskRun> {
     line('Started', run.startedAt)
     line('Finished', run.completedAt)
     line('Orchestrator', run.orchestratorId)
-    if (run.error) line('Error', `${run.errorCode ? `${run.errorCode}: ` : ''}${run.error}`)
+    // A run that completed on a retry still holds its last failure in error/error_code (the JSON
+    // shows them as stored); shown here it would read as a failure: it is under Previous attempts.
+    if (run.error && run.status !== 'completed') line('Error', `${run.errorCode ? `${run.errorCode}: ` : ''}${run.error}`)
     line('Input', JSON.stringify(run.input))
     line('Input path', run.inputPath)
     line('Output', run.output === null ? null : JSON.stringify(run.output))

@@ -1,0 +1,224 @@
+/**
+ * The README walkthrough "Your own worker, step by step" with examples/worker, as written
+ * (issue 6, acceptance 2): the commands are read from the README itself and run one by one, so the
+ * test fails when the README and the product drift apart. Also signed requests
+ * (PIPEWEAVE_SECRET_KEY on both sides) and a mismatched key (the worker's 401 is a permanent failure).
+ *
+ * Differences from a person at a terminal, and why: the worker listens on a free port instead of
+ * 4000 (tests run side by side), so a copy of the manifest with that baseUrl is registered; and
+ * the commands use a fresh database on the test server (DATABASE_URL) instead of the embedded one
+ * (demo.test.ts covers the embedded database), which keeps this file fast.
+ */
+import { spawn } from 'node:child_process'
+import * as crypto from 'node:crypto'
+import * as fs from 'node:fs'
+import * as net from 'node:net'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { json, runCli } from './helpers/cli'
+import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { killLeftovers, migratedTestDatabase, track } from './helpers/surface'
+import { waitFor } from './helpers/wait'
+
+const ROOT = path.resolve(__dirname, '..')
+const WORKER = path.join(ROOT, 'examples', 'worker', 'worker.js')
+const MANIFEST = path.join(ROOT, 'examples', 'worker', 'service.json')
+
+/** The README's walkthrough: the worker command, the CLI steps, and the output it promises. */
+function readWalkthrough(): { workerLine: string; steps: string[]; promisedOutput: string } {
+  const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf('## Your own worker, step by step'))
+  const blocks = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1])
+  const lines = (block: string) => block.split('\n').map((l) => l.replace(/\s+#.*$/, '').trim()).filter(Boolean)
+  const promised = /`runs:show` prints `([^`]+)`/.exec(section)
+  if (blocks.length < 2 || !promised) throw new Error('README: the walkthrough section lost its shape')
+  return { workerLine: lines(blocks[0])[0], steps: lines(blocks[1]), promisedOutput: promised[1] }
+}
+
+/** Split a shell line into words: single and double quotes, "$VAR" from vars. Enough for the README. */
+function shellWords(line: string, vars: Record<string, string>): string[] {
+  const words: string[] = []
+  const re = /'([^']*)'|"([^"]*)"|(\S+)/g
+  for (const m of line.matchAll(re)) {
+    const word = m[1] ?? (m[2] ?? m[3]).replace(/\$(\w+)/g, (_, name: string) => vars[name] ?? '')
+    words.push(word)
+  }
+  return words
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+interface ExampleWorker {
+  baseUrl: string
+  manifestCopy: string
+  output(): string
+  stop(): Promise<void>
+}
+
+/** Start examples/worker/worker.js on a free port (PORT), with a manifest copy pointing at it. */
+async function startExampleWorker(scratch: string, env: Record<string, string> = {}): Promise<ExampleWorker> {
+  const port = await freePort()
+  const child = track(spawn(process.execPath, [WORKER], {
+    env: { PATH: process.env.PATH, PORT: String(port), ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  }))
+  let output = ''
+  child.stdout!.on('data', (chunk) => { output += chunk })
+  child.stderr!.on('data', (chunk) => { output += chunk })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  await waitFor(() => {
+    if (child.exitCode !== null) throw new Error(`the example worker exited: ${output}`)
+    return output.includes(`example worker on http://127.0.0.1:${port}`)
+  }, { what: 'the example worker to listen' })
+  const baseUrl = `http://127.0.0.1:${port}`
+  const manifest = JSON.parse(fs.readFileSync(MANIFEST, 'utf8'))
+  manifest.baseUrl = baseUrl
+  const manifestCopy = path.join(scratch, `service-${port}.json`)
+  fs.writeFileSync(manifestCopy, JSON.stringify(manifest, null, 2))
+  return {
+    baseUrl,
+    manifestCopy,
+    output: () => output,
+    stop: async () => {
+      child.kill('SIGTERM')
+      await exited
+    },
+  }
+}
+
+describe('the example worker and the README walkthrough', () => {
+  let scratch: string
+  const databases: TestDatabase[] = []
+
+  beforeAll(() => {
+    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-example-'))
+  })
+  afterEach(async () => {
+    await killLeftovers()
+  })
+  afterAll(async () => {
+    await Promise.all(databases.map((db) => db.drop()))
+    fs.rmSync(scratch, { recursive: true, force: true })
+  })
+
+  async function freshDatabase(): Promise<TestDatabase> {
+    const db = await createTestDatabase({ prefix: 'pw_example' })
+    databases.push(db)
+    return db
+  }
+
+  it('agrees with itself: the manifest points where the worker listens by default', () => {
+    const { workerLine } = readWalkthrough()
+    expect(workerLine).toBe('node examples/worker/worker.js')
+    const manifest = JSON.parse(fs.readFileSync(MANIFEST, 'utf8'))
+    expect(manifest.baseUrl).toBe('http://127.0.0.1:4000')
+    expect(fs.readFileSync(WORKER, 'utf8')).toMatch(/Number\(process\.env\.PORT \|\| 4000\)/)
+    expect(manifest.tasks.map((t: { id: string }) => t.id)).toEqual(['example.word-count', 'example.shout'])
+  })
+
+  it('works as written, step by step: the run completes with the promised output and its follow-up', async () => {
+    const db = await freshDatabase()
+    const worker = await startExampleWorker(scratch)
+    const { steps, promisedOutput } = readWalkthrough()
+    expect(steps).toHaveLength(5)
+
+    const vars: Record<string, string> = {}
+    let lastStdout = ''
+    for (const step of steps) {
+      const assignment = /^(\w+)=\$\((.*)\)$/.exec(step)
+      const words = shellWords(assignment ? assignment[2] : step, vars)
+      expect(words.slice(0, 2)).toEqual(['npx', 'pipeweave'])
+      const args = words.slice(2).map((w) => (w === 'examples/worker/service.json' ? worker.manifestCopy : w))
+      const result = await runCli(args, { env: db.env, cwd: ROOT })
+      if (result.code !== 0) throw new Error(`README step failed (exit ${result.code}): ${step}\n${result.stdout}\n${result.stderr}`)
+      if (assignment) vars[assignment[1]] = result.stdout.trim()
+      lastStdout = result.stdout
+    }
+
+    // The last step is runs:show "$RUN": it prints what the README promises.
+    expect(lastStdout).toContain(promisedOutput)
+    expect(lastStdout).toMatch(/^Status: completed$/m)
+    const runId = vars.RUN
+    expect(runId).toMatch(/^[0-9a-f-]{36}$/)
+
+    const { runs } = json<{ runs: Array<Record<string, unknown>> }>(await runCli(['runs:list', '--json'], { env: db.env }))
+    expect(runs).toEqual([
+      expect.objectContaining({ taskId: 'example.shout', status: 'completed', parentRunId: runId, input: { words: 3, longest: 'pipeweave' }, output: { shouted: 'PIPEWEAVE' } }),
+      expect.objectContaining({ id: runId, taskId: 'example.word-count', status: 'completed', attempt: 1, output: { words: 3, longest: 'pipeweave' } }),
+    ])
+    expect(worker.output()).toContain(`run ${runId} example.word-count attempt 1`)
+    await worker.stop()
+  })
+
+  /** A migrated database with the example service registered and one word-count run queued. */
+  async function registerAndEnqueue(worker: ExampleWorker): Promise<{ db: TestDatabase; runId: string }> {
+    const db = await migratedTestDatabase('pw_example')
+    databases.push(db)
+    expect((await runCli(['services:register', worker.manifestCopy], { env: db.env })).code).toBe(0)
+    return { db, runId: await enqueue(db, { text: 'hello pipeweave world' }) }
+  }
+
+  const enqueue = async (db: TestDatabase, input: unknown) =>
+    (await db.pool.query(`SELECT run_id FROM pipeweave_enqueue('example.word-count', $1::jsonb, NULL, NULL, 0, NULL, NULL)`, [JSON.stringify(input)])).rows[0].run_id as string
+  const runRow = async (db: TestDatabase, id: string) =>
+    (await db.pool.query('SELECT status, attempt, output, error_code, previous_attempts FROM task_runs WHERE id = $1', [id])).rows[0]
+
+  it('accepts signed requests when PIPEWEAVE_SECRET_KEY is the same on both sides', async () => {
+    const worker = await startExampleWorker(scratch, { PIPEWEAVE_SECRET_KEY: 'correct horse battery staple' })
+    expect(worker.output()).toContain('(signatures required)')
+    const { db, runId } = await registerAndEnqueue(worker)
+    const run = await runCli(['run', '--until-idle'], { env: { ...db.env, PIPEWEAVE_SECRET_KEY: 'correct horse battery staple' } })
+    expect(run.code).toBe(0)
+    expect(await runRow(db, runId)).toMatchObject({ status: 'completed', attempt: 1, output: { words: 3, longest: 'pipeweave' } })
+    const { rows } = await db.pool.query(`SELECT status, output FROM task_runs WHERE task_id = 'example.shout'`)
+    expect(rows).toEqual([{ status: 'completed', output: { shouted: 'PIPEWEAVE' } }])
+
+    // A replayed request — correctly signed, but not from the last five minutes — is refused,
+    // and so is a timestamp that is not a number (it must not slip past the window check).
+    const body = JSON.stringify({ runId: 'replayed', taskId: 'example.word-count', attempt: 1, input: { text: 'a' } })
+    const signed = (timestamp: string) => fetch(`${worker.baseUrl}/tasks/example.word-count`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'x-pipeweave-timestamp': timestamp,
+        'x-pipeweave-signature': `sha256=${crypto.createHmac('sha256', 'correct horse battery staple').update(`${timestamp}.${body}`).digest('hex')}`,
+      },
+      body,
+    })
+    const fresh = await signed(String(Date.now()))
+    expect(fresh.status).toBe(200)
+    for (const stale of [String(Date.now() - 6 * 60_000), String(Date.now() + 6 * 60_000), 'yesterday']) {
+      const response = await signed(stale)
+      expect({ stale, status: response.status, body: await response.json() }).toEqual({ stale, status: 401, body: expect.objectContaining({ code: 'STALE_REQUEST', retryable: false }) })
+    }
+    await worker.stop()
+  })
+
+  it('rejects a wrong key and a missing signature with 401: failed for good on the first attempt, into the DLQ', async () => {
+    const worker = await startExampleWorker(scratch, { PIPEWEAVE_SECRET_KEY: 'the worker key' })
+    const { db, runId: wrongKey } = await registerAndEnqueue(worker)
+    expect((await runCli(['run', '--until-idle'], { env: { ...db.env, PIPEWEAVE_SECRET_KEY: 'another key' } })).code).toBe(0)
+    const unsigned = await enqueue(db, { text: 'x' })
+    expect((await runCli(['run', '--until-idle'], { env: db.env })).code).toBe(0)
+
+    for (const [runId, code] of [[wrongKey, 'BAD_SIGNATURE'], [unsigned, 'UNSIGNED']]) {
+      // example.word-count allows 3 retries: a 401 is not retried (no previous attempt).
+      expect(await runRow(db, runId)).toMatchObject({ status: 'failed', attempt: 1, error_code: code, output: null, previous_attempts: [] })
+    }
+    const { rows } = await db.pool.query('SELECT task_run_id, error_code, attempts FROM dlq ORDER BY failed_at')
+    expect(rows).toEqual([
+      { task_run_id: wrongKey, error_code: 'BAD_SIGNATURE', attempts: 1 },
+      { task_run_id: unsigned, error_code: 'UNSIGNED', attempts: 1 },
+    ])
+    expect(worker.output()).not.toMatch(/example\.word-count attempt/) // the task itself never ran
+    await worker.stop()
+  })
+})

@@ -1,0 +1,256 @@
+/**
+ * runs:list, runs:show and runs:cancel against rows this test writes directly (issue 6,
+ * acceptance 3): the JSON reflects the database exactly, the filters and the order hold, unknown
+ * ids exit 2, and only pending runs can be cancelled (exit 4 otherwise).
+ */
+import type { Pool } from 'pg'
+import { json, runCli } from './helpers/cli'
+import type { TestDatabase } from './helpers/db'
+import { migratedTestDatabase } from './helpers/surface'
+
+const iso = (value: Date | null) => (value === null ? null : value.toISOString())
+
+/** What runs:show --json must print for a row, mapped here independently of src/api/runs.ts. */
+async function expectedRun(pool: Pool, id: string): Promise<Record<string, unknown>> {
+  const { rows: [r] } = await pool.query('SELECT * FROM task_runs WHERE id = $1', [id])
+  if (!r) throw new Error(`no run ${id}`)
+  return {
+    id: r.id,
+    taskId: r.task_id,
+    pipelineRunId: r.pipeline_run_id,
+    parentRunId: r.parent_run_id,
+    status: r.status,
+    attempt: r.attempt,
+    priority: r.priority,
+    input: r.input,
+    output: r.output,
+    inputPath: r.input_path,
+    outputPath: r.output_path,
+    error: r.error,
+    errorCode: r.error_code,
+    idempotencyKey: r.idempotency_key,
+    // Timestamps inside the JSON column come out in the same ISO form as every other timestamp.
+    previousAttempts: (r.previous_attempts as Array<Record<string, unknown>>).map((a) => ({ ...a, at: new Date(a.at as string).toISOString() })),
+    scheduledFor: iso(r.scheduled_for),
+    createdAt: iso(r.created_at),
+    startedAt: iso(r.started_at),
+    completedAt: iso(r.completed_at),
+    heartbeatAt: iso(r.heartbeat_at),
+    orchestratorId: r.orchestrator_id,
+  }
+}
+
+interface Fixture {
+  id: string
+  task: string
+  status: string
+  /** Minutes before the base time: larger is older. */
+  age: number
+  extra?: Record<string, unknown>
+}
+
+// Newest first, as runs:list must print them.
+const FIXTURES: Fixture[] = [
+  { id: 'run-pending-new', task: 'alpha', status: 'pending', age: 1, extra: { input: { text: 'héllo ✓', nested: { list: [1, 2, null] } }, idempotency_key: 'key-1' } },
+  { id: 'run-retry-scheduled', task: 'beta', status: 'pending', age: 2, extra: {
+    attempt: 2, error: 'upstream 503', error_code: 'HTTP_503', scheduled_for: '2099-01-01T00:00:00.000Z',
+    previous_attempts: JSON.stringify([{ attempt: 1, error: 'upstream 503', errorCode: 'HTTP_503', at: '2026-03-01T10:00:00.123456+00:00' }]),
+  } },
+  { id: 'run-running', task: 'alpha', status: 'running', age: 3, extra: {
+    started_at: '2026-03-01T10:01:00Z', heartbeat_at: '2026-03-01T10:01:05.5Z', orchestrator_id: 'host-1-abc', input: JSON.stringify('just a string'),
+  } },
+  { id: 'run-completed', task: 'beta', status: 'completed', age: 4, extra: {
+    input: JSON.stringify([1, 'two']), output: JSON.stringify({ words: 3 }), started_at: '2026-03-01T10:02:00Z', completed_at: '2026-03-01T10:02:01.25Z',
+    orchestrator_id: 'host-2-def', pipeline_run_id: 'pipe-1', parent_run_id: 'run-failed', input_path: 's3://in/1', output_path: 's3://out/1', priority: 5,
+  } },
+  // A retry that succeeded: the database keeps the last failure's error beside the output.
+  { id: 'run-completed-retried', task: 'beta', status: 'completed', age: 4.5, extra: {
+    attempt: 2, error: 'warming up', error_code: 'WARMING_UP', output: JSON.stringify({ ok: true }), completed_at: '2026-03-01T10:02:30Z',
+    previous_attempts: JSON.stringify([{ attempt: 1, error: 'warming up', errorCode: 'WARMING_UP', at: '2026-03-01T10:02:10+00:00' }]),
+  } },
+  { id: 'run-failed', task: 'alpha', status: 'failed', age: 5, extra: {
+    attempt: 3, error: 'boom', error_code: 'BOOM', completed_at: '2026-03-01T10:03:00Z', pipeline_run_id: 'pipe-1',
+    previous_attempts: JSON.stringify([
+      { attempt: 1, error: 'first', errorCode: null, at: '2026-03-01T10:00:01+00:00' },
+      { attempt: 2, error: 'second', errorCode: 'E2', at: '2026-03-01T10:00:02.5+00:00' },
+    ]),
+  } },
+  { id: 'run-timeout', task: 'gamma', status: 'timeout', age: 6, extra: { error: 'no answer within 30 s', error_code: 'TIMEOUT', completed_at: '2026-03-01T10:04:00Z' } },
+  { id: 'run-cancelled', task: 'gamma', status: 'cancelled', age: 7, extra: { error: 'cancelled', error_code: 'CANCELLED', completed_at: '2026-03-01T10:05:00Z' } },
+]
+
+async function insertRun(pool: Pool, fixture: Fixture, base: Date): Promise<void> {
+  const row: Record<string, unknown> = {
+    id: fixture.id, task_id: fixture.task, status: fixture.status,
+    created_at: new Date(base.getTime() - fixture.age * 60_000).toISOString(),
+    ...fixture.extra,
+  }
+  if (row.input !== undefined && typeof row.input !== 'string') row.input = JSON.stringify(row.input)
+  const columns = Object.keys(row)
+  await pool.query(
+    `INSERT INTO task_runs (${columns.join(', ')}) VALUES (${columns.map((_, i) => `$${i + 1}`).join(', ')})`,
+    columns.map((c) => row[c]),
+  )
+}
+
+describe('runs:list, runs:show, runs:cancel', () => {
+  let db: TestDatabase
+  const base = new Date('2026-03-02T12:00:00.000Z')
+
+  beforeAll(async () => {
+    db = await migratedTestDatabase('pw_runs_cmds')
+    await db.pool.query(`INSERT INTO services (id, version, base_url) VALUES ('svc', '1', 'http://127.0.0.1:9')`)
+    await db.pool.query(`INSERT INTO tasks (id, service_id) VALUES ('alpha', 'svc'), ('beta', 'svc'), ('gamma', 'svc'), ('bulk', 'svc')`)
+    await db.pool.query(`INSERT INTO pipeline_runs (id) VALUES ('pipe-1')`)
+    for (const fixture of FIXTURES) await insertRun(db.pool, fixture, base)
+  })
+  afterAll(async () => {
+    await db.drop()
+  })
+
+  const cli = (args: string[]) => runCli(args, { env: db.env })
+  const listIds = async (args: string[]) => {
+    const result = await cli(['runs:list', '--json', ...args])
+    expect(result.code).toBe(0)
+    return json<{ runs: Array<{ id: string }> }>(result).runs.map((r) => r.id)
+  }
+
+  it('runs:list --json prints { runs } newest first, every field as in the database', async () => {
+    const result = await cli(['runs:list', '--json'])
+    expect(result.code).toBe(0)
+    const body = json<{ runs: Array<Record<string, unknown>> }>(result)
+    expect(Object.keys(body)).toEqual(['runs'])
+    const expected = await Promise.all(FIXTURES.map((f) => expectedRun(db.pool, f.id)))
+    expect(body.runs).toEqual(expected)
+    for (const run of body.runs) expect(Object.keys(run).sort()).toEqual(Object.keys(expected[0]).sort())
+    // Spot checks of the mapping itself, so that a wrong expectedRun() cannot hide a wrong API.
+    const completed = body.runs.find((r) => r.id === 'run-completed')!
+    expect(completed).toMatchObject({ input: [1, 'two'], output: { words: 3 }, priority: 5, pipelineRunId: 'pipe-1', completedAt: '2026-03-01T10:02:01.250Z' })
+    expect(body.runs.find((r) => r.id === 'run-retry-scheduled')!.previousAttempts).toEqual([
+      { attempt: 1, error: 'upstream 503', errorCode: 'HTTP_503', at: '2026-03-01T10:00:00.123Z' },
+    ])
+    expect(body.runs.find((r) => r.id === 'run-running')!.input).toBe('just a string')
+  })
+
+  it('filters by --status and --task, alone and together, and --limit keeps the newest', async () => {
+    expect(await listIds(['--status', 'pending'])).toEqual(['run-pending-new', 'run-retry-scheduled'])
+    expect(await listIds(['--task', 'alpha'])).toEqual(['run-pending-new', 'run-running', 'run-failed'])
+    expect(await listIds(['--task', 'alpha', '--status', 'failed'])).toEqual(['run-failed'])
+    expect(await listIds(['--task', 'no-such-task'])).toEqual([])
+    expect(await listIds(['--limit', '2'])).toEqual(['run-pending-new', 'run-retry-scheduled'])
+    expect(await listIds(['--task', 'gamma', '--limit', '1'])).toEqual(['run-timeout'])
+  })
+
+  it('refuses a bad --status or --limit with exit 2', async () => {
+    for (const args of [['--status', 'done'], ['--limit', '0']]) {
+      const result = await cli(['runs:list', '--json', ...args])
+      expect({ args, code: result.code }).toEqual({ args, code: 2 })
+      // (The error code of a bad flag value is being fixed from EXIT to BAD_USAGE in the base command, elsewhere.)
+      expect(json<{ error: { code: string }; exitCode: number }>(result)).toMatchObject({ error: { code: expect.stringMatching(/^[A-Z_]+$/) }, exitCode: 2 })
+    }
+  })
+
+  it('shows 50 runs unless --limit says otherwise', async () => {
+    await db.pool.query(`INSERT INTO task_runs (id, task_id, status, created_at)
+      SELECT 'bulk-' || lpad(i::text, 3, '0'), 'bulk', 'completed', timestamptz '2020-01-01' + i * interval '1 second'
+        FROM generate_series(1, 60) AS i`)
+    const ids = await listIds(['--task', 'bulk'])
+    expect(ids).toHaveLength(50)
+    expect(ids[0]).toBe('bulk-060')
+    expect(ids[49]).toBe('bulk-011')
+    expect(await listIds(['--task', 'bulk', '--limit', '100'])).toHaveLength(60)
+  })
+
+  it('runs:show --json prints the run exactly; the human form shows input, output and every attempt', async () => {
+    // runs:list --json above compared every fixture; here the ones with every field set.
+    for (const fixture of FIXTURES.filter((f) => ['run-completed', 'run-failed'].includes(f.id))) {
+      const result = await cli(['runs:show', fixture.id, '--json'])
+      expect(result.code).toBe(0)
+      expect(json(result)).toEqual(await expectedRun(db.pool, fixture.id))
+    }
+    const human = await cli(['runs:show', 'run-failed'])
+    expect(human.code).toBe(0)
+    expect(human.stdout).toMatch(/^Status: failed$/m)
+    expect(human.stdout).toMatch(/^Error: BOOM: boom$/m)
+    expect(human.stdout).toMatch(/^Previous attempts:$/m)
+    expect(human.stdout).toMatch(/\| 1 +\| 2026-03-01T10:00:01.000Z \| +\| first +\|/)
+    expect(human.stdout).toMatch(/\| 2 +\| 2026-03-01T10:00:02.500Z \| E2 +\| second +\|/)
+    // A completed run is not shown with an "Error:": its earlier failure is under "Previous attempts".
+    const retried = await cli(['runs:show', 'run-completed-retried'])
+    expect(retried.stdout).toMatch(/^Status: completed$/m)
+    expect(retried.stdout).not.toMatch(/^Error:/m)
+    expect(retried.stdout).toMatch(/\| 1 +\| 2026-03-01T10:02:10.000Z \| WARMING_UP \| warming up \|/)
+    const table = await cli(['runs:list', '--task', 'beta'])
+    expect(table.stdout.split('\n').find((l) => l.includes('run-completed-retried'))).not.toMatch(/WARMING_UP|warming up/)
+    expect(table.stdout.split('\n').find((l) => l.includes('run-retry-scheduled'))).toMatch(/HTTP_503: upstream 503/)
+    const completed = await cli(['runs:show', 'run-completed'])
+    expect(completed.stdout).toMatch(/^Output: {"words":3}$/m)
+    expect(completed.stdout).toMatch(/^Input: \[1,"two"\]$/m)
+  })
+
+  it('runs:show of an unknown id exits 2', async () => {
+    const result = await cli(['runs:show', 'no-such-run', '--json'])
+    expect(result.code).toBe(2)
+    expect(json(result)).toMatchObject({ error: { code: 'UNKNOWN_RUN' }, exitCode: 2 })
+    const human = await cli(['runs:show', 'no-such-run'])
+    expect(human.code).toBe(2)
+    expect(human.stdout).toBe('')
+    expect(human.stderr).toMatch(/no task run with id "no-such-run"/)
+  })
+
+  describe('runs:cancel', () => {
+    const statusOf = async (id: string) => (await db.pool.query('SELECT status, completed_at FROM task_runs WHERE id = $1', [id])).rows[0]
+    let n = 0
+    const pendingRun = async () => {
+      const id = `cancel-me-${++n}`
+      await insertRun(db.pool, { id, task: 'gamma', status: 'pending', age: 100 + n }, base)
+      return id
+    }
+
+    it('cancels pending runs', async () => {
+      const [a, b] = [await pendingRun(), await pendingRun()]
+      const result = await cli(['runs:cancel', a, b, '--json'])
+      expect(result.code).toBe(0)
+      expect(json(result)).toEqual({ cancelled: [a, b], refused: [] })
+      for (const id of [a, b]) {
+        const row = await statusOf(id)
+        expect(row.status).toBe('cancelled')
+        expect(row.completed_at).toBeInstanceOf(Date)
+      }
+      const human = await cli(['runs:cancel', await pendingRun()])
+      expect(human.code).toBe(0)
+      expect(human.stdout).toMatch(/^cancelled cancel-me-3$/m)
+    })
+
+    it('refuses running and finished runs with exit 4 and changes nothing of them', async () => {
+      for (const id of ['run-running', 'run-completed', 'run-cancelled']) {
+        const before = await expectedRun(db.pool, id)
+        const result = await cli(['runs:cancel', id, '--json'])
+        expect({ id, code: result.code }).toEqual({ id, code: 4 })
+        expect(json(result)).toMatchObject({ error: { code: 'NOT_CANCELLABLE' }, exitCode: 4 })
+        expect(await expectedRun(db.pool, id)).toEqual(before)
+      }
+    })
+
+    it('with a pending and a running run, cancels the pending one and exits 4 naming the other', async () => {
+      const pending = await pendingRun()
+      const result = await cli(['runs:cancel', pending, 'run-running'])
+      expect(result.code).toBe(4)
+      expect(result.stderr).toMatch(/run-running is running/)
+      expect((await statusOf(pending)).status).toBe('cancelled')
+      expect((await statusOf('run-running')).status).toBe('running')
+    })
+
+    it('exits 2 for an unknown id and then cancels nothing at all', async () => {
+      const pending = await pendingRun()
+      const result = await cli(['runs:cancel', pending, 'no-such-run', '--json'])
+      expect(result.code).toBe(2)
+      expect(json(result)).toMatchObject({ error: { code: 'UNKNOWN_RUN' }, exitCode: 2 })
+      expect((await statusOf(pending)).status).toBe('pending')
+    })
+
+    it('exits 2 without any id', async () => {
+      expect((await cli(['runs:cancel'])).code).toBe(2)
+    })
+  })
+})
