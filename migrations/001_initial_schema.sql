@@ -138,16 +138,28 @@ CREATE TABLE task_runs (
   started_at        timestamptz,
   completed_at      timestamptz,
   heartbeat_at      timestamptz,
-  orchestrator_id   text
+  orchestrator_id   text,
+  -- The run's task has a concurrency limit: such runs are claimed one task at a time, under the
+  -- task's lock (migration 002). Set on insert and kept in step with tasks.concurrency by triggers.
+  limited           boolean NOT NULL DEFAULT false
 );
 
 -- The claim (src/sql/task-runs.ts claim, migration 002 pipeweave_claim_runs): due pending runs,
--- lowest priority first, then oldest. Partial, so finished history never enters the scan
--- (STACK-NOTES: an index on (status, …) lets the planner walk finished rows).
-CREATE INDEX task_runs_claim_idx ON task_runs (priority, created_at) WHERE status = 'pending';
+-- lowest priority first, then oldest. Partial indexes, one per kind of pending run, so that a claim
+-- walks neither finished history (STACK-NOTES: an index on (status, …) lets the planner walk
+-- finished rows) nor pending runs it cannot take: a backlog of retries waiting out their backoff,
+-- or of a task held at its concurrency limit, costs the claim nothing.
+CREATE INDEX task_runs_claim_idx ON task_runs (priority, created_at)
+  WHERE status = 'pending' AND scheduled_for IS NULL AND NOT limited;
 
--- The claim of a task with a concurrency limit: its own due pending runs in claim order.
-CREATE INDEX task_runs_claim_task_idx ON task_runs (task_id, priority, created_at) WHERE status = 'pending';
+-- Pending runs with a not-before time (a retry's backoff, a delayed enqueue): the claim takes the
+-- ones now due by a range scan.
+CREATE INDEX task_runs_claim_scheduled_idx ON task_runs (scheduled_for)
+  WHERE status = 'pending' AND scheduled_for IS NOT NULL AND NOT limited;
+
+-- The claim of a task with a concurrency limit: its own pending runs in claim order.
+CREATE INDEX task_runs_claim_task_idx ON task_runs (task_id, priority, created_at)
+  WHERE status = 'pending' AND limited;
 
 -- Drain counts (pending due / pending scheduled / running), per-task running counts for the
 -- concurrency limit, and the reaper (running runs of dead orchestrators): only live rows.

@@ -46,6 +46,32 @@ CREATE TRIGGER pipeweave_mode_changed BEFORE UPDATE OF mode ON orchestrator_stat
   FOR EACH ROW EXECUTE FUNCTION pipeweave_mode_changed();
 
 -- ---------------------------------------------------------------------------------------------
+-- task_runs.limited (migration 001) follows the run's task: set on every insert, whatever inserts
+-- the row, and updated for live runs when a task gains or loses its concurrency limit.
+CREATE FUNCTION pipeweave_run_limited() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.limited := EXISTS (SELECT 1 FROM tasks t WHERE t.id = NEW.task_id AND t.concurrency > 0);
+  RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER pipeweave_run_limited BEFORE INSERT ON task_runs
+  FOR EACH ROW EXECUTE FUNCTION pipeweave_run_limited();
+
+CREATE FUNCTION pipeweave_task_limit_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF (OLD.concurrency > 0) IS DISTINCT FROM (NEW.concurrency > 0) THEN
+    UPDATE task_runs r SET limited = NEW.concurrency > 0                -- task_runs_active_idx
+     WHERE r.task_id = NEW.id AND r.status IN ('pending', 'running', 'waiting');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER pipeweave_task_limit_changed AFTER UPDATE OF concurrency ON tasks
+  FOR EACH ROW EXECUTE FUNCTION pipeweave_task_limit_changed();
+
+-- ---------------------------------------------------------------------------------------------
 -- Enqueue (tasks:enqueue, enqueueTask). Refused unless the mode is `running` (SQLSTATE PWMNT),
 -- unknown task PWTSK. Idempotency (SPEC §5): an unexpired cache entry, or a pending/running run
 -- with the same (task, key), is returned instead of a new run; the partial unique index
@@ -117,7 +143,9 @@ $$;
 -- side by side; SKIP LOCKED cannot enforce a count, so a limited task is claimed only under its
 -- own transaction-level advisory lock (class 70203): counting and claiming are one step. A task
 -- whose lock another orchestrator holds right now is skipped this round, not waited for.
--- Unlimited tasks take no such lock.
+-- Unlimited tasks take no such lock. Each kind of pending run has its partial index (migration
+-- 001): due now, due at last after a not-before time, and runs of limited tasks; the candidates of
+-- the three are merged in claim order, and the rows locked but not chosen are free at commit.
 CREATE FUNCTION pipeweave_claim_runs(p_orchestrator_id text, p_limit integer)
 RETURNS TABLE (
   id text, task_id text, pipeline_run_id text, attempt integer, priority integer, input jsonb,
@@ -128,7 +156,6 @@ RETURNS TABLE (
 #variable_conflict use_column
 DECLARE
   v_mode text;
-  v_limited_ids text[];
   v_task record;
   v_room integer;
   v_picked_ids text[] := '{}';
@@ -145,12 +172,11 @@ BEGIN
     RETURN;
   END IF;
 
-  SELECT COALESCE(array_agg(t.id), '{}') INTO v_limited_ids FROM tasks t WHERE t.concurrency > 0;
   FOR v_task IN
     SELECT t.id, t.concurrency FROM tasks t
      WHERE t.concurrency > 0
        AND EXISTS (SELECT 1 FROM task_runs r                    -- task_runs_claim_task_idx
-                    WHERE r.task_id = t.id AND r.status = 'pending'
+                    WHERE r.task_id = t.id AND r.status = 'pending' AND r.limited
                       AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))
      ORDER BY t.id
   LOOP
@@ -160,7 +186,7 @@ BEGIN
     CONTINUE WHEN v_room <= 0;
     FOR v_row IN
       SELECT r.id, r.priority, r.created_at FROM task_runs r     -- task_runs_claim_task_idx
-       WHERE r.task_id = v_task.id AND r.status = 'pending'
+       WHERE r.task_id = v_task.id AND r.status = 'pending' AND r.limited
          AND (r.scheduled_for IS NULL OR r.scheduled_for <= now())
        ORDER BY r.priority, r.created_at
        LIMIT LEAST(v_room, p_limit)
@@ -173,16 +199,22 @@ BEGIN
   END LOOP;
 
   RETURN QUERY
-  WITH open_tasks AS (                                           -- task_runs_claim_idx
+  WITH due_now AS (                                              -- task_runs_claim_idx
     SELECT r.id, r.priority, r.created_at FROM task_runs r
-     WHERE r.status = 'pending'
-       AND (r.scheduled_for IS NULL OR r.scheduled_for <= now())
-       AND r.task_id <> ALL (v_limited_ids)
+     WHERE r.status = 'pending' AND r.scheduled_for IS NULL AND NOT r.limited
+     ORDER BY r.priority, r.created_at
+     LIMIT p_limit
+     FOR UPDATE SKIP LOCKED
+  ), due_at_last AS (                                            -- task_runs_claim_scheduled_idx
+    SELECT r.id, r.priority, r.created_at FROM task_runs r
+     WHERE r.status = 'pending' AND r.scheduled_for IS NOT NULL AND r.scheduled_for <= now() AND NOT r.limited
      ORDER BY r.priority, r.created_at
      LIMIT p_limit
      FOR UPDATE SKIP LOCKED
   ), candidates AS (
-    SELECT o.id, o.priority, o.created_at FROM open_tasks o
+    SELECT d.id, d.priority, d.created_at FROM due_now d
+    UNION ALL
+    SELECT d.id, d.priority, d.created_at FROM due_at_last d
     UNION ALL
     SELECT * FROM unnest(v_picked_ids, v_picked_priority, v_picked_created)
   ), chosen AS (
@@ -230,7 +262,8 @@ DECLARE
   v_id text;
 BEGIN
   UPDATE task_runs r
-     SET status = 'completed', output = p_output, completed_at = clock_timestamp(), heartbeat_at = clock_timestamp()
+     SET status = 'completed', output = p_output, completed_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
+         error = NULL, error_code = NULL   -- an earlier attempt's failure stays in previous_attempts
    WHERE r.id = p_run_id AND r.status = 'running' AND r.orchestrator_id IS NOT DISTINCT FROM p_orchestrator_id
   RETURNING r.id, r.task_id, r.idempotency_key, r.pipeline_run_id INTO v_run;
   IF NOT FOUND THEN

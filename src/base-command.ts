@@ -211,5 +211,6 @@ function firstLine(text: string): string {
 
 /** oclif's "Parsing --flag \n\tExpected …\nSee more help with --help" as one line (the hint says --help). */
 function usageMessage(text: string): string {
-  return text.split('\n').map((line) => line.trim()).filter((line) => line && !/^See more help/.test(line)).join(': ')
+  return text.split('\n').map((line) => line.trim().replace(/:$/, '')).filter((line) => line && !/^See more help/.test(line))
+    .join(': ').replace(/\s{2,}/g, ' ')
 }
