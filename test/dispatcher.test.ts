@@ -140,3 +140,67 @@ describe('Dispatcher against a worker', () => {
     expect(await dispatcher.dispatch(worker.url, request())).toMatchObject({ kind: 'failed', error: 'overloaded', code: 'BUSY', retryable: true, status: 503 })
   })
 })
+
+describe('a kept-alive connection the worker closed', () => {
+  it('is sent again once on a new connection when the reused socket is reset before any answer', async () => {
+    // Connection 1 answers its first request and keeps the socket; the next request on that same
+    // socket is met with a reset (the idle-close race); connection 2 answers normally.
+    let connections = 0
+    const seen: number[] = []
+    const server = net.createServer((socket) => {
+      const id = ++connections
+      let requests = 0
+      let buffered = ''
+      socket.on('data', (chunk) => {
+        buffered += chunk.toString('latin1')
+        if (!buffered.includes('\r\n\r\n') || !/\}$/.test(buffered)) return
+        buffered = ''
+        requests += 1
+        seen.push(id)
+        if (id === 1 && requests === 2) {
+          socket.resetAndDestroy()
+          return
+        }
+        const answer = JSON.stringify({ output: `connection ${id}` })
+        socket.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${answer.length}\r\nconnection: keep-alive\r\n\r\n${answer}`)
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    const dispatcher = new Dispatcher()
+    try {
+      expect(await dispatcher.dispatch(url, request())).toMatchObject({ kind: 'completed', output: 'connection 1' })
+      expect(await dispatcher.dispatch(url, request())).toMatchObject({ kind: 'completed', output: 'connection 2' })
+      expect(seen).toEqual([1, 1, 2])
+    } finally {
+      dispatcher.close()
+      await new Promise((resolve) => server.close(resolve))
+    }
+  })
+
+  it('is not sent a third time: a second reset is the attempt\'s failure', async () => {
+    let requests = 0
+    const server = net.createServer((socket) => {
+      socket.on('data', (chunk) => {
+        if (!chunk.toString('latin1').includes('\r\n\r\n')) return
+        requests += 1
+        if (requests === 1) {
+          socket.write('HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n')
+          return
+        }
+        socket.resetAndDestroy()
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    const dispatcher = new Dispatcher()
+    try {
+      expect(await dispatcher.dispatch(url, request())).toMatchObject({ kind: 'completed' })
+      expect(await dispatcher.dispatch(url, request())).toMatchObject({ kind: 'failed', code: 'ECONNRESET', retryable: true })
+      expect(requests).toBe(3)
+    } finally {
+      dispatcher.close()
+      await new Promise((resolve) => server.close(resolve))
+    }
+  })
+})

@@ -146,6 +146,10 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { createDatabase } = require('../db/database') as typeof import('../db/database')
     const config = this.databaseConfig({ command: demo ? 'run --demo' : 'run', logSlowQueries: true })
+    // The loop's statements take milliseconds; one that gets no answer in a minute is on a dead
+    // connection (or past DB_STATEMENT_TIMEOUT_MS, which then answers first).
+    const statementTimeout = Number(process.env.DB_STATEMENT_TIMEOUT_MS) || 0
+    config.queryTimeoutMs = Math.max(60_000, statementTimeout + 10_000)
     if (demo) {
       // The demo never reaches a real deployment's orchestrators: always the embedded database.
       let source: string | undefined

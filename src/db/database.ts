@@ -38,6 +38,8 @@ export interface DatabaseConfig {
   verify?: boolean
   /** Log queries slower than DB_SLOW_QUERY_MS as warnings (long-running processes). */
   logSlowQueries?: boolean
+  /** Fail a pooled query that gets no answer within this long (long-running processes). */
+  queryTimeoutMs?: number
 }
 
 export interface Database {
@@ -119,6 +121,9 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       ssl,
       application_name: applicationName,
       connectionTimeoutMillis: settings.connectTimeoutMs,
+      // TCP keepalive: a peer that vanished without a FIN (a dropped NAT entry, a dead host) is found.
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
       ...(settings.statementTimeoutMs !== undefined ? { statement_timeout: settings.statementTimeoutMs } : {}),
       ...(target.options ? { options: target.options } : {}),
     })
@@ -147,7 +152,12 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       }
     }
 
-    const pool = new Pool({ ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs })
+    const pool = new Pool({
+      ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs,
+      // A query that gets no answer (a connection that died silently) fails instead of hanging
+      // its caller for ever; pg-pool destroys the connection it was released with.
+      ...(config.queryTimeoutMs ? { query_timeout: config.queryTimeoutMs } : {}),
+    })
     // An idle client's error (server restart) must not crash the process: the next query reports it.
     pool.on('error', (error) => logger.debug(`idle database connection closed: ${error.message}`))
     return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, embedded)

@@ -37,6 +37,7 @@ const LOST_CONNECTION_MESSAGES = [
   'Client has encountered a connection error and is not queryable',
   'Client was closed and is not queryable',
   'terminating connection',
+  'Query read timeout',
 ]
 
 interface ErrorLike {

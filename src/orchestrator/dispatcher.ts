@@ -92,14 +92,14 @@ export class Dispatcher {
         signal?.removeEventListener('abort', onAbort)
         resolve(result)
       }
-      const req = transport.request(url, { method: 'POST', headers, agent: isHttps ? this.https : this.http })
+      let req: http.ClientRequest
       const timer = setTimeout(() => {
         finish({ kind: 'failed', error: `no answer within the task timeout (${request.timeoutMs} ms)`, code: 'TIMEOUT', retryable: true, timedOut: true })
-        req.destroy()
+        req?.destroy()
       }, request.timeoutMs)
       const onAbort = () => {
         finish({ kind: 'aborted' })
-        req.destroy()
+        req?.destroy()
       }
       if (signal?.aborted) {
         onAbort()
@@ -107,30 +107,42 @@ export class Dispatcher {
       }
       signal?.addEventListener('abort', onAbort, { once: true })
 
-      req.on('error', (error: NodeJS.ErrnoException) => {
-        finish({ kind: 'failed', error: `request to ${url.origin} failed: ${error.message}`, code: error.code ?? 'NETWORK_ERROR', retryable: true, timedOut: false })
-      })
-      req.on('response', (res) => {
-        const chunks: Buffer[] = []
-        let size = 0
-        res.on('data', (chunk: Buffer) => {
-          size += chunk.length
-          if (size > limit) {
-            finish({ kind: 'failed', error: `the worker's answer is larger than ${limit} bytes`, code: 'RESPONSE_TOO_LARGE', retryable: false, timedOut: false })
-            req.destroy()
+      const send = (mayResend: boolean) => {
+        req = transport.request(url, { method: 'POST', headers, agent: isHttps ? this.https : this.http })
+        let answered = false
+        req.on('error', (error: NodeJS.ErrnoException) => {
+          // A kept-alive socket the worker closed while idle, just as we reused it: the request
+          // never reached the worker. Send it again, once, on a new connection (Node's guidance).
+          if (mayResend && !answered && !settled && req.reusedSocket && (error.code === 'ECONNRESET' || error.code === 'EPIPE')) {
+            send(false)
             return
           }
-          chunks.push(chunk)
+          finish({ kind: 'failed', error: `request to ${url.origin} failed: ${error.message}`, code: error.code ?? 'NETWORK_ERROR', retryable: true, timedOut: false })
         })
-        res.on('aborted', () => {
-          finish({ kind: 'failed', error: 'the worker closed the connection mid-answer', code: 'CONNECTION_DROPPED', retryable: true, timedOut: false })
+        req.on('response', (res) => {
+          answered = true
+          const chunks: Buffer[] = []
+          let size = 0
+          res.on('data', (chunk: Buffer) => {
+            size += chunk.length
+            if (size > limit) {
+              finish({ kind: 'failed', error: `the worker's answer is larger than ${limit} bytes`, code: 'RESPONSE_TOO_LARGE', retryable: false, timedOut: false })
+              req.destroy()
+              return
+            }
+            chunks.push(chunk)
+          })
+          res.on('aborted', () => {
+            finish({ kind: 'failed', error: 'the worker closed the connection mid-answer', code: 'CONNECTION_DROPPED', retryable: true, timedOut: false })
+          })
+          res.on('error', (error: NodeJS.ErrnoException) => {
+            finish({ kind: 'failed', error: `reading the worker's answer failed: ${error.message}`, code: error.code ?? 'CONNECTION_DROPPED', retryable: true, timedOut: false })
+          })
+          res.on('end', () => finish(classify(res.statusCode ?? 0, res.statusMessage ?? '', Buffer.concat(chunks))))
         })
-        res.on('error', (error: NodeJS.ErrnoException) => {
-          finish({ kind: 'failed', error: `reading the worker's answer failed: ${error.message}`, code: error.code ?? 'CONNECTION_DROPPED', retryable: true, timedOut: false })
-        })
-        res.on('end', () => finish(classify(res.statusCode ?? 0, res.statusMessage ?? '', Buffer.concat(chunks))))
-      })
-      req.end(body)
+        req.end(body)
+      }
+      send(true)
     })
   }
 
