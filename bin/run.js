@@ -1,3 +1,4 @@
 #!/usr/bin/env node
 // The pipeweave executable. Keep this file tiny: every millisecond here is paid by every command.
-require('@oclif/core').execute({ dir: __dirname })
+// '@oclif/core/execute', not the '@oclif/core' index: the index loads all of oclif and semver first.
+require('@oclif/core/execute').execute({ dir: __dirname })
