@@ -3,7 +3,7 @@
  * fallback, which node-postgres lacks), the slow-query log, error mapping and password masking.
  */
 import type { ConnectionOptions } from 'node:tls'
-import { Client, Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg'
+import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
 import { type Logger, silentLogger } from '../logger'
 import { registerSecret } from '../redact'
 import { VERSION } from '../version'
@@ -12,6 +12,7 @@ import {
   describeTarget, resolveConnection, resolvePoolSettings,
 } from './config'
 import { acquireEmbeddedServer, type EmbeddedHandle } from './embedded'
+import { Client, Pool } from './pg'
 import { SQLSTATE, isConnectionLoss, toConnectionError } from './errors'
 
 /** A named SQL statement: the name is what the slow-query log prints, never the values. */
