@@ -118,33 +118,39 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       ...(target.options ? { options: target.options } : {}),
     })
 
+    const newPool = () => {
+      const created = new Pool({ ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs })
+      // An idle client's error (server restart) must not crash the process: the next query reports it.
+      created.on('error', (error) => logger.debug(`idle database connection closed: ${error.message}`))
+      return created
+    }
+    let pool = newPool()
     if (config.verify !== false) {
       // One real connection first: a bad setting fails here with a clear message, and `prefer`
-      // learns whether the server speaks TLS (node-postgres has no fallback of its own).
-      const probe = async () => {
-        const client = new Client(clientConfig())
-        client.on('error', () => undefined)
+      // learns whether the server speaks TLS (node-postgres has no fallback of its own). It is the
+      // pool's own first connection, left idle in it: the first query uses it instead of opening
+      // another (one connection and authentication less at every start, bench/cold-start.js).
+      const connectFirst = async () => {
         try {
-          await client.connect()
-        } finally {
-          await client.end().catch(() => undefined)
+          ;(await pool.connect()).release()
+        } catch (error) {
+          await pool.end().catch(() => undefined)
+          throw error
         }
       }
       try {
-        await probe()
+        await connectFirst()
       } catch (error) {
         if (target.ssl.mode === 'prefer' && /does not support SSL/i.test(String((error as Error)?.message))) {
           ssl = false
-          await probe()
+          pool = newPool()
+          await connectFirst()
         } else {
           throw error
         }
       }
     }
 
-    const pool = new Pool({ ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs })
-    // An idle client's error (server restart) must not crash the process: the next query reports it.
-    pool.on('error', (error) => logger.debug(`idle database connection closed: ${error.message}`))
     return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, embedded)
   } catch (error) {
     await embedded?.release().catch(() => undefined)
