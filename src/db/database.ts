@@ -11,7 +11,7 @@ import {
   type ConnectionFlags, type ExternalTarget, type PoolSettings, type SslSettings,
   describeTarget, resolveConnection, resolvePoolSettings,
 } from './config'
-import { acquireEmbeddedServer, type EmbeddedHandle } from './embedded'
+import type { EmbeddedHandle } from './embedded'
 import { Client, Pool } from './pg'
 import { SQLSTATE, isConnectionLoss, toConnectionError } from './errors'
 
@@ -90,6 +90,9 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
   let embedded: EmbeddedHandle | undefined
   let target: ExternalTarget
   if (resolved.kind === 'embedded') {
+    // Loaded only here: a command on a configured server never needs it (start-up cost).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { acquireEmbeddedServer } = require('./embedded') as typeof import('./embedded')
     embedded = await acquireEmbeddedServer({ env, cwd: config.cwd ?? process.cwd(), applicationName, log: (m) => logger.info(m) })
     const s = embedded.server
     target = {
