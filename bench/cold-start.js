@@ -103,12 +103,12 @@ function report(running, embedded) {
   const rows = []
   for (const v of running.envs) {
     const node = lib.median(running.samples[`node|${v.key}`])
-    for (const [name, title] of [['node', 'node -e 0'], ['psql', "psql -c 'select 1'"], ['pipeweave', 'pipeweave db:status --json']]) {
+    for (const [name, title] of [['node', 'node -e 0'], ['psql', "psql -X -q -c 'select 1'"], ['pipeweave', 'pipeweave db:status --json']]) {
       const s = lib.summary(running.samples[`${name}|${v.key}`])
       rows.push([v.label, title, lib.fmt(s.median, 1), lib.fmt(s.min, 1), lib.fmt(s.p90, 1), `${lib.fmt(s.median / node, 2)}×`])
     }
   }
-  lines.push(`running server, migrated database; ${RUNS} runs of each, interleaved`)
+  lines.push(`running server, migrated database (DATABASE_URL); ${RUNS} runs of each, interleaved; pipeweave is \`node bin/run.js\``)
   lines.push(lib.table([
     { title: 'environment', align: 'left' }, { title: 'command', align: 'left' },
     { title: 'median', align: 'right' }, { title: 'min', align: 'right' }, { title: 'p90', align: 'right' },

@@ -42,7 +42,8 @@ async function main() {
   } finally {
     await server.release()
   }
-  process.stdout.write(`\n${selected.length} benchmark(s) in ${((Date.now() - started) / 1000).toFixed(0)} s${failures.length ? `; failed: ${failures.join(', ')}` : ''}\n`)
+  process.stdout.write(`\n${selected.length} benchmark(s) in ${((Date.now() - started) / 1000).toFixed(0)} s, load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} at the end` +
+    `${failures.length ? `; failed: ${failures.join(', ')}` : ''}\n`)
   if (failures.length > 0) process.exitCode = 1
 }
 
