@@ -4,4 +4,9 @@ if (!require('node:fs').existsSync(require('node:path').join(__dirname, '..', 'd
   console.error('error: pipeweave is not built: run `npm ci` (or `npm run build`) in ' + require('node:path').resolve(__dirname, '..'))
   process.exit(2)
 }
-require('@oclif/core').execute({ dir: __dirname })
+// - '@oclif/core/execute', not the '@oclif/core' index: the index loads all of oclif and semver first.
+// - The root and its package.json are handed over, so oclif need not search the disk for them.
+require('../dist/startup').answerWslProbe()
+require('@oclif/core/execute').execute({
+  loadOptions: { root: require('node:path').join(__dirname, '..'), pjson: require('../package.json') },
+})

@@ -45,6 +45,11 @@ export async function runCleanup(db: Database, options: CleanupOptions = {}): Pr
     const { rows: [lock] } = await session.query<{ acquired: boolean }>({ name: 'try_cleanup_lock', text: `SELECT pg_try_advisory_lock(${CLEANUP_LOCK}) AS acquired` })
     if (!lock.acquired) return { idempotencyCache: 0, dlq: 0, taskRuns: 0, dryRun, skipped: true }
     try {
+      // Every batch commits on its own, and none needs to wait for its WAL to reach the disk:
+      // a server crash can only undo the last batches (the next cleanup deletes those rows again),
+      // never leave anything inconsistent. Without the wait, a million expired rows go about a
+      // third faster (bench/cleanup.js). Reset below: the connection goes back to the pool.
+      if (!dryRun) await session.query({ name: 'cleanup_async_commit', text: 'SET synchronous_commit = off' })
       const { rows: [clock] } = await session.query<{ now: Date }>({ name: 'cleanup_now', text: 'SELECT now() AS now' })
       const now = clock.now.getTime()
       const day = 86_400_000
@@ -67,6 +72,7 @@ export async function runCleanup(db: Database, options: CleanupOptions = {}): Pr
       const taskRuns = runsCutoff ? await deleteFinishedRuns(session, runsCutoff, batchSize, (n, ms) => options.onBatch?.('taskRuns', n, ms)) : 0
       return { idempotencyCache, dlq: dlqDeleted, taskRuns, dryRun }
     } finally {
+      if (!dryRun) await session.query({ name: 'cleanup_reset_commit', text: 'RESET synchronous_commit' })
       await session.query({ name: 'release_cleanup_lock', text: `SELECT pg_advisory_unlock(${CLEANUP_LOCK})` })
     }
   })

@@ -1,5 +1,5 @@
 /** Opening the database for the API: create it first when asked (db:init). */
-import { escapeIdentifier } from 'pg'
+import { escapeIdentifier } from '../db/pg'
 import { resolveConnection } from '../db/config'
 import { type Database, type DatabaseConfig, createDatabase } from '../db/database'
 import { SQLSTATE } from '../db/errors'

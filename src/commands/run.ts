@@ -1,6 +1,5 @@
-import { Flags } from '@oclif/core'
 import { ORCHESTRATION_DEFAULTS, orchestratorStaleMs } from '../api/settings'
-import { BaseCommand } from '../base-command'
+import { BaseCommand, Flags } from '../base-command'
 import { resolveConnection } from '../db/config'
 import type { Database } from '../db/database'
 import type { DemoRunSummary } from '../demo/demo'

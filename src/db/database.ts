@@ -4,7 +4,7 @@
  */
 import { isIP } from 'node:net'
 import type { ConnectionOptions } from 'node:tls'
-import { Client, Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg'
+import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
 import { type Logger, silentLogger } from '../logger'
 import { registerSecret } from '../redact'
 import { VERSION } from '../version'
@@ -12,7 +12,8 @@ import {
   type ConnectionFlags, type ExternalTarget, type PoolSettings, type SslSettings,
   describeTarget, resolveConnection, resolvePoolSettings,
 } from './config'
-import { acquireEmbeddedServer, type EmbeddedHandle } from './embedded'
+import type { EmbeddedHandle } from './embedded'
+import { Client, Pool } from './pg'
 import { SQLSTATE, isConnectionLoss, toConnectionError } from './errors'
 
 /** A named SQL statement: the name is what the slow-query log prints, never the values. */
@@ -97,6 +98,9 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
   let embedded: EmbeddedHandle | undefined
   let target: ExternalTarget
   if (resolved.kind === 'embedded') {
+    // Loaded only here: a command on a configured server never needs it (start-up cost).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { acquireEmbeddedServer } = require('./embedded') as typeof import('./embedded')
     embedded = await acquireEmbeddedServer({ env, cwd: config.cwd ?? process.cwd(), applicationName, log: (m) => logger.info(m) })
     const s = embedded.server
     target = {
@@ -128,38 +132,44 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       ...(target.options ? { options: target.options } : {}),
     })
 
+    const newPool = () => {
+      const created = new Pool({
+        ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs,
+        // A query that gets no answer (a connection that died silently) fails instead of hanging
+        // its caller for ever; pg-pool destroys the connection it was released with.
+        ...(config.queryTimeoutMs ? { query_timeout: config.queryTimeoutMs } : {}),
+      })
+      // An idle client's error (server restart) must not crash the process: the next query reports it.
+      created.on('error', (error) => logger.debug(`idle database connection closed: ${error.message}`))
+      return created
+    }
+    let pool = newPool()
     if (config.verify !== false) {
       // One real connection first: a bad setting fails here with a clear message, and `prefer`
-      // learns whether the server speaks TLS (node-postgres has no fallback of its own).
-      const probe = async () => {
-        const client = new Client(clientConfig())
-        client.on('error', () => undefined)
+      // learns whether the server speaks TLS (node-postgres has no fallback of its own). It is the
+      // pool's own first connection, left idle in it: the first query uses it instead of opening
+      // another (one connection and authentication less at every start, bench/cold-start.js).
+      const connectFirst = async () => {
         try {
-          await client.connect()
-        } finally {
-          await client.end().catch(() => undefined)
+          ;(await pool.connect()).release()
+        } catch (error) {
+          await pool.end().catch(() => undefined)
+          throw error
         }
       }
       try {
-        await probe()
+        await connectFirst()
       } catch (error) {
         if (target.ssl.mode === 'prefer' && /does not support SSL/i.test(String((error as Error)?.message))) {
           ssl = false
-          await probe()
+          pool = newPool()
+          await connectFirst()
         } else {
           throw error
         }
       }
     }
 
-    const pool = new Pool({
-      ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs,
-      // A query that gets no answer (a connection that died silently) fails instead of hanging
-      // its caller for ever; pg-pool destroys the connection it was released with.
-      ...(config.queryTimeoutMs ? { query_timeout: config.queryTimeoutMs } : {}),
-    })
-    // An idle client's error (server restart) must not crash the process: the next query reports it.
-    pool.on('error', (error) => logger.debug(`idle database connection closed: ${error.message}`))
     return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, embedded)
   } catch (error) {
     await embedded?.release().catch(() => undefined)

@@ -20,7 +20,7 @@ import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { Client } from 'pg'
+import { Client } from './pg'
 import { ConnectionError, UsageError } from '../errors'
 
 export const EMBEDDED_DATABASE = 'pipeweave'

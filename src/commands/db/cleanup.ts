@@ -1,6 +1,5 @@
-import { Flags } from '@oclif/core'
 import { CLEANUP_DEFAULTS, runCleanup, type CleanupResult } from '../../api/cleanup'
-import { BaseCommand } from '../../base-command'
+import { BaseCommand, Flags } from '../../base-command'
 
 export default class DbCleanup extends BaseCommand<typeof DbCleanup, CleanupResult> {
   static summary = 'Delete expired idempotency entries, old DLQ entries and (if asked) old finished runs, in batches.'

@@ -1,7 +1,6 @@
-import { Flags } from '@oclif/core'
 import { openOrCreateDatabase } from '../../api/database'
 import { runMigrations } from '../../api/migrations'
-import { BaseCommand } from '../../base-command'
+import { BaseCommand, Flags } from '../../base-command'
 
 interface InitResult {
   database: string

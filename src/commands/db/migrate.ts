@@ -1,6 +1,5 @@
-import { Flags } from '@oclif/core'
 import { runMigrations, type RunMigrationsResult } from '../../api/migrations'
-import { BaseCommand } from '../../base-command'
+import { BaseCommand, Flags } from '../../base-command'
 
 export default class DbMigrate extends BaseCommand<typeof DbMigrate, RunMigrationsResult> {
   static summary = 'Apply pending migrations in order, each in its own transaction.'

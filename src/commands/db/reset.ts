@@ -1,8 +1,7 @@
-import { Flags } from '@oclif/core'
 import * as readline from 'node:readline/promises'
 import type { RunMigrationsResult } from '../../api/migrations'
 import { checkResetGuards, resetDatabase } from '../../api/reset'
-import { BaseCommand } from '../../base-command'
+import { BaseCommand, Flags } from '../../base-command'
 import { RefusedError } from '../../errors'
 
 interface ResetResult {

@@ -1,6 +1,5 @@
-import { Flags } from '@oclif/core'
 import { getMigrationStatus, type MigrationStatus } from '../../api/migrations'
-import { BaseCommand } from '../../base-command'
+import { BaseCommand, Flags } from '../../base-command'
 import { ExitCode } from '../../errors'
 
 export default class DbStatus extends BaseCommand<typeof DbStatus, MigrationStatus> {

@@ -1,6 +1,5 @@
-import { Flags } from '@oclif/core'
 import { listDlq, type DlqEntry } from '../../api/dlq'
-import { BaseCommand } from '../../base-command'
+import { BaseCommand, Flags } from '../../base-command'
 
 export default class DlqList extends BaseCommand<typeof DlqList, { entries: DlqEntry[] }> {
   static summary = 'List dead-lettered runs (failed for good), newest first.'

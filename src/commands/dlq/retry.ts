@@ -1,6 +1,5 @@
-import { Args, Flags } from '@oclif/core'
 import { assertRetriedAll, retryDlq, type RetryResult } from '../../api/dlq'
-import { BaseCommand } from '../../base-command'
+import { Args, BaseCommand, Flags } from '../../base-command'
 import { UsageError } from '../../errors'
 
 export default class DlqRetry extends BaseCommand<typeof DlqRetry, RetryResult> {

@@ -1,5 +1,4 @@
-import { Flags } from '@oclif/core'
-import { BaseCommand } from '../../base-command'
+import { BaseCommand, Flags } from '../../base-command'
 import { enterMaintenance, type TransitionResult } from '../../maintenance/maintenance'
 import { renderStatus } from '../../maintenance/render'
 

@@ -1,6 +1,5 @@
-import { Args } from '@oclif/core'
 import { assertNothingRefused, cancelRuns, type CancelResult } from '../../api/runs'
-import { BaseCommand } from '../../base-command'
+import { Args, BaseCommand } from '../../base-command'
 
 export default class RunsCancel extends BaseCommand<typeof RunsCancel, CancelResult> {
   static summary = 'Cancel pending task runs. A run that is running or finished is refused (exit 4).'

@@ -1,6 +1,5 @@
-import { Flags } from '@oclif/core'
 import { listRuns, RUN_STATUSES, type TaskRun } from '../../api/runs'
-import { BaseCommand } from '../../base-command'
+import { BaseCommand, Flags } from '../../base-command'
 
 export default class RunsList extends BaseCommand<typeof RunsList, { runs: TaskRun[] }> {
   static summary = 'List task runs, newest first.'

@@ -1,6 +1,5 @@
-import { Args } from '@oclif/core'
 import { getRun, type TaskRun } from '../../api/runs'
-import { BaseCommand } from '../../base-command'
+import { Args, BaseCommand } from '../../base-command'
 
 export default class RunsShow extends BaseCommand<typeof RunsShow, TaskRun> {
   static summary = 'Show one task run: input, output, and every attempt with its error.'

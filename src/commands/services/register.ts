@@ -1,7 +1,6 @@
-import { Args } from '@oclif/core'
 import * as fs from 'node:fs'
 import { registerService, type RegisterResult } from '../../api/services'
-import { BaseCommand } from '../../base-command'
+import { Args, BaseCommand } from '../../base-command'
 import { UsageError } from '../../errors'
 
 export default class ServicesRegister extends BaseCommand<typeof ServicesRegister, RegisterResult> {

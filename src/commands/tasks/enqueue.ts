@@ -1,7 +1,6 @@
-import { Args, Flags } from '@oclif/core'
 import * as fs from 'node:fs'
 import { enqueueTask, type EnqueueResult } from '../../api/enqueue'
-import { BaseCommand } from '../../base-command'
+import { Args, BaseCommand, Flags } from '../../base-command'
 import { UsageError } from '../../errors'
 
 export default class TasksEnqueue extends BaseCommand<typeof TasksEnqueue, EnqueueResult> {
