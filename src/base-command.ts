@@ -172,7 +172,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     await this.releaseAll()
     await super.finally(error)
     // Nothing should keep a finished command alive; if something does, leave with our exit code.
-    if (this.handlesSignals) setTimeout(() => process.exit(process.exitCode ?? 0), 3000).unref()
+    setTimeout(() => process.exit(process.exitCode ?? 0), 3000).unref()
   }
 }
 

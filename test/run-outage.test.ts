@@ -236,6 +236,24 @@ describe('pipeweave run: database outages', () => {
       expect([...worker.arrivals().values()]).toEqual([1, 1, 1])
       expect((await run.stop('SIGTERM')).code).toBe(0)
     })
+
+    it('replaces connections that went silent instead of waiting on them for ever', async () => {
+      await registerTasks(db.url, worker.url, [{ id: 'job', retries: 0 }])
+      const via = new URL(db.url)
+      via.port = String(proxy.port)
+      const run = startRun(quickEnv({ DATABASE_URL: via.toString(), DB_QUERY_TIMEOUT_MS: '1500' }), ['--log-format', 'json', '--concurrency', '4', '--poll-interval', '200'])
+      await run.started()
+      const before = await enqueueMany(db.pool, 'job', 4)
+      await waitFor(() => allIn(db.pool, ['completed'], before), { what: 'the first runs to complete' })
+
+      // Every connection the orchestrator holds goes silent: its queries get no answer and no error.
+      proxy.freeze()
+      const after = await enqueueMany(db.pool, 'job', 4)
+      await run.waitForLog((l) => l.event === 'db-down', { timeoutMs: 15_000, what: 'the silent connection to be noticed' })
+      await waitFor(() => allIn(db.pool, ['completed'], after), { timeoutMs: 30_000, what: 'the runs enqueued after the freeze to complete' })
+      expect(await statusCounts(db.pool)).toEqual({ completed: 8 })
+      expect((await run.stop('SIGTERM')).code).toBe(0)
+    })
   })
 })
 
@@ -245,7 +263,7 @@ describe('pipeweave run: database outages', () => {
  * every connection.
  */
 class CuttableProxy {
-  private readonly pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
+  private readonly pairs = new Set<{ client: net.Socket; upstream: net.Socket; frozen: boolean }>()
   private needles: Buffer[] = []
   swallowed = 0
   port = 0
@@ -257,12 +275,13 @@ class CuttableProxy {
     const proxy = new CuttableProxy(server)
     server.on('connection', (client) => {
       const upstream = net.connect(port, host)
-      const pair = { client, upstream }
+      const pair = { client, upstream, frozen: false }
       proxy.pairs.add(pair)
       let swallowing = false
       let tail = Buffer.alloc(0)
-      client.on('data', (d) => upstream.write(d))
+      client.on('data', (d) => { if (!pair.frozen) upstream.write(d) })
       upstream.on('data', (d: Buffer) => {
+        if (pair.frozen) return
         if (!swallowing && proxy.needles.length > 0) {
           const window = Buffer.concat([tail, d])
           tail = window.subarray(Math.max(0, window.length - 128))
@@ -290,6 +309,14 @@ class CuttableProxy {
 
   swallowAnswersContaining(strings: string[]): void {
     this.needles = strings.map((s) => Buffer.from(s))
+  }
+
+  /**
+   * Every connection open now goes silent both ways, without a FIN or a reset (a NAT entry that
+   * was dropped, a host that vanished); new connections go through untouched.
+   */
+  freeze(): void {
+    for (const pair of this.pairs) pair.frozen = true
   }
 
   /** Cut every connection, and let new ones through untouched. */

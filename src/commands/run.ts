@@ -1,6 +1,6 @@
 import { ORCHESTRATION_DEFAULTS, orchestratorStaleMs } from '../api/settings'
 import { BaseCommand, Flags } from '../base-command'
-import { resolveConnection } from '../db/config'
+import { optionalInt, resolveConnection } from '../db/config'
 import type { Database } from '../db/database'
 import type { DemoRunSummary } from '../demo/demo'
 import type { Logger } from '../logger'
@@ -147,8 +147,8 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
     const config = this.databaseConfig({ command: demo ? 'run --demo' : 'run', logSlowQueries: true })
     // The loop's statements take milliseconds; one that gets no answer in a minute is on a dead
     // connection (or past DB_STATEMENT_TIMEOUT_MS, which then answers first).
-    const statementTimeout = Number(process.env.DB_STATEMENT_TIMEOUT_MS) || 0
-    config.queryTimeoutMs = Math.max(60_000, statementTimeout + 10_000)
+    const statementTimeout = optionalInt(process.env, 'DB_STATEMENT_TIMEOUT_MS') ?? 0
+    config.queryTimeoutMs = optionalInt(process.env, 'DB_QUERY_TIMEOUT_MS', 1) ?? Math.max(60_000, statementTimeout + 10_000)
     if (demo) {
       // The demo never reaches a real deployment's orchestrators: always the embedded database.
       let source: string | undefined

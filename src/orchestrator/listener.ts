@@ -8,10 +8,15 @@ import type { Database } from '../db/database'
 import type { Logger } from '../logger'
 import { delay } from './wakeup'
 
+/** How often the LISTEN session proves it is alive, and how long it may take to answer. */
+const PING_EVERY_MS = 30_000
+const PING_TIMEOUT_MS = 5_000
+
 export class Listener {
   private client?: Client
   private stopped = false
   private reconnecting = false
+  private pinger?: NodeJS.Timeout
 
   constructor(
     private readonly db: Database,
@@ -22,6 +27,21 @@ export class Listener {
 
   async start(): Promise<void> {
     await this.connect()
+    // A session that died silently (no FIN: a dropped NAT entry) never errors, it just stops
+    // delivering: prove it alive now and then, and replace it when it does not answer.
+    this.pinger = setInterval(() => void this.ping(), PING_EVERY_MS)
+    this.pinger.unref()
+  }
+
+  private async ping(): Promise<void> {
+    const client = this.client
+    if (!client) return
+    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer to a ping')), PING_TIMEOUT_MS).unref())
+    try {
+      await Promise.race([client.query('SELECT 1'), timeout])
+    } catch (error) {
+      if (this.client === client) client.emit('error', error as Error)
+    }
   }
 
   /** The database is back: if our session was lost, reconnect now rather than at the next retry. */
@@ -31,6 +51,11 @@ export class Listener {
 
   private async connect(): Promise<void> {
     const client = await this.db.newClient()
+    if (this.stopped) {
+      // stop() came while this connection was being made: it would keep the process alive.
+      await client.end().catch(() => undefined)
+      return
+    }
     client.on('notification', (message) => this.onNotify(message.channel))
     const lost = (error?: Error) => {
       if (this.client !== client) return
@@ -45,6 +70,10 @@ export class Listener {
     client.on('error', lost)
     client.on('end', () => lost())
     for (const channel of this.channels) await client.query(`LISTEN ${channel}`)
+    if (this.stopped) {
+      await client.end().catch(() => undefined)
+      return
+    }
     this.client = client
     this.onNotify(this.channels[0])
   }
@@ -69,6 +98,7 @@ export class Listener {
 
   async stop(): Promise<void> {
     this.stopped = true
+    clearInterval(this.pinger)
     const client = this.client
     this.client = undefined
     await client?.end().catch(() => undefined)
