@@ -148,7 +148,8 @@ CREATE TABLE task_runs (
 -- lowest priority first, then oldest. Partial indexes, one per kind of pending run, so that a claim
 -- walks neither finished history (STACK-NOTES: an index on (status, …) lets the planner walk
 -- finished rows) nor pending runs it cannot take: a backlog of retries waiting out their backoff,
--- or of a task held at its concurrency limit, costs the claim nothing.
+-- or of a task held at its concurrency limit, costs the claim of other work nothing. (Retries of a
+-- limited task waiting out a backoff are still stepped over by that task's own scan.)
 CREATE INDEX task_runs_claim_idx ON task_runs (priority, created_at)
   WHERE status = 'pending' AND scheduled_for IS NULL AND NOT limited;
 
@@ -171,9 +172,13 @@ CREATE INDEX task_runs_active_idx ON task_runs (status, task_id, scheduled_for)
 CREATE UNIQUE INDEX task_runs_idempotency_active_uidx ON task_runs (task_id, idempotency_key)
   WHERE idempotency_key IS NOT NULL AND status IN ('pending', 'running');
 
--- runs:list (newest first, optionally by task) and db:cleanup of finished history.
+-- runs:list (newest first, optionally by task or status) and db:cleanup of finished history.
+-- Failed, timed-out and cancelled runs are few among millions completed: a listing of them gets
+-- an index of its own, where walking every run newest first would read the whole history.
 CREATE INDEX task_runs_created_at_idx ON task_runs (created_at DESC);
 CREATE INDEX task_runs_task_created_idx ON task_runs (task_id, created_at DESC);
+CREATE INDEX task_runs_unsuccessful_idx ON task_runs (created_at DESC)
+  WHERE status IN ('failed', 'timeout', 'cancelled');
 CREATE INDEX task_runs_finished_idx ON task_runs (completed_at, id)
   WHERE status IN ('completed', 'failed', 'timeout', 'cancelled');
 CREATE INDEX task_runs_pipeline_run_id_idx ON task_runs (pipeline_run_id) WHERE pipeline_run_id IS NOT NULL;

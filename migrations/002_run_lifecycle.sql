@@ -50,7 +50,11 @@ CREATE TRIGGER pipeweave_mode_changed BEFORE UPDATE OF mode ON orchestrator_stat
 -- the row, and updated for live runs when a task gains or loses its concurrency limit.
 CREATE FUNCTION pipeweave_run_limited() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  NEW.limited := EXISTS (SELECT 1 FROM tasks t WHERE t.id = NEW.task_id AND t.concurrency > 0);
+  -- FOR SHARE: a registration changing this task's limit holds its row until it commits, and
+  -- its trigger below updates only the runs it can see. Reading the task under a lock that
+  -- waits for such a registration means a run inserted meanwhile reads the new limit; one
+  -- inserted first is committed before the registration's update, which then sees it.
+  NEW.limited := COALESCE((SELECT t.concurrency > 0 FROM tasks t WHERE t.id = NEW.task_id FOR SHARE), false);
   RETURN NEW;
 END
 $$;
@@ -166,7 +170,12 @@ BEGIN
   IF p_limit IS NULL OR p_limit <= 0 THEN
     RETURN;
   END IF;
+  -- Wait for the gate a bounded time (55P03 then; the orchestrator tries again): a claim must
+  -- never outlive its client's patience and commit runs nobody is waiting for any more (a
+  -- runbook's transaction left open on orchestrator_state holds the gate for as long as it likes).
+  PERFORM set_config('lock_timeout', '5s', true);
   PERFORM pg_advisory_xact_lock_shared(7020304957001);
+  PERFORM set_config('lock_timeout', '0', true);
   SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton';
   IF v_mode = 'maintenance' THEN
     RETURN;
@@ -174,15 +183,18 @@ BEGIN
 
   FOR v_task IN
     SELECT t.id, t.concurrency FROM tasks t
-     WHERE t.concurrency > 0
-       AND EXISTS (SELECT 1 FROM task_runs r                    -- task_runs_claim_task_idx
+     WHERE EXISTS (SELECT 1 FROM task_runs r                    -- task_runs_claim_task_idx
                     WHERE r.task_id = t.id AND r.status = 'pending' AND r.limited
                       AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))
      ORDER BY t.id
   LOOP
-    CONTINUE WHEN NOT pg_try_advisory_xact_lock(70203, hashtext(v_task.id));
-    SELECT v_task.concurrency - count(*) INTO v_room            -- task_runs_active_idx
-      FROM task_runs r WHERE r.status = 'running' AND r.task_id = v_task.id;
+    IF v_task.concurrency > 0 THEN
+      CONTINUE WHEN NOT pg_try_advisory_xact_lock(70203, hashtext(v_task.id));
+      SELECT v_task.concurrency - count(*) INTO v_room          -- task_runs_active_idx
+        FROM task_runs r WHERE r.status = 'running' AND r.task_id = v_task.id;
+    ELSE
+      v_room := p_limit;  -- a flag left from a limit since removed: claimable like any other run
+    END IF;
     CONTINUE WHEN v_room <= 0;
     FOR v_row IN
       SELECT r.id, r.priority, r.created_at FROM task_runs r     -- task_runs_claim_task_idx
@@ -382,7 +394,10 @@ DECLARE
   v_id text;
   v_count integer := 0;
 BEGIN
-  DELETE FROM orchestrators o WHERE o.heartbeat_at < now() - p_stale_ms * interval '1 millisecond';
+  -- Nobody could heartbeat while the server was down: after a restart, count heartbeats from the
+  -- moment it came back, so live orchestrators get a full stale period to reach it again.
+  DELETE FROM orchestrators o
+   WHERE GREATEST(o.heartbeat_at, pg_postmaster_start_time()) < now() - p_stale_ms * interval '1 millisecond';
   FOR v_id IN
     SELECT r.id FROM task_runs r                                 -- task_runs_active_idx
      WHERE r.status = 'running'

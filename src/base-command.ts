@@ -195,6 +195,11 @@ export function classify(error: unknown): Failure {
     const usage = new UsageError('BAD_USAGE', usageMessage(e.message), { hint: 'see --help' })
     return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
   }
+  // data_exception: a value the database cannot take (a number out of range, a NUL in a string).
+  if (typeof e?.code === 'string' && e.code.startsWith('22')) {
+    const usage = new UsageError('INVALID_VALUE', `the database refused a value: ${firstLine(e.message)}`, { hint: 'check the values given' })
+    return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
+  }
   // undefined_table: a command that needs the schema ran on a database that has not got it (yet).
   if (e?.code === '42P01') {
     const refused = new RefusedError('NOT_INITIALIZED', `the database is not initialized: ${firstLine(e.message)}`, {

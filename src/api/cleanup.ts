@@ -7,7 +7,8 @@ import type { Database, Queryable } from '../db/database'
 import { UsageError } from '../errors'
 import * as cache from '../sql/idempotency-cache'
 import * as dlq from '../sql/dlq'
-import { CLEANUP_LOCK } from '../sql/locks'
+import * as locks from '../sql/locks'
+import { transactionClock } from '../sql/server'
 import * as runs from '../sql/task-runs'
 
 export interface CleanupOptions {
@@ -42,15 +43,15 @@ export async function runCleanup(db: Database, options: CleanupOptions = {}): Pr
 
   // A session lock on one pooled connection, held for the whole cleanup.
   return db.withClient(async (session) => {
-    const { rows: [lock] } = await session.query<{ acquired: boolean }>({ name: 'try_cleanup_lock', text: `SELECT pg_try_advisory_lock(${CLEANUP_LOCK}) AS acquired` })
+    const { rows: [lock] } = await session.query<{ acquired: boolean }>(locks.tryCleanupLock)
     if (!lock.acquired) return { idempotencyCache: 0, dlq: 0, taskRuns: 0, dryRun, skipped: true }
     try {
       // Every batch commits on its own, and none needs to wait for its WAL to reach the disk:
       // a server crash can only undo the last batches (the next cleanup deletes those rows again),
       // never leave anything inconsistent. Without the wait, a million expired rows go about a
       // third faster (bench/cleanup.js). Reset below: the connection goes back to the pool.
-      if (!dryRun) await session.query({ name: 'cleanup_async_commit', text: 'SET synchronous_commit = off' })
-      const { rows: [clock] } = await session.query<{ now: Date }>({ name: 'cleanup_now', text: 'SELECT now() AS now' })
+      if (!dryRun) await session.query(locks.asyncCommit)
+      const { rows: [clock] } = await session.query<{ now: Date }>(transactionClock)
       const now = clock.now.getTime()
       const day = 86_400_000
       const dlqCutoff = new Date(now - dlqDays * day)
@@ -72,8 +73,8 @@ export async function runCleanup(db: Database, options: CleanupOptions = {}): Pr
       const taskRuns = runsCutoff ? await deleteFinishedRuns(session, runsCutoff, batchSize, (n, ms) => options.onBatch?.('taskRuns', n, ms)) : 0
       return { idempotencyCache, dlq: dlqDeleted, taskRuns, dryRun }
     } finally {
-      if (!dryRun) await session.query({ name: 'cleanup_reset_commit', text: 'RESET synchronous_commit' })
-      await session.query({ name: 'release_cleanup_lock', text: `SELECT pg_advisory_unlock(${CLEANUP_LOCK})` })
+      if (!dryRun) await session.query(locks.resetCommit)
+      await session.query(locks.releaseCleanupLock)
     }
   })
 }

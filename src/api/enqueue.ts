@@ -3,6 +3,10 @@ import type { Queryable } from '../db/database'
 import { MaintenanceModeError, UsageError } from '../errors'
 import * as runs from '../sql/task-runs'
 
+export const INT32_MAX = 2_147_483_647
+/** The longest delay an enqueue accepts: a year. */
+export const MAX_DELAY_MS = 366 * 86_400_000
+
 export interface EnqueueOptions {
   taskId: string
   input?: unknown
@@ -16,21 +20,22 @@ export interface EnqueueOptions {
 }
 
 export interface EnqueueResult {
-  runId: string
+  /** Null only when the key was served from the idempotency cache and db:cleanup removed its run. */
+  runId: string | null
   /** An existing run (or cached result) holds this idempotency key: nothing was created. */
   deduplicated: boolean
 }
 
 export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promise<EnqueueResult> {
   if (!options.taskId) throw new UsageError('TASK_ID_REQUIRED', 'a task id is required')
-  if (options.priority !== undefined && !Number.isInteger(options.priority)) {
-    throw new UsageError('INVALID_PRIORITY', `priority must be a whole number, not ${options.priority}`)
+  if (options.priority !== undefined && !(Number.isInteger(options.priority) && Math.abs(options.priority) <= INT32_MAX)) {
+    throw new UsageError('INVALID_PRIORITY', `priority must be a whole number from -${INT32_MAX} to ${INT32_MAX}, not ${options.priority}`)
   }
-  if (options.delayMs !== undefined && !(Number.isInteger(options.delayMs) && options.delayMs >= 0)) {
-    throw new UsageError('INVALID_DELAY', `delay must be a whole number of milliseconds, 0 or more, not ${options.delayMs}`)
+  if (options.delayMs !== undefined && !(Number.isInteger(options.delayMs) && options.delayMs >= 0 && options.delayMs <= MAX_DELAY_MS)) {
+    throw new UsageError('INVALID_DELAY', `delay must be a whole number of milliseconds from 0 to ${MAX_DELAY_MS} (a year), not ${options.delayMs}`)
   }
   try {
-    const { rows: [row] } = await db.query<{ run_id: string; deduplicated: boolean }>(runs.enqueue, [
+    const { rows: [row] } = await db.query<{ run_id: string | null; deduplicated: boolean }>(runs.enqueue, [
       options.taskId,
       options.input === undefined ? null : JSON.stringify(options.input),
       options.priority ?? null,

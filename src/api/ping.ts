@@ -1,4 +1,5 @@
 import type { Database } from '../db/database'
+import * as server from '../sql/server'
 
 export interface PingResult {
   target: string
@@ -8,20 +9,14 @@ export interface PingResult {
   tls: boolean
 }
 
-const PING = { name: 'ping', text: 'SELECT 1' }
-const SERVER = {
-  name: 'server_info',
-  text: `SELECT current_setting('server_version') AS version,
-                COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false) AS tls`,
-}
 
 /** Connect, then time a round trip (median of three) and ask the server whether TLS is in use. */
 export async function ping(db: Database): Promise<PingResult> {
-  const { rows: [info] } = await db.query<{ version: string; tls: boolean }>(SERVER)
+  const { rows: [info] } = await db.query<{ version: string; tls: boolean }>(server.serverInfo)
   const times: number[] = []
   for (let i = 0; i < 3; i++) {
     const started = performance.now()
-    await db.query(PING)
+    await db.query(server.ping)
     times.push(performance.now() - started)
   }
   times.sort((a, b) => a - b)

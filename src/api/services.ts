@@ -3,6 +3,7 @@
  * (like pg-boss's attorney.ts): a bad one exits 2 naming the field and writes nothing.
  */
 import type { Database, Queryable } from '../db/database'
+import { SQLSTATE } from '../db/errors'
 import { UsageError } from '../errors'
 import * as sql from '../sql/services'
 
@@ -127,7 +128,7 @@ export interface RegisterResult {
 export async function registerService(db: Database, manifest: unknown): Promise<RegisterResult> {
   const m = validateManifest(manifest)
   const baseUrl = m.baseUrl.replace(/\/+$/, '')
-  return db.withTransaction(async (tx) => {
+  return retryOnConflict(() => db.withTransaction(async (tx) => {
     const { rows: taken } = await tx.query<{ id: string; service_id: string }>(sql.tasksOwnedElsewhere, [m.id, m.tasks.map((t) => t.id)])
     if (taken.length > 0) {
       throw new UsageError('TASK_OWNED_ELSEWHERE', `invalid service manifest: task "${taken[0].id}" belongs to service "${taken[0].service_id}"`, {
@@ -152,7 +153,7 @@ export async function registerService(db: Database, manifest: unknown): Promise<
       tasks.push({ id: t.id, codeVersion: row.code_version, status: row.created ? 'created' : codeChanged ? 'code changed' : 'updated' })
     }
     return { service: { id: m.id, version: m.version, baseUrl, created: service.created }, tasks }
-  })
+  }))
 }
 
 export interface ServiceInfo {
@@ -170,4 +171,21 @@ export async function listServices(db: Queryable): Promise<ServiceInfo[]> {
     id: r.id, version: r.version, baseUrl: r.base_url,
     registeredAt: r.registered_at.toISOString(), updatedAt: r.updated_at.toISOString(), tasks: r.tasks,
   }))
+}
+
+/**
+ * A registration that changes a task's limit updates that task's live runs, and can meet a run
+ * completing with a follow-up in a deadlock; PostgreSQL aborts one side. The registration is the
+ * one to try again: it is all-or-nothing and idempotent.
+ */
+async function retryOnConflict<T>(attempt: () => Promise<T>): Promise<T> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await attempt()
+    } catch (error) {
+      const code = (error as { code?: string }).code
+      if (tries >= 5 || (code !== SQLSTATE.DEADLOCK_DETECTED && code !== SQLSTATE.SERIALIZATION_FAILURE)) throw error
+      await new Promise((resolve) => setTimeout(resolve, 20 * tries))
+    }
+  }
 }

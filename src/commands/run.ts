@@ -15,6 +15,9 @@ interface RunResult {
   demo?: DemoRunSummary[]
 }
 
+/** Timers take at most 2^31 − 1 ms (a longer one fires at once): a day bounds every interval. */
+const DAY_MS = 86_400_000
+
 /** The environment without any connection setting: what `--demo` connects with (the embedded database). */
 function embeddedOnly(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(env).filter(([key]) => !/^(DATABASE_URL|DB_|PG)/.test(key)))
@@ -33,10 +36,10 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
     { command: '<%= config.bin %> <%= command.id %> --demo', description: 'Try it out: a demo worker and a few demo runs on the embedded database; ends by itself.' },
   ]
   static flags = {
-    concurrency: Flags.integer({ summary: 'Runs in flight at once.', env: 'MAX_CONCURRENCY', default: ORCHESTRATION_DEFAULTS.concurrency, min: 1 }),
-    'poll-interval': Flags.integer({ summary: 'Milliseconds between polls when idle.', env: 'POLL_INTERVAL_MS', default: ORCHESTRATION_DEFAULTS.pollIntervalMs, min: 1 }),
-    'maintenance-check-interval': Flags.integer({ summary: 'Milliseconds between drain checks.', env: 'MAINTENANCE_CHECK_INTERVAL_MS', default: ORCHESTRATION_DEFAULTS.maintenanceCheckIntervalMs, min: 1 }),
-    'shutdown-timeout': Flags.integer({ summary: 'Milliseconds to let runs finish on SIGTERM.', env: 'SHUTDOWN_TIMEOUT_MS', default: ORCHESTRATION_DEFAULTS.shutdownTimeoutMs, min: 0 }),
+    concurrency: Flags.integer({ summary: 'Runs in flight at once.', env: 'MAX_CONCURRENCY', default: ORCHESTRATION_DEFAULTS.concurrency, min: 1, max: 10_000 }),
+    'poll-interval': Flags.integer({ summary: 'Milliseconds between polls when idle.', env: 'POLL_INTERVAL_MS', default: ORCHESTRATION_DEFAULTS.pollIntervalMs, min: 1, max: DAY_MS }),
+    'maintenance-check-interval': Flags.integer({ summary: 'Milliseconds between drain checks.', env: 'MAINTENANCE_CHECK_INTERVAL_MS', default: ORCHESTRATION_DEFAULTS.maintenanceCheckIntervalMs, min: 1, max: DAY_MS }),
+    'shutdown-timeout': Flags.integer({ summary: 'Milliseconds to let runs finish on SIGTERM.', env: 'SHUTDOWN_TIMEOUT_MS', default: ORCHESTRATION_DEFAULTS.shutdownTimeoutMs, min: 0, max: DAY_MS }),
     'auto-migrate': Flags.boolean({ summary: 'Apply pending migrations at start instead of refusing.', env: 'AUTO_MIGRATE' }),
     'until-idle': Flags.boolean({ summary: 'Exit 0 once no run is due or running.' }),
     'log-format': Flags.string({ summary: 'pretty (default on a terminal) or json (default otherwise).', options: ['pretty', 'json'] }),

@@ -348,33 +348,84 @@ function runningServer(dataDir: string): { pid: number; port: number } | undefin
 // ---------------------------------------------------------------------------------------------
 // The lock that serialises start, presence and stop
 
-async function withLock<T>(stateDir: string, fn: () => Promise<T>): Promise<T> {
+export async function withLock<T>(stateDir: string, fn: () => Promise<T>): Promise<T> {
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o755 })
   const lockFile = path.join(stateDir, 'embedded.lock')
+  const mine = `${process.pid}\n`
   const deadline = Date.now() + LOCK_WAIT_MS
-  for (;;) {
+  let holder = ''
+  while (!tryLock(lockFile, mine)) {
+    let content: string
     try {
-      fs.writeFileSync(lockFile, String(process.pid), { flag: 'wx' })
-      break
+      content = fs.readFileSync(lockFile, 'utf8')
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
-      const holder = Number(fs.readFileSync(lockFile, { encoding: 'utf8', flag: 'a+' }) || 0)
-      if (holder && !isAlive(holder)) {
-        fs.rmSync(lockFile, { force: true }) // left by a killed process
-        continue
-      }
-      if (Date.now() > deadline) {
-        throw new ConnectionError('EMBEDDED_LOCKED', `the embedded PostgreSQL at ${stateDir} is locked by process ${holder}`, {
-          hint: `if no pipeweave process is running, remove ${lockFile}`,
-        })
-      }
-      await new Promise((resolve) => setTimeout(resolve, 25))
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue // released just now
+      throw error
     }
+    holder = content.trim()
+    const pid = Number(holder)
+    // A lock is written whole (tryLock), so an unreadable one is not half-written: it is left by
+    // something else, and stale once it has sat there for a while.
+    const stale = Number.isInteger(pid) && pid > 0 ? !isAlive(pid) : ageMs(lockFile) > 5000
+    if (stale) {
+      breakStaleLock(lockFile, content) // left by a killed process
+      continue
+    }
+    if (Date.now() > deadline) {
+      throw new ConnectionError('EMBEDDED_LOCKED', `the embedded PostgreSQL at ${stateDir} is locked by process ${holder || '(unknown)'}`, {
+        hint: `if no pipeweave process is running, remove ${lockFile}`,
+      })
+    }
+    await new Promise((resolve) => setTimeout(resolve, 25))
   }
   try {
     return await fn()
   } finally {
-    fs.rmSync(lockFile, { force: true })
+    // Ours only: never remove a lock another process holds.
+    try {
+      if (fs.readFileSync(lockFile, 'utf8') === mine) fs.rmSync(lockFile, { force: true })
+    } catch { /* already gone */ }
+  }
+}
+
+/** Create the lock whole, atomically: written aside, then hard-linked into place (EEXIST: held). */
+function tryLock(lockFile: string, content: string): boolean {
+  const aside = `${lockFile}.${process.pid}.${crypto.randomBytes(4).toString('hex')}`
+  fs.writeFileSync(aside, content)
+  try {
+    fs.linkSync(aside, lockFile)
+    return true
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false
+    throw error
+  } finally {
+    fs.rmSync(aside, { force: true })
+  }
+}
+
+/**
+ * Remove a stale lock without removing a fresh one that replaced it meanwhile (another process
+ * may have broken the same stale lock and taken the lock a moment ago): move it aside atomically,
+ * and put it back if what was moved is not the stale lock that was seen.
+ */
+function breakStaleLock(lockFile: string, seen: string): void {
+  const aside = `${lockFile}.stale.${process.pid}.${crypto.randomBytes(4).toString('hex')}`
+  try {
+    fs.renameSync(lockFile, aside)
+  } catch {
+    return // gone already
+  }
+  try {
+    if (fs.readFileSync(aside, 'utf8') !== seen) fs.linkSync(aside, lockFile)
+  } catch { /* a third process holds the lock now: it is theirs */ }
+  fs.rmSync(aside, { force: true })
+}
+
+function ageMs(file: string): number {
+  try {
+    return Date.now() - fs.statSync(file).mtimeMs
+  } catch {
+    return 0
   }
 }
 

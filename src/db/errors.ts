@@ -38,6 +38,8 @@ const LOST_CONNECTION_MESSAGES = [
   'Client was closed and is not queryable',
   'terminating connection',
   'Query read timeout',
+  // pg-pool: every connection busy or not connecting, and the wait for one ran out.
+  'timeout exceeded when trying to connect',
 ]
 
 interface ErrorLike {
@@ -99,6 +101,13 @@ export function toConnectionError(error: unknown, target: ExternalTarget, connec
     case SQLSTATE.CRASH_SHUTDOWN:
       return make('CONNECTION_LOST', `the database server at ${hostPort} closed the connection (${firstLine(message)})`, 'check that the server is up')
   }
+  // An error the server sent about a statement (it has a severity) is not a connection problem,
+  // whatever its text says: `unknown task ssl-renew` must not read as a TLS failure.
+  if ((error as { severity?: string }).severity !== undefined && !isConnectionLoss(error)) return error
+  if (/timeout expired|connection timeout/i.test(message)) {
+    return make('CONNECT_TIMEOUT', `no answer from ${hostPort} within ${connectTimeoutMs ?? 'the connect timeout'} ms`,
+      'check the host and port and the network path; DB_CONNECT_TIMEOUT_MS sets the limit')
+  }
   if (e.code && TLS_CERT_CODES.has(e.code)) {
     return make('TLS_CERTIFICATE', `TLS certificate verification failed for ${hostPort}: ${firstLine(message)}`,
       `give the server's CA with DB_SSL_CA (or sslrootcert), or relax ${target.ssl.setting}: DB_SSL=no-verify, or sslmode=no-verify in the URL`)
@@ -114,10 +123,6 @@ export function toConnectionError(error: unknown, target: ExternalTarget, connec
   if (/client password must be a string|password must be a string|no password/i.test(message)) {
     return make('PASSWORD_REQUIRED', `the server at ${hostPort} asks user "${target.user}" for a password and none was given`,
       'set it in the URL, DB_PASS or PGPASSWORD')
-  }
-  if (/timeout expired|connection timeout/i.test(message)) {
-    return make('CONNECT_TIMEOUT', `no answer from ${hostPort} within ${connectTimeoutMs ?? 'the connect timeout'} ms`,
-      'check the host and port and the network path; DB_CONNECT_TIMEOUT_MS sets the limit')
   }
   if (isConnectionLoss(error)) {
     return make('CONNECTION_LOST', `lost the connection to ${hostPort}: ${firstLine(message)}`, 'check that the server is up')

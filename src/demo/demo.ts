@@ -10,6 +10,8 @@ import { cancelRuns } from '../api/runs'
 import { MaintenanceModeError, RefusedError } from '../errors'
 import type { Logger } from '../logger'
 import { demoManifest, startDemoWorker, type DemoWorker } from './worker'
+import * as runs from '../sql/task-runs'
+import { serverClock } from '../sql/server'
 
 export interface DemoSession {
   worker: DemoWorker
@@ -32,19 +34,6 @@ export interface DemoRunSummary {
   /** completed, retried then completed, dead-lettered, cancelled: in words. */
   happened: string
   result: string
-}
-
-const UNFINISHED = {
-  name: 'demo_unfinished',
-  text: `SELECT count(*)::int AS n FROM task_runs
-          WHERE task_id = ANY ($1::text[]) AND status IN ('pending', 'running') AND created_at >= $2`,
-}
-const SUMMARY = {
-  name: 'demo_summary',
-  text: `SELECT r.id, r.task_id, r.status, r.attempt, r.output, r.error, r.error_code, p.task_id AS parent_task_id,
-                EXISTS (SELECT 1 FROM dlq d WHERE d.task_run_id = r.id) AS dead_lettered
-           FROM task_runs r LEFT JOIN task_runs p ON p.id = r.parent_run_id
-          WHERE r.task_id = ANY ($1::text[]) AND r.created_at >= $2 ORDER BY r.created_at`,
 }
 
 interface SummaryRow {
@@ -77,7 +66,7 @@ export async function prepareDemo(db: Database, log: Logger): Promise<DemoSessio
     const manifest = demoManifest(worker.baseUrl)
     await registerService(db, manifest)
     taskIds = manifest.tasks.map((t) => t.id)
-    since = (await db.query<{ now: Date }>({ name: 'demo_now', text: 'SELECT clock_timestamp() AS now' })).rows[0].now
+    since = (await db.query<{ now: Date }>(serverClock)).rows[0].now
     log.info(`demo worker listening on ${worker.baseUrl}; queueing the demo runs`)
     for (const [taskId, input] of [
       ['demo.greet', { name: 'pipeweave' }], ['demo.flaky', {}], ['demo.broken', {}], ['demo.slow', {}],
@@ -99,13 +88,13 @@ export async function prepareDemo(db: Database, log: Logger): Promise<DemoSessio
     taskIds,
     async finished(signal) {
       while (!signal.aborted) {
-        const { rows: [row] } = await db.query<{ n: number }>(UNFINISHED, [taskIds, since])
+        const { rows: [row] } = await db.query<{ n: number }>(runs.unfinishedOfTasks, [taskIds, since])
         if (row.n === 0) return
         await new Promise((resolve) => setTimeout(resolve, 250))
       }
     },
     async cancelUnfinished() {
-      const { rows } = await db.query<SummaryRow>(SUMMARY, [taskIds, since])
+      const { rows } = await db.query<SummaryRow>(runs.summaryOfTasks, [taskIds, since])
       const pending = rows.filter((r) => r.status === 'pending').map((r) => r.id)
       if (pending.length === 0) return 0
       const { cancelled } = await cancelRuns(db, pending)
@@ -113,7 +102,7 @@ export async function prepareDemo(db: Database, log: Logger): Promise<DemoSessio
       return cancelled.length
     },
     async summary() {
-      const { rows } = await db.query<SummaryRow>(SUMMARY, [taskIds, since])
+      const { rows } = await db.query<SummaryRow>(runs.summaryOfTasks, [taskIds, since])
       return rows.map((r) => ({
         runId: r.id, taskId: r.task_id, status: r.status, attempts: r.attempt, happened: happened(r),
         result: r.status === 'completed' ? JSON.stringify(r.output) : r.status === 'cancelled' ? '' : [r.error_code, r.error].filter(Boolean).join(': '),

@@ -8,6 +8,7 @@ import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
 import type { Queryable } from '../db/database'
+import { ping } from '../sql/server'
 import { UsageError } from '../errors'
 
 export interface HealthServerOptions {
@@ -23,7 +24,6 @@ export interface HealthServer {
   close(): Promise<void>
 }
 
-const PING = { name: 'healthz', text: 'SELECT 1' }
 
 export function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
   const server = http.createServer((req, res) => {
@@ -36,7 +36,7 @@ export function startHealthServer(options: HealthServerOptions): Promise<HealthS
     switch (path) {
       case '/healthz': {
         const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer within 2 s')), 2000).unref())
-        Promise.race([options.db.query(PING), timeout])
+        Promise.race([options.db.query(ping), timeout])
           .then(() => reply(200, 'ok\n'))
           .catch((error: Error) => reply(503, `database unavailable: ${error.message.split('\n')[0]}\n`))
         return

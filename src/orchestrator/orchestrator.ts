@@ -9,7 +9,7 @@ import * as os from 'node:os'
 import { getAppliedMigrations, readMigrationFiles, runMigrations } from '../api/migrations'
 import { ORCHESTRATION_DEFAULTS } from '../api/settings'
 import type { Database } from '../db/database'
-import { isConnectionLoss } from '../db/errors'
+import { SQLSTATE, isConnectionLoss } from '../db/errors'
 import { RefusedError } from '../errors'
 import { type Logger, silentLogger } from '../logger'
 import { defaultActor, drainCheck, type Mode } from '../maintenance/maintenance'
@@ -108,6 +108,9 @@ class RunLoop implements Orchestrator {
   private knownVersion = 0
   private currentMode?: Mode
   private outage = false
+  private gateBlocked = false
+  private deregistered = false
+  private heartbeating?: Promise<void>
   private outageStartedAt?: number
   private outageLastedMs = 0
   private outageGraceUntil = 0
@@ -240,12 +243,20 @@ class RunLoop implements Orchestrator {
           if (this.claimInDoubt) await this.releaseUnknownClaims()
           const runs = await this.repo.claim(capacity)
           this.databaseBack()
+          this.gateBlocked = false
           backoff = 250
           claimed = runs.length
           for (const run of runs) this.startRun(run)
         } catch (error) {
           if (isConnectionLoss(error)) this.claimInDoubt = true
-          this.databaseTrouble(error, 'claiming runs')
+          if ((error as { code?: string }).code === SQLSTATE.LOCK_NOT_AVAILABLE) {
+            // The maintenance gate stayed held past the claim's lock_timeout (migration 002):
+            // someone holds a mode change open. Nothing was claimed; try again shortly.
+            if (!this.gateBlocked) this.log.warn('the maintenance gate is held by an open mode change (a transaction on orchestrator_state?); claims wait for it', { event: 'gate-held' })
+            this.gateBlocked = true
+          } else {
+            this.databaseTrouble(error, 'claiming runs')
+          }
           await delay(backoff, this.forced.signal)
           backoff = Math.min(backoff * 2, 5000)
           continue
@@ -414,7 +425,10 @@ class RunLoop implements Orchestrator {
         this.databaseBack()
         return { ok: true, value }
       } catch (error) {
-        if (!isConnectionLoss(error)) {
+        // Only the data itself can be refused for good (SQLSTATE classes 22 and 23: a NUL in a
+        // string, a value out of range); anything else is the database being unreachable, busy
+        // or restarting, and the answer is kept and written when it is back.
+        if (isDataError(error)) {
           this.log.error(`could not record the result of run ${run.id}: ${(error as Error).message}`, { runId: run.id, taskId: run.taskId })
           return { ok: false, error }
         }
@@ -430,6 +444,18 @@ class RunLoop implements Orchestrator {
   // Heartbeat, drain check, schema check
 
   private async heartbeat(): Promise<void> {
+    if (this.deregistered) return
+    this.heartbeating = (async () => {
+      try {
+        await this.heartbeatOnce()
+      } finally {
+        this.heartbeating = undefined
+      }
+    })()
+    return this.heartbeating
+  }
+
+  private async heartbeatOnce(): Promise<void> {
     try {
       const { inserted } = await this.repo.heartbeat()
       this.databaseBack()
@@ -597,6 +623,10 @@ class RunLoop implements Orchestrator {
       this.log.error(`could not hand back the runs in flight (${(error as Error).message}); crash recovery will return them once this orchestrator's heartbeat is stale`)
     }
     await this.listener?.stop()
+    // No heartbeat after the row is gone: an upsert landing after the delete would bring back a
+    // ghost orchestrator until it went stale.
+    this.deregistered = true
+    await this.heartbeating?.catch(() => undefined)
     try {
       await this.repo.deregister()
     } catch (error) {
@@ -623,4 +653,10 @@ function followUpTasks(runNext: string[], ignored: string[]): string[] {
     skip.splice(i, 1)
     return false
   })
+}
+
+/** The server refused the values themselves (data exception, integrity violation). */
+function isDataError(error: unknown): boolean {
+  const code = (error as { code?: unknown })?.code
+  return typeof code === 'string' && /^(22|23)/.test(code)
 }

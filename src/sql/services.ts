@@ -23,7 +23,9 @@ export const tasksOwnedElsewhere: Statement = {
  */
 export const lockTasks: Statement = {
   name: 'lock_tasks',
-  text: `SELECT id, code_hash, code_version FROM tasks WHERE id = ANY ($1::text[]) ORDER BY id FOR UPDATE`,
+  // NO KEY UPDATE: serialises registrations, and waits out enqueues reading the task's limit (FOR
+  // SHARE, migration 002), without blocking the foreign-key checks of every other insert.
+  text: `SELECT id, code_hash, code_version FROM tasks WHERE id = ANY ($1::text[]) ORDER BY id FOR NO KEY UPDATE`,
 }
 
 /**

@@ -145,11 +145,27 @@ export const cancel: Statement = {
            LEFT JOIN task_runs r ON r.id = w.id`,
 }
 
-/** pipeweave_queue_depth and pipeweave_queue_oldest_age_seconds: due pending runs (task_runs_claim_idx). */
+/** pipeweave_queue_depth and pipeweave_queue_oldest_age_seconds: due pending runs (task_runs_active_idx). */
 export const queueStats: Statement = {
   name: 'queue_stats',
   text: `SELECT count(*)::int AS depth,
                 COALESCE(extract(epoch FROM now() - min(COALESCE(r.scheduled_for, r.created_at))), 0)::float8 AS oldest_age_seconds
            FROM task_runs r
           WHERE r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now())`,
+}
+
+/** run --demo: the demo's runs not finished yet ($1 its tasks, $2 since the demo began); task_runs_active_idx. */
+export const unfinishedOfTasks: Statement = {
+  name: 'demo_unfinished',
+  text: `SELECT count(*)::int AS n FROM task_runs
+          WHERE task_id = ANY ($1::text[]) AND status IN ('pending', 'running') AND created_at >= $2`,
+}
+
+/** run --demo: the demo's runs, oldest first, with what happened to each; task_runs_task_created_idx. */
+export const summaryOfTasks: Statement = {
+  name: 'demo_summary',
+  text: `SELECT r.id, r.task_id, r.status, r.attempt, r.output, r.error, r.error_code, p.task_id AS parent_task_id,
+                EXISTS (SELECT 1 FROM dlq d WHERE d.task_run_id = r.id) AS dead_lettered
+           FROM task_runs r LEFT JOIN task_runs p ON p.id = r.parent_run_id
+          WHERE r.task_id = ANY ($1::text[]) AND r.created_at >= $2 ORDER BY r.created_at`,
 }

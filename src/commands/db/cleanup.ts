@@ -11,10 +11,10 @@ until that entry goes. Two cleanups never run at once: the second says so and ex
     { command: '0 3 * * * <%= config.bin %> <%= command.id %> --runs-retention-days 30', description: 'A crontab line.' },
   ]
   static flags = {
-    'dlq-retention-days': Flags.integer({ summary: 'Delete DLQ entries that failed more than this many days ago.', default: CLEANUP_DEFAULTS.dlqRetentionDays, min: 0 }),
-    'runs-retention-days': Flags.integer({ summary: 'Also delete finished runs completed more than this many days ago.', min: 0 }),
+    'dlq-retention-days': Flags.integer({ summary: 'Delete DLQ entries that failed more than this many days ago.', default: CLEANUP_DEFAULTS.dlqRetentionDays, min: 0, max: 36_500 }),
+    'runs-retention-days': Flags.integer({ summary: 'Also delete finished runs completed more than this many days ago.', min: 0, max: 36_500 }),
     'dry-run': Flags.boolean({ summary: 'Count what would be deleted; delete nothing.' }),
-    'batch-size': Flags.integer({ summary: 'Rows per delete statement.', default: CLEANUP_DEFAULTS.batchSize, min: 1 }),
+    'batch-size': Flags.integer({ summary: 'Rows per delete statement.', default: CLEANUP_DEFAULTS.batchSize, min: 1, max: 1_000_000 }),
   }
 
   protected async execute(): Promise<CleanupResult> {

@@ -1,6 +1,7 @@
 import { openOrCreateDatabase } from '../../api/database'
 import { runMigrations } from '../../api/migrations'
 import { BaseCommand, Flags } from '../../base-command'
+import { currentVersion } from '../../sql/migrations'
 
 interface InitResult {
   database: string
@@ -16,15 +17,15 @@ export default class DbInit extends BaseCommand<typeof DbInit, InitResult> {
     { command: 'DATABASE_URL=postgres://app:secret@localhost:5432/pipeweave <%= config.bin %> <%= command.id %>', description: 'Create and migrate a database on your own server.' },
   ]
   static flags = {
-    'lock-timeout': Flags.integer({ summary: 'Seconds to wait for another migrator\'s lock (exit 5 past it).', default: 60, min: 0 }),
+    'lock-timeout': Flags.integer({ summary: 'Seconds to wait for another migrator\'s lock (exit 5 past it).', default: 60, min: 0, max: 86_400 }),
   }
 
   protected async execute(): Promise<InitResult> {
     const { db, created } = await openOrCreateDatabase(this.databaseConfig())
     this.onRelease(() => db.close())
     const result = await runMigrations(db, { logger: this.logger, lockTimeoutSeconds: this.flags['lock-timeout'] })
-    const { rows: [row] } = await db.query<{ v: number | null }>({ name: 'current_version', text: 'SELECT max(id) AS v FROM migrations WHERE id > 0' })
-    return { database: db.target.database, created, applied: result.applied, currentVersion: row.v }
+    const { rows: [row] } = await db.query<{ version: number | null }>(currentVersion)
+    return { database: db.target.database, created, applied: result.applied, currentVersion: row.version }
   }
 
   protected render(result: InitResult): void {

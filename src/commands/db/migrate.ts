@@ -14,7 +14,7 @@ A migration file changed after it was applied refuses everything (exit 4).`
   static flags = {
     'dry-run': Flags.boolean({ summary: 'List the pending migrations without applying them.' }),
     'require-maintenance': Flags.boolean({ summary: 'Refuse (exit 4) unless the mode is maintenance.' }),
-    'lock-timeout': Flags.integer({ summary: 'Seconds to wait for another migrator\'s lock (exit 5 past it).', default: 60, min: 0 }),
+    'lock-timeout': Flags.integer({ summary: 'Seconds to wait for another migrator\'s lock (exit 5 past it).', default: 60, min: 0, max: 86_400 }),
   }
 
   protected async execute(): Promise<RunMigrationsResult> {

@@ -1,6 +1,6 @@
 import { validateMigrations, type ValidationResult } from '../../api/migrations'
 import { BaseCommand } from '../../base-command'
-import { ConnectionError, ExitCode } from '../../errors'
+import { ConnectionError, ExitCode, UsageError } from '../../errors'
 
 export default class DbValidate extends BaseCommand<typeof DbValidate, ValidationResult> {
   static summary = 'Check the migration files and that every applied migration still matches its file.'
@@ -16,8 +16,11 @@ also that no applied migration was changed or is missing from the files. Exit 4 
     try {
       result = await validateMigrations(await this.database())
     } catch (error) {
-      if (!(error instanceof ConnectionError)) throw error
-      this.logger.warn(`the database could not be reached (${error.message}); checked the files only`)
+      // Unreachable, or none to reach (the embedded database refused in CI or production): the
+      // files can still be checked.
+      const noDatabase = error instanceof UsageError && error.code === 'NO_DATABASE_CONFIGURED'
+      if (!(error instanceof ConnectionError) && !noDatabase) throw error
+      this.logger.warn(`${noDatabase ? 'no database is configured' : `the database could not be reached (${(error as Error).message})`}; checked the files only`)
       result = await validateMigrations()
     }
     if (!result.valid) this.resultExitCode = ExitCode.REFUSED

@@ -10,7 +10,7 @@ export default class DlqList extends BaseCommand<typeof DlqList, { entries: DlqE
   static flags = {
     task: Flags.string({ summary: 'Only entries of this task.' }),
     pending: Flags.boolean({ summary: 'Only entries not yet retried.' }),
-    limit: Flags.integer({ summary: 'At most this many entries.', default: 50, min: 1 }),
+    limit: Flags.integer({ summary: 'At most this many entries.', default: 50, min: 1, max: 100_000 }),
   }
 
   protected async execute(): Promise<{ entries: DlqEntry[] }> {

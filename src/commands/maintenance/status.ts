@@ -12,7 +12,7 @@ it first runs the drain check, so a drain completes even when no orchestrator is
     { command: `until [ "$(<%= config.bin %> <%= command.id %> | grep 'Mode:' | awk '{print $2}')" = maintenance ]; do sleep 1; done`, description: 'A deploy script waiting for the drain.' },
   ]
   static flags = {
-    history: Flags.integer({ summary: 'Also show the last N mode changes.', min: 1 }),
+    history: Flags.integer({ summary: 'Also show the last N mode changes.', min: 1, max: 100_000 }),
   }
 
   protected async execute(): Promise<MaintenanceStatus> {

@@ -11,7 +11,7 @@ export default class RunsList extends BaseCommand<typeof RunsList, { runs: TaskR
   static flags = {
     status: Flags.string({ summary: 'Only runs in this status.', options: [...RUN_STATUSES] }),
     task: Flags.string({ summary: 'Only runs of this task.' }),
-    limit: Flags.integer({ summary: 'At most this many runs.', default: 50, min: 1 }),
+    limit: Flags.integer({ summary: 'At most this many runs.', default: 50, min: 1, max: 100_000 }),
   }
 
   protected async execute(): Promise<{ runs: TaskRun[] }> {

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs'
-import { enqueueTask, type EnqueueResult } from '../../api/enqueue'
+import { enqueueTask, INT32_MAX, MAX_DELAY_MS, type EnqueueResult } from '../../api/enqueue'
 import { Args, BaseCommand, Flags } from '../../base-command'
 import { UsageError } from '../../errors'
 
@@ -16,9 +16,9 @@ export default class TasksEnqueue extends BaseCommand<typeof TasksEnqueue, Enque
   static flags = {
     input: Flags.string({ summary: 'The input as JSON.', exclusive: ['input-file'] }),
     'input-file': Flags.string({ summary: 'Read the input JSON from this file (- for standard input).', exclusive: ['input'] }),
-    priority: Flags.integer({ summary: 'Lower runs first (default: the task\'s priority, normally 100).' }),
+    priority: Flags.integer({ summary: 'Lower runs first (default: the task\'s priority, normally 100).', min: -INT32_MAX, max: INT32_MAX }),
     'idempotency-key': Flags.string({ summary: 'Deduplicate: a run with this key pending, running or cached is returned instead.' }),
-    'delay-ms': Flags.integer({ summary: 'Do not start before this many milliseconds from now.', min: 0 }),
+    'delay-ms': Flags.integer({ summary: 'Do not start before this many milliseconds from now.', min: 0, max: MAX_DELAY_MS }),
   }
 
   protected async execute(): Promise<EnqueueResult> {
@@ -30,7 +30,11 @@ export default class TasksEnqueue extends BaseCommand<typeof TasksEnqueue, Enque
       idempotencyKey: this.flags['idempotency-key'],
       delayMs: this.flags['delay-ms'],
     })
-    if (result.deduplicated) this.logger.info(`deduplicated: run ${result.runId} already holds idempotency key "${this.flags['idempotency-key']}"`)
+    if (result.deduplicated && result.runId === null) {
+      this.logger.info(`deduplicated: idempotency key "${this.flags['idempotency-key']}" is served from the idempotency cache (its run was cleaned up)`)
+    } else if (result.deduplicated) {
+      this.logger.info(`deduplicated: run ${result.runId} already holds idempotency key "${this.flags['idempotency-key']}"`)
+    }
     return result
   }
 
@@ -55,6 +59,6 @@ export default class TasksEnqueue extends BaseCommand<typeof TasksEnqueue, Enque
   }
 
   protected render(result: EnqueueResult): void {
-    this.out.line(result.runId)
+    if (result.runId !== null) this.out.line(result.runId)
   }
 }
