@@ -45,6 +45,9 @@ describe('bad input: exit 2, nothing written', () => {
   // classify() reports them as code "EXIT" with the message cut to "Parsing --delay-ms " (reported).
   it.each([
     ['an unknown task', ['tasks:enqueue', 'no-such-task', '--input', '{}'], 'UNKNOWN_TASK', /unknown task "no-such-task"/],
+    ['an unknown task whose name says ssl (not a TLS failure)', ['tasks:enqueue', 'ssl-renew'], 'UNKNOWN_TASK', /unknown task "ssl-renew"/],
+    ['a priority out of range', ['tasks:enqueue', 'work', '--priority', '99999999999'], 'BAD_USAGE', /--priority/],
+    ['a delay out of range', ['tasks:enqueue', 'work', '--delay-ms', '99999999999999999'], 'BAD_USAGE', /--delay-ms/],
     ['malformed JSON', ['tasks:enqueue', 'work', '--input', '{"a":'], 'INVALID_JSON', /not valid JSON/],
     ['a missing input file', ['tasks:enqueue', 'work', '--input-file', '/nonexistent/input.json'], 'INPUT_FILE_UNREADABLE', /cannot read/],
     ['both --input and --input-file', ['tasks:enqueue', 'work', '--input', '{}', '--input-file', 'x.json'], 'BAD_USAGE', /./],
@@ -207,5 +210,21 @@ describe('refused unless the mode is running', () => {
   it('an unknown task from the API is a UsageError (exit 2)', async () => {
     const error = await enqueueTask(api, { taskId: 'nope' }).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(UsageError)
+  })
+})
+
+describe('an idempotency key served from the cache after db:cleanup removed its run', () => {
+  it('reports the hit with no run id, exit 0, and creates nothing', async () => {
+    await db.pool.query(`INSERT INTO idempotency_cache (task_id, idempotency_key, task_run_id, output, expires_at)
+                         VALUES ('work', 'cleaned-up', NULL, '{"done":true}', now() + interval '1 hour')`)
+    const before = await countRuns(db.pool)
+    const machine = await pipeweave(['tasks:enqueue', 'work', '--idempotency-key', 'cleaned-up', '--json'])
+    expect(machine.code).toBe(0)
+    expect(json(machine)).toEqual({ runId: null, deduplicated: true })
+    const human = await pipeweave(['tasks:enqueue', 'work', '--idempotency-key', 'cleaned-up'])
+    expect(human.code).toBe(0)
+    expect(human.stdout).toBe('')
+    expect(human.stderr).toContain('served from the idempotency cache')
+    expect(await countRuns(db.pool)).toBe(before)
   })
 })
