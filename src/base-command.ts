@@ -11,10 +11,11 @@ import * as Args from '@oclif/core/args'
 import * as Flags from '@oclif/core/flags'
 import type { Interfaces } from '@oclif/core'
 import type { Database, DatabaseConfig } from './db/database'
-import { ExitCode, PipeweaveError, RefusedError, UsageError } from './errors'
+import { ExitCode, PipeweaveError, RefusedError, UsageError, firstLine } from './errors'
 import { Output, stderrLogger } from './output'
 import type { Logger } from './logger'
 import { redact } from './redact'
+import { SQLSTATE } from './db/errors'
 
 export { Args, Flags }
 
@@ -201,7 +202,7 @@ export function classify(error: unknown): Failure {
     return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
   }
   // undefined_table: a command that needs the schema ran on a database that has not got it (yet).
-  if (e?.code === '42P01') {
+  if (e?.code === SQLSTATE.UNDEFINED_TABLE) {
     const refused = new RefusedError('NOT_INITIALIZED', `the database is not initialized: ${firstLine(e.message)}`, {
       hint: 'run `pipeweave db:init` (or db:migrate); `pipeweave db:status` shows what is pending',
     })
@@ -218,9 +219,6 @@ export function classify(error: unknown): Failure {
   }
 }
 
-function firstLine(text: string): string {
-  return text.trim().split('\n')[0]
-}
 
 /** oclif's "Parsing --flag \n\tExpected …\nSee more help with --help" as one line (the hint says --help). */
 function usageMessage(text: string): string {

@@ -69,6 +69,7 @@ export class InternalError extends PipeweaveError {
   readonly exitCode = ExitCode.INTERNAL
 }
 
-export function isPipeweaveError(error: unknown): error is PipeweaveError {
-  return error instanceof PipeweaveError
+/** The first line of a message: what a one-line error shows of a multi-line one. */
+export function firstLine(text: string): string {
+  return text.trim().split('\n')[0]
 }

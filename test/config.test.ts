@@ -170,6 +170,11 @@ describe('resolveConnection: TLS', () => {
     expect(ssl({ url: `postgres://u@db.internal/d?sslmode=${mode}` }, { NODE_ENV: 'production', DB_SSL: 'true' })).toMatchObject({ mode, setting: 'sslmode in the URL' })
   })
 
+  it('counts a lone DB_SSL or PGSSLMODE as a present source (no embedded database)', () => {
+    expect(resolveConnection({}, { DB_SSL: 'true' })).toMatchObject({ kind: 'external', source: 'DB_*', host: 'localhost' })
+    expect(resolveConnection({}, { PGSSLMODE: 'require' })).toMatchObject({ kind: 'external', source: 'PG*', host: 'localhost' })
+  })
+
   it('honours PGSSLMODE, and lets an explicit setting win over the production default', () => {
     expect(ssl({}, { DB_HOST: 'db.internal', PGSSLMODE: 'require' })).toMatchObject({ mode: 'require', setting: 'PGSSLMODE' })
     expect(ssl({}, { DB_HOST: 'db.internal', PGSSLMODE: 'disable', NODE_ENV: 'production' }).mode).toBe('disable')

@@ -4,6 +4,8 @@
  * application_name) as actor, without inheriting the previous reason.
  */
 import { spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import { Client } from 'pg'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { json, runCli } from './helpers/cli'
 import { addPendingRun, addTask, claim, eventsAfter, heartbeat, lastEventId, mode, resetTo } from './helpers/maintenance-fixtures'
@@ -20,11 +22,25 @@ beforeAll(async () => {
 })
 afterAll(async () => { await db.drop() })
 
-function psql(sql: string): void {
-  const env = { ...process.env }
-  delete env.PGAPPNAME // psql's own application_name, `psql`
-  const result = spawnSync(PSQL, [db.url, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-c', sql], { encoding: 'utf8', env })
-  expect({ status: result.status, stderr: result.stderr }).toEqual({ status: 0, stderr: '' })
+/**
+ * Run SQL the way an operator's runbook does: with psql where it is installed (CI has it), else a
+ * plain session that introduces itself as psql does (`npm test` needs nothing but Node and npm).
+ */
+async function psql(sql: string): Promise<void> {
+  if (fs.existsSync(PSQL)) {
+    const env = { ...process.env }
+    delete env.PGAPPNAME // psql's own application_name, `psql`
+    const result = spawnSync(PSQL, [db.url, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-c', sql], { encoding: 'utf8', env })
+    expect({ status: result.status, stderr: result.stderr }).toEqual({ status: 0, stderr: '' })
+    return
+  }
+  const client = new Client({ connectionString: db.url, application_name: 'psql' })
+  await client.connect()
+  try {
+    await client.query(sql)
+  } finally {
+    await client.end()
+  }
 }
 
 it('UPDATE … SET mode = \'running\' by psql in maintenance: status shows running, the new Mode changed at, the database user as actor', async () => {
@@ -35,7 +51,7 @@ it('UPDATE … SET mode = \'running\' by psql in maintenance: status shows runni
   expect(entered).toMatchObject({ mode: 'maintenance', reason: 'restore' })
   const before = await lastEventId(db.pool)
 
-  psql(`UPDATE orchestrator_state SET mode = 'running' WHERE id = 'singleton'`)
+  await psql(`UPDATE orchestrator_state SET mode = 'running' WHERE id = 'singleton'`)
 
   const events = await eventsAfter(db.pool, before)
   expect(events).toEqual([expect.objectContaining({ from_mode: 'maintenance', to_mode: 'running', actor: `${dbUser} (psql)`, reason: null })])
@@ -61,9 +77,9 @@ it('UPDATE … SET mode = \'running\' by psql in maintenance: status shows runni
 it('a runbook UPDATE that sets the reason keeps it; one that changes nothing records nothing', async () => {
   await resetTo(db.pool, 'running')
   const before = await lastEventId(db.pool)
-  psql(`UPDATE orchestrator_state SET mode = 'maintenance', reason = 'disk full' WHERE id = 'singleton'`)
-  psql(`UPDATE orchestrator_state SET mode = 'maintenance' WHERE id = 'singleton'`)
-  psql(`UPDATE orchestrator_state SET reason = 'still disk full' WHERE id = 'singleton'`)
+  await psql(`UPDATE orchestrator_state SET mode = 'maintenance', reason = 'disk full' WHERE id = 'singleton'`)
+  await psql(`UPDATE orchestrator_state SET mode = 'maintenance' WHERE id = 'singleton'`)
+  await psql(`UPDATE orchestrator_state SET reason = 'still disk full' WHERE id = 'singleton'`)
   expect((await eventsAfter(db.pool, before)).map((e) => [e.from_mode, e.to_mode, e.actor, e.reason])).toEqual([
     ['running', 'maintenance', `${dbUser} (psql)`, 'disk full'],
   ])

@@ -206,7 +206,7 @@ describe('db:migrate', () => {
 
         const older = await runCli(['db:migrate', '--json'], { env: db.env, bin: install.bin })
         expect(older.code).toBe(4)
-        expect(json(older)).toMatchObject({ error: { code: 'SCHEMA_AHEAD', message: expect.stringContaining('4 (more)') }, exitCode: 4 })
+        expect(json(older)).toMatchObject({ error: { code: 'SCHEMA_AHEAD', message: expect.stringContaining('4 more') }, exitCode: 4 })
       } finally {
         newer.remove()
         await db.pool.query(`DELETE FROM orchestrators`)

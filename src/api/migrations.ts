@@ -106,29 +106,49 @@ export async function getAppliedMigrations(db: Pick<Database, 'query'>): Promise
   return rows.map((r) => ({ id: r.id, name: r.name, hash: r.hash, appliedAt: r.applied_at, durationMs: r.duration_ms === null ? null : Math.round(r.duration_ms * 10) / 10 }))
 }
 
-function compare(files: MigrationFile[], applied: AppliedMigration[]): MigrationProblem[] {
-  const problems: MigrationProblem[] = []
+/** How the applied history and this checkout's files differ: one comparison for every caller. */
+export interface SchemaDiff {
+  /** Files not applied yet. */
+  pending: MigrationFile[]
+  /** Applied migrations with no file here: the database is ahead of this pipeweave (or a file went). */
+  unknown: AppliedMigration[]
+  /** Files changed since they were applied. */
+  changed: MigrationFile[]
+}
+
+export function diffSchema(files: MigrationFile[], applied: AppliedMigration[]): SchemaDiff {
   const fileById = new Map(files.map((f) => [f.id, f]))
-  for (const migration of applied) {
-    const file = fileById.get(migration.id)
-    if (!file) {
-      problems.push({ code: 'MISSING_FILE', file: null, message: `applied migration ${migration.id} (${migration.name}) has no file here: the database is newer than this pipeweave, or a file was removed` })
-    } else if (file.hash !== migration.hash) {
-      problems.push({ code: 'CHECKSUM_MISMATCH', file: file.fileName, message: `${file.fileName} was changed after it was applied (its hash differs from the recorded one)` })
-    }
+  const appliedById = new Map(applied.map((m) => [m.id, m]))
+  return {
+    pending: files.filter((f) => !appliedById.has(f.id)),
+    unknown: applied.filter((m) => !fileById.has(m.id)),
+    changed: files.filter((f) => appliedById.has(f.id) && appliedById.get(f.id)!.hash !== f.hash),
   }
-  return problems
+}
+
+function compare(files: MigrationFile[], applied: AppliedMigration[]): MigrationProblem[] {
+  const { unknown, changed } = diffSchema(files, applied)
+  return [
+    ...unknown.map((m) => ({ code: 'MISSING_FILE', file: null, message: `applied migration ${m.id} (${m.name}) has no file here: the database is newer than this pipeweave, or a file was removed` })),
+    ...changed.map((f) => ({ code: 'CHECKSUM_MISMATCH', file: f.fileName, message: `${f.fileName} was changed after it was applied (its hash differs from the recorded one)` })),
+  ].sort((a, b) => (a.file ?? '').localeCompare(b.file ?? ''))
+}
+
+/** Refuse a database that has migrations this pipeweave does not know (exit 4). */
+export function refuseSchemaAhead(unknown: AppliedMigration[], hint = 'run a pipeweave version that includes them'): void {
+  if (unknown.length === 0) return
+  throw new RefusedError('SCHEMA_AHEAD', `the database has migrations this pipeweave does not know (${unknown.map((m) => `${m.id} ${m.name}`).join(', ')})`, { hint })
 }
 
 export async function getMigrationStatus(db: Pick<Database, 'query'>, dir = MIGRATIONS_DIR): Promise<MigrationStatus> {
   const { files } = readMigrationFiles(dir)
   const applied = (await getAppliedMigrations(db)) ?? []
-  const appliedIds = new Set(applied.map((m) => m.id))
+  const { pending } = diffSchema(files, applied)
   return {
     initialized: applied.length > 0,
     currentVersion: applied.length > 0 ? Math.max(...applied.map((m) => m.id)) : null,
     applied: applied.map((m) => ({ id: m.id, name: m.name, appliedAt: m.appliedAt ? m.appliedAt.toISOString() : null, durationMs: m.durationMs })),
-    pending: files.filter((f) => !appliedIds.has(f.id)).map((f) => ({ id: f.id, name: f.name })),
+    pending: pending.map((f) => ({ id: f.id, name: f.name })),
   }
 }
 
@@ -174,22 +194,13 @@ export async function runMigrations(db: Database, options: RunMigrationsOptions 
     try {
       const session = clientQueryable(client)
       const applied = (await getAppliedMigrations(session)) ?? []
-      const mismatches = compare(files, applied)
-      const changed = mismatches.filter((p) => p.code === 'CHECKSUM_MISMATCH')
+      const { pending, unknown, changed } = diffSchema(files, applied)
       if (changed.length > 0) {
-        throw new RefusedError('CHECKSUM_MISMATCH', `refusing to migrate: ${changed.map((p) => p.message).join('; ')}`, {
+        throw new RefusedError('CHECKSUM_MISMATCH', `refusing to migrate: ${changed.map((f) => `${f.fileName} was changed after it was applied (its hash differs from the recorded one)`).join('; ')}`, {
           hint: 'restore the original file and put the change in a new migration',
         })
       }
-      const unknown = mismatches.filter((p) => p.code === 'MISSING_FILE')
-      if (unknown.length > 0) {
-        throw new RefusedError('SCHEMA_AHEAD', `the database has migrations this pipeweave does not know (${unknown.map((p) => p.message.split(' has no')[0].replace('applied migration ', '')).join(', ')})`, {
-          hint: 'run a pipeweave version that includes them',
-        })
-      }
-
-      const appliedIds = new Set(applied.map((m) => m.id))
-      const pending = files.filter((f) => !appliedIds.has(f.id))
+      refuseSchemaAhead(unknown)
       await checkMaintenance(session, pending.length, options, logger)
       if (options.dryRun || pending.length === 0) {
         return { dryRun: Boolean(options.dryRun), applied: [], pending: pending.map((f) => ({ id: f.id, name: f.name })) }

@@ -87,7 +87,9 @@ export function resolveConnection(flags: ConnectionFlags, env: Env): ConnectionT
   if (has(env.DATABASE_URL)) return fromUrl(env.DATABASE_URL, 'DATABASE_URL', flags, env)
 
   const dbPassword = has(env.DB_PASS) ? env.DB_PASS : env.DB_PASSWORD
-  if ([env.DB_HOST, env.DB_PORT, env.DB_NAME, env.DB_USER, dbPassword].some(has)) {
+  // Any one of a source's values makes it present (SPEC §1), DB_SSL and PGSSLMODE included: a
+  // lone TLS setting means a server was meant, and must not fall back to the embedded database.
+  if ([env.DB_HOST, env.DB_PORT, env.DB_NAME, env.DB_USER, dbPassword, env.DB_SSL].some(has)) {
     return fromParts('DB_*', {
       host: env.DB_HOST,
       port: env.DB_PORT,
@@ -97,7 +99,7 @@ export function resolveConnection(flags: ConnectionFlags, env: Env): ConnectionT
     }, flags, env)
   }
 
-  if ([env.PGHOST, env.PGPORT, env.PGDATABASE, env.PGUSER, env.PGPASSWORD].some(has)) {
+  if ([env.PGHOST, env.PGPORT, env.PGDATABASE, env.PGUSER, env.PGPASSWORD, env.PGSSLMODE].some(has)) {
     return fromParts('PG*', {}, flags, env)
   }
 

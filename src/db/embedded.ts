@@ -488,7 +488,7 @@ export async function acquireEmbeddedServer(options: EmbeddedOptions): Promise<E
     const port = (presence as unknown as { port: number }).port
     if (created) {
       await presence.query(`CREATE DATABASE ${EMBEDDED_DATABASE}`).catch((error: { code?: string }) => {
-        if (error.code !== '42P04') throw error
+        if (error.code !== '42P04') throw error // duplicate_database: another process created it
       })
     }
     const server: EmbeddedServer = {

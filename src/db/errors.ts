@@ -2,7 +2,7 @@
  * Turning node-postgres and socket errors into one-line ConnectionErrors that say which failure it
  * is and what to check (SPEC §1). Named SQLSTATEs, in the manner of graphile-worker's migrate.ts.
  */
-import { ConnectionError, PipeweaveError } from '../errors'
+import { ConnectionError, PipeweaveError, firstLine } from '../errors'
 import { describeTarget, isSocketHost, type ExternalTarget } from './config'
 
 export const SQLSTATE = {
@@ -130,6 +130,3 @@ export function toConnectionError(error: unknown, target: ExternalTarget, connec
   return error
 }
 
-function firstLine(text: string): string {
-  return text.split('\n')[0]
-}

@@ -1,5 +1,6 @@
 /** maintenance:request --wait: run the drain check until the mode is `maintenance`, or time out. */
 import type { Queryable } from '../db/database'
+import { delay } from '../orchestrator/wakeup'
 import { RefusedError, WaitTimeoutError } from '../errors'
 import { getMaintenanceStatus, type MaintenanceOptions, type MaintenanceStatus } from './maintenance'
 
@@ -31,13 +32,7 @@ export async function waitForMaintenance(db: Queryable, options: WaitOptions = {
           hint: '`pipeweave maintenance:exit` withdraws it; `pipeweave maintenance:status` shows progress',
         })
     }
-    await sleep(Math.min(pollMs, left), options.signal)
+    await delay(Math.min(pollMs, left), options.signal)
   }
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms)
-    signal?.addEventListener('abort', () => { clearTimeout(timer); resolve() }, { once: true })
-  })
-}

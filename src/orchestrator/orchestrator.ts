@@ -6,7 +6,7 @@
  */
 import * as crypto from 'node:crypto'
 import * as os from 'node:os'
-import { getAppliedMigrations, readMigrationFiles, runMigrations } from '../api/migrations'
+import { diffSchema, getAppliedMigrations, readMigrationFiles, refuseSchemaAhead, runMigrations } from '../api/migrations'
 import { ORCHESTRATION_DEFAULTS } from '../api/settings'
 import type { Database } from '../db/database'
 import { SQLSTATE, isConnectionLoss } from '../db/errors'
@@ -199,17 +199,9 @@ class RunLoop implements Orchestrator {
 
   private async checkSchemaAtStart(): Promise<void> {
     const { files } = readMigrationFiles()
-    const known = new Set(files.map((f) => f.id))
     this.knownVersion = Math.max(0, ...files.map((f) => f.id))
-    const applied = (await getAppliedMigrations(this.db)) ?? []
-    const ahead = applied.filter((m) => !known.has(m.id))
-    if (ahead.length > 0) {
-      throw new RefusedError('SCHEMA_AHEAD', `the database has migrations this pipeweave does not know (${ahead.map((m) => `${m.id} ${m.name}`).join(', ')})`, {
-        hint: 'run the pipeweave version that applied them',
-      })
-    }
-    const appliedIds = new Set(applied.map((m) => m.id))
-    const pending = files.filter((f) => !appliedIds.has(f.id))
+    const { pending, unknown } = diffSchema(files, (await getAppliedMigrations(this.db)) ?? [])
+    refuseSchemaAhead(unknown, 'run the pipeweave version that applied them')
     if (pending.length === 0) return
     if (!this.options.autoMigrate) {
       throw new RefusedError('MIGRATIONS_PENDING', `refusing to start: ${pending.length} migration(s) pending (${pending.map((f) => f.fileName).join(', ')})`, {

@@ -12,7 +12,6 @@ export const RunStatus = Object.freeze({
 } as const)
 export type RunStatus = (typeof RunStatus)[keyof typeof RunStatus]
 
-export const FINISHED_STATUSES: readonly RunStatus[] = [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.CANCELLED]
 
 /**
  * db:cleanup: one batch of finished runs that completed before $1, walked in (completed_at, id)
