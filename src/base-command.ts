@@ -144,7 +144,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
           try {
             await release()
           } catch (error) {
-            this.logger.debug(`cleanup failed: ${(error as Error).message}`)
+            this.logger.warn(`cleanup failed: ${(error as Error).message}`)
           }
         }
       })()

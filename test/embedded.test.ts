@@ -9,7 +9,8 @@ import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { Pool, escapeIdentifier } from 'pg'
+import { Client, Pool, escapeIdentifier } from 'pg'
+import { acquireEmbeddedServer } from '../src/db/embedded'
 import { json, runCli, startCli } from './helpers/cli'
 import { adminUrl, urlFor } from './helpers/db'
 import { INITIAL_SCHEMA, createInstall } from './helpers/install'
@@ -194,6 +195,34 @@ describe('the embedded server', () => {
       await expectNoServer(home, 'db:status after a stale lock file')
     } finally {
       install.remove()
+    }
+  })
+
+  it('is kept up by the presence of another process, not by the pooled connections of the one releasing it', async () => {
+    const home = freshHome()
+    const options = (name: string) => ({ env: { PIPEWEAVE_HOME: home }, cwd: home, applicationName: `pipeweave/test ${name}` })
+    const first = await acquireEmbeddedServer(options('first'))
+    const second = await acquireEmbeddedServer(options('second'))
+    const { server } = first
+    // Each holds an idle pooled connection too, to the pipeweave database, as a command's pool does.
+    const pooled = (name: string) => new Client({ ...server, application_name: `pipeweave/test ${name}` })
+    const firstPool = pooled('first')
+    const secondPool = pooled('second')
+    for (const client of [firstPool, secondPool]) {
+      client.on('error', () => undefined)
+      await client.connect()
+    }
+    try {
+      await first.release()
+      expect(isAlive(postmasterPid(home))).toBe(true) // the second process still uses it
+      expect((await secondPool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }])
+
+      // The last process releases while its own pooled connection (and the first's) is still open.
+      await second.release()
+      await expectNoServer(home, 'the last presence released')
+    } finally {
+      await Promise.all([firstPool.end().catch(() => undefined), secondPool.end().catch(() => undefined)])
+      await first.release({ stop: 'always' }).catch(() => undefined)
     }
   })
 

@@ -10,7 +10,7 @@
  * - acquire: under the lock, connect to a running server or start one, then open a *presence*
  *   connection (application_name `pipeweave/…`) that this process keeps until it ends;
  * - release: under the lock, close the presence connection and stop the server when no other
- *   pipeweave connection is left in pg_stat_activity.
+ *   pipeweave process's presence connection is left in pg_stat_activity.
  * Holding the lock across "connect presence" and "count, then stop" means a starting process
  * either is counted or finds the server stopped and starts it again: never a half-stopped server.
  */
@@ -323,7 +323,12 @@ async function startServer(layout: Layout): Promise<void> {
 }
 
 async function stopServer(layout: Layout): Promise<void> {
-  await runBinary(layout, 'pg_ctl', ['-D', layout.dataDir, '-m', 'fast', '-w', '-t', '60', 'stop'], 70_000)
+  const result = await runBinary(layout, 'pg_ctl', ['-D', layout.dataDir, '-m', 'fast', '-w', '-t', '60', 'stop'], 70_000)
+  if (result.code !== 0 && runningServer(layout.dataDir)) {
+    throw new ConnectionError('EMBEDDED_STOP_FAILED', `the embedded PostgreSQL at ${layout.dataDir} did not stop: ${lastLine(result.output)}`, {
+      hint: `see ${path.join(layout.dataDir, 'server.log')}; the next pipeweave command reuses it and stops it when it ends`,
+    })
+  }
 }
 
 /** The running postmaster's pid and port from postmaster.pid, if its process is alive. */
@@ -515,13 +520,17 @@ export async function acquireEmbeddedServer(options: EmbeddedOptions): Promise<E
 }
 
 /**
- * Other live pipeweave processes, counted by their connections that are idle: every live process
- * holds an idle presence connection until it ends. A backend whose client was killed (SIGKILL)
- * while it ran a statement stays 'active' until that statement ends, which may be never (a long
- * migration, pg_sleep): counting it would leave the orphaned server running for good.
+ * Other live pipeweave processes, counted by their presence connections: every live process holds
+ * one, idle, to the `postgres` database (its pool works in `pipeweave`) until it ends. Counting
+ * presence connections only, not every pipeweave connection, means a process's own pooled
+ * connections can never keep the server up behind it, however late their backends go away.
+ * Idle only: a backend whose client was killed (SIGKILL) while it ran a statement stays 'active'
+ * until that statement ends, which may be never (pg_sleep): counting it would leave the orphaned
+ * server running for good.
  */
 const COUNT_OTHERS = `SELECT count(*)::int AS n FROM pg_stat_activity
-  WHERE application_name LIKE 'pipeweave/%' AND pid <> pg_backend_pid() AND state = 'idle'`
+  WHERE application_name LIKE 'pipeweave/%' AND datname = 'postgres'
+    AND pid <> pg_backend_pid() AND state = 'idle'`
 
 /** Other pipeweave connections to the server; 0 when the server cannot be reached at all. */
 async function otherPipeweaveConnections(presence: Client, fresh: () => Client): Promise<number> {
