@@ -6,9 +6,10 @@
  *
  * Plain CommonJS on purpose: the scripts run without a compile step and use the built CLI (dist/).
  */
-const { spawnSync } = require('node:child_process')
+const { spawn, spawnSync } = require('node:child_process')
 const crypto = require('node:crypto')
 const fs = require('node:fs')
+const http = require('node:http')
 const os = require('node:os')
 const path = require('node:path')
 
@@ -248,6 +249,164 @@ function heading(text) {
   return `\n${text}\n${'='.repeat(text.length)}`
 }
 
+// ---------------------------------------------------------------------------------------------
+// Orchestrator benchmarks: a worker service, the `run` process, a seeded queue
+
+/** "load 1.23 0.98 0.87" (1, 5 and 15 minute averages): printed beside every figure. */
+function load() {
+  return `load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`
+}
+
+/** Wall clock in ms with sub-millisecond precision, comparable across processes on this machine. */
+function wallNow() {
+  return performance.timeOrigin + performance.now()
+}
+
+const NO_OP_ANSWER = Buffer.from('{"output":null}')
+
+/**
+ * A worker service on loopback: a plain node:http server (keep-alive, Node's defaults) that answers
+ * every POST with `{"output":null}`, after `delayMs` when given. `onRequest(req, receivedAt)` is
+ * called as each request arrives (headers read, wallNow()); with `keepBodies` the bodies are kept,
+ * parsed, in `bodies`.
+ */
+async function startWorker(options = {}) {
+  const bodies = []
+  let requests = 0
+  const sockets = new Set()
+  const server = http.createServer((req, res) => {
+    const receivedAt = wallNow()
+    requests += 1
+    if (options.onRequest) options.onRequest(req, receivedAt)
+    const chunks = []
+    if (options.keepBodies) req.on('data', (chunk) => chunks.push(chunk))
+    else req.resume()
+    req.on('end', () => {
+      if (options.keepBodies) bodies.push(JSON.parse(Buffer.concat(chunks).toString('utf8')))
+      const answer = () => {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': NO_OP_ANSWER.length })
+        res.end(NO_OP_ANSWER)
+      }
+      if (options.delayMs) setTimeout(answer, options.delayMs)
+      else answer()
+    })
+  })
+  server.on('connection', (socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    bodies,
+    get requests() { return requests },
+    close: () => new Promise((resolve) => {
+      for (const socket of sockets) socket.destroy()
+      server.close(() => resolve())
+    }),
+  }
+}
+
+/** Register the service `bench` at `baseUrl` with `tasks` (manifest entries) through the API. */
+async function registerService(url, baseUrl, tasks) {
+  const db = await openDatabase(url, 'bench-register')
+  try {
+    await requireDist('api/services').registerService(db, { id: 'bench', version: '1', baseUrl, tasks })
+  } finally {
+    await db.close()
+  }
+}
+
+/**
+ * `count` pending runs of `taskId` in one INSERT … SELECT (bypassing enqueue: a queue filled
+ * before the clock starts), then VACUUM (ANALYZE) so that every benchmark starts from a settled table.
+ */
+async function seedRuns(client, taskId, count) {
+  await client.query(`INSERT INTO task_runs (task_id, input)
+                      SELECT $1, jsonb_build_object('i', i) FROM generate_series(1, $2::int) AS i`, [taskId, count])
+  await client.query('VACUUM (ANALYZE) task_runs')
+}
+
+/** Every run and what refers to runs, gone (between rounds). */
+async function clearRuns(client) {
+  await client.query('TRUNCATE task_runs, dlq, idempotency_cache, pipeline_runs')
+}
+
+/**
+ * The real `pipeweave run` as a child process (node bin/run.js run …) with JSON logs on a pipe
+ * that is read and thrown away, as a container platform would read them. `started` resolves with
+ * wallNow() when its "started" line arrives: its claim loop starts right after that line.
+ * `stop()` sends SIGTERM and resolves with the exit code. `nodeArgs` go to node (--cpu-prof, say).
+ */
+function startRun(url, options = {}) {
+  const args = [...(options.nodeArgs ?? []), CLI, 'run', '--log-format', 'json', '--concurrency', String(options.concurrency ?? 10), ...(options.args ?? [])]
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: cleanEnv({ DATABASE_URL: url, ...(options.env ?? {}) }),
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  let tail = ''
+  let exited
+  const exit = new Promise((resolve) => child.on('exit', (code, signal) => { exited = { code, signal }; resolve(exited) }))
+  const started = new Promise((resolve, reject) => {
+    let seen = false
+    child.stderr.on('data', (chunk) => {
+      if (seen) return
+      tail = (tail + chunk.toString('utf8')).slice(-20_000)
+      if (tail.includes('"event":"started"')) {
+        seen = true
+        resolve(wallNow())
+      }
+    })
+    void exit.then(({ code, signal }) => {
+      if (!seen) reject(new Error(`pipeweave run exited (${signal ?? code}) before it started:\n${maskUrl(tail.trim())}`))
+    })
+  })
+  return {
+    child,
+    started,
+    stop: async () => {
+      if (!exited) child.kill('SIGTERM')
+      const { code, signal } = await exit
+      return code ?? signal
+    },
+  }
+}
+
+/**
+ * Poll `sql` every `intervalMs` until it returns no row; resolves with wallNow() at the first empty
+ * answer. Bounded by `timeoutMs`.
+ */
+async function waitUntilEmpty(client, sql, { intervalMs = 10, timeoutMs = 120_000, what = sql } = {}) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const { rows } = await client.query(sql)
+    if (rows.length === 0) return wallNow()
+    if (Date.now() > deadline) throw new Error(`still not done after ${timeoutMs / 1000} s: ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, intervalMs))
+  }
+}
+
+/** Wait for `predicate()` (sync or async) to be true, polling; bounded. */
+async function waitFor(predicate, { intervalMs = 10, timeoutMs = 60_000, what = 'a condition' } = {}) {
+  const deadline = Date.now() + timeoutMs
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, intervalMs))
+  }
+}
+
+/** The order of `items` rotated by `round`: A B C, B C A, C A B … */
+function rotate(items, round) {
+  const k = round % items.length
+  return [...items.slice(k), ...items.slice(0, k)]
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
 /** Run `main(server)` on a server of its own when the script is started alone. */
 function runAlone(main) {
   ;(async () => {
@@ -269,4 +428,5 @@ module.exports = {
   acquireServer, createDatabase, migrate, connect, openDatabase, urlFor, maskUrl,
   timeProcess, timeInterleaved, timeAsync, percentile, median, summary,
   fmt, table, heading, runAlone,
+  load, wallNow, startWorker, registerService, seedRuns, clearRuns, startRun, waitUntilEmpty, waitFor, rotate, sleep,
 }

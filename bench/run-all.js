@@ -11,7 +11,7 @@ const os = require('node:os')
 const lib = require('./lib')
 
 /** In running order. A new benchmark exports { name, run(server, { log }) } and is listed here. */
-const BENCHMARKS = ['./cold-start', './cleanup']
+const BENCHMARKS = ['./cold-start', './cleanup', './enqueue', './throughput', './pickup', './drain', './claim']
 
 async function main() {
   const only = process.argv.slice(2)

@@ -150,13 +150,20 @@ $$;
 -- Unlimited tasks take no such lock. Each kind of pending run has its partial index (migration
 -- 001): due now, due at last after a not-before time, and runs of limited tasks; the candidates of
 -- the three are merged in claim order, and the rows locked but not chosen are free at commit.
+--
+-- Plans: every statement below runs on a cached generic plan (plan_cache_mode, restored when the
+-- function returns). With the default, PostgreSQL re-planned the candidates query at every call
+-- (a custom plan for each p_limit): about 1 ms of planning per claim, more than the claim's work.
+-- The generic plans are the ones wanted whatever the limit: each candidate query walks its partial
+-- index in claim order (a seq scan would read all history), and the chosen runs are then updated
+-- by primary key, not joined to the candidates, which a generic plan would do by hash over the table.
 CREATE FUNCTION pipeweave_claim_runs(p_orchestrator_id text, p_limit integer)
 RETURNS TABLE (
   id text, task_id text, pipeline_run_id text, attempt integer, priority integer, input jsonb,
   input_path text, previous_attempts jsonb, idempotency_key text, created_at timestamptz,
   started_at timestamptz, service_id text, base_url text, code_version integer, code_hash text,
   timeout_seconds integer, cached boolean, cached_output jsonb
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   v_mode text;
@@ -166,6 +173,7 @@ DECLARE
   v_picked_priority integer[] := '{}';
   v_picked_created timestamptz[] := '{}';
   v_row record;
+  v_chosen text[];
 BEGIN
   IF p_limit IS NULL OR p_limit <= 0 THEN
     RETURN;
@@ -210,7 +218,6 @@ BEGIN
     END LOOP;
   END LOOP;
 
-  RETURN QUERY
   WITH due_now AS (                                              -- task_runs_claim_idx
     SELECT r.id, r.priority, r.created_at FROM task_runs r
      WHERE r.status = 'pending' AND r.scheduled_for IS NULL AND NOT r.limited
@@ -229,14 +236,19 @@ BEGIN
     SELECT d.id, d.priority, d.created_at FROM due_at_last d
     UNION ALL
     SELECT * FROM unnest(v_picked_ids, v_picked_priority, v_picked_created)
-  ), chosen AS (
-    SELECT c.id FROM candidates c ORDER BY c.priority, c.created_at LIMIT p_limit
-  ), claimed AS (
+  )
+  SELECT array_agg(c.id) INTO v_chosen
+    FROM (SELECT c.id FROM candidates c ORDER BY c.priority, c.created_at LIMIT p_limit) AS c;
+  IF v_chosen IS NULL THEN
+    RETURN;
+  END IF;
+
+  RETURN QUERY
+  WITH claimed AS (                                              -- task_runs_pkey
     UPDATE task_runs r
        SET status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
            orchestrator_id = p_orchestrator_id
-      FROM chosen
-     WHERE r.id = chosen.id
+     WHERE r.id = ANY (v_chosen)
     RETURNING r.*
   )
   SELECT c.id, c.task_id, c.pipeline_run_id, c.attempt, c.priority, c.input, c.input_path,
@@ -252,63 +264,135 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- Complete (SPEC §5): one transaction marks the run completed, fills the idempotency cache, and
--- creates the pipeline's follow-up runs (allowed ones only; created in any mode: they belong to
+-- Complete (SPEC §5): one transaction marks runs completed, fills the idempotency cache, and
+-- creates the pipelines' follow-up runs (allowed ones only; created in any mode: they belong to
 -- the work in flight and hold a drain). Fenced on the orchestrator: a run that was handed to
 -- another orchestrator (its holder looked dead) is not overwritten; `completed` is then false.
+--
+-- Several runs at once: an orchestrator writes the results that arrived while its previous write
+-- was in flight in one statement (one round trip, one commit, one pass over the indexes for all of
+-- them), so its cost per run falls as it gets busier. p_results is a JSON array of
+-- {"id", "output", "runNext": [task ids], "fromCache": bool}; one row comes back per element, in
+-- the same order. Each run is completed exactly as if alone: its own fence, its own cache entry,
+-- its own follow-ups. The unique index on active idempotency keys allows at most one running run
+-- per (task, key), so no two results of a batch can write the same cache entry.
+CREATE FUNCTION pipeweave_complete_runs(p_orchestrator_id text, p_results jsonb)
+RETURNS TABLE (run_id text, completed boolean, mode text, follow_ups text[], ignored_next text[])
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+DECLARE
+  v_ids text[];
+  v_run record;
+  v_item jsonb;
+  v_task record;
+  v_done text[] := '{}';
+  v_extra jsonb := '{}';   -- run id → {"f": follow-up ids, "i": ignored names}, only for runs that have any
+  v_follow_ups text[];
+  v_ignored text[];
+  v_next text;
+  v_next_priority integer;
+  v_id text;
+  v_notify boolean := false;
+BEGIN
+  v_ids := ARRAY(SELECT x.value->>'id' FROM jsonb_array_elements(p_results) AS x(value));
+  -- All the runs in one UPDATE, found by primary key (a generic plan, like the claim's); the loop
+  -- only does more for those with an idempotency key or follow-ups.
+  FOR v_run IN
+    UPDATE task_runs r                                           -- task_runs_pkey
+       SET status = 'completed', output = p_results->(array_position(v_ids, r.id) - 1)->'output',
+           completed_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
+           error = NULL, error_code = NULL   -- an earlier attempt's failure stays in previous_attempts
+     WHERE r.id = ANY (v_ids) AND r.status = 'running' AND r.orchestrator_id IS NOT DISTINCT FROM p_orchestrator_id
+    RETURNING r.id, r.task_id, r.idempotency_key, r.pipeline_run_id, r.output, array_position(v_ids, r.id) AS pos
+  LOOP
+    v_done := v_done || v_run.id;
+    v_item := p_results->(v_run.pos - 1);
+    CONTINUE WHEN v_run.idempotency_key IS NULL AND jsonb_array_length(COALESCE(v_item->'runNext', '[]')) = 0;
+    SELECT t.idempotency_ttl_seconds, t.allowed_next INTO v_task FROM tasks t WHERE t.id = v_run.task_id;
+
+    IF v_run.idempotency_key IS NOT NULL AND COALESCE(v_task.idempotency_ttl_seconds, 0) > 0
+       AND NOT COALESCE((v_item->>'fromCache')::boolean, false) THEN
+      INSERT INTO idempotency_cache (task_id, idempotency_key, task_run_id, output, cached_at, expires_at)
+      VALUES (v_run.task_id, v_run.idempotency_key, v_run.id, v_run.output, now(),
+              now() + v_task.idempotency_ttl_seconds * interval '1 second')
+      ON CONFLICT (task_id, idempotency_key) DO UPDATE
+        SET task_run_id = EXCLUDED.task_run_id, output = EXCLUDED.output,
+            cached_at = EXCLUDED.cached_at, expires_at = EXCLUDED.expires_at;
+    END IF;
+
+    CONTINUE WHEN jsonb_array_length(COALESCE(v_item->'runNext', '[]')) = 0;
+    v_follow_ups := '{}';
+    v_ignored := '{}';
+    FOR v_next IN SELECT jsonb_array_elements_text(v_item->'runNext') LOOP
+      SELECT t.priority INTO v_next_priority FROM tasks t WHERE t.id = v_next;
+      IF NOT FOUND OR NOT (v_next = ANY (v_task.allowed_next)) THEN
+        v_ignored := v_ignored || v_next;
+        CONTINUE;
+      END IF;
+      INSERT INTO task_runs (task_id, input, priority, pipeline_run_id, parent_run_id)
+      VALUES (v_next, v_run.output, v_next_priority, v_run.pipeline_run_id, v_run.id)
+      RETURNING id INTO v_id;
+      v_follow_ups := v_follow_ups || v_id;
+    END LOOP;
+    v_notify := v_notify OR cardinality(v_follow_ups) > 0;
+    v_extra := v_extra || jsonb_build_object(v_run.id, jsonb_build_object('f', to_jsonb(v_follow_ups), 'i', to_jsonb(v_ignored)));
+  END LOOP;
+  IF v_notify THEN
+    PERFORM pg_notify('pipeweave_runs', '');
+  END IF;
+
+  RETURN QUERY
+  SELECT x.id, x.id = ANY (v_done), m.mode,
+         COALESCE(ARRAY(SELECT jsonb_array_elements_text(v_extra->x.id->'f')), '{}'),
+         COALESCE(ARRAY(SELECT jsonb_array_elements_text(v_extra->x.id->'i')), '{}')
+    FROM unnest(v_ids) WITH ORDINALITY AS x(id, ord)
+   CROSS JOIN (SELECT s.mode FROM orchestrator_state s WHERE s.id = 'singleton') AS m
+   ORDER BY x.ord;
+END
+$$;
+
+-- One run (runbooks, tests): pipeweave_complete_runs with a single result.
 CREATE FUNCTION pipeweave_complete_run(
   p_run_id text,
   p_orchestrator_id text,
   p_output jsonb,
   p_run_next text[],
   p_from_cache boolean
-) RETURNS TABLE (completed boolean, mode text, follow_ups text[], ignored_next text[]) LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-  v_run record;
-  v_task record;
-  v_follow_ups text[] := '{}';
-  v_ignored text[] := '{}';
-  v_next text;
-  v_next_priority integer;
-  v_id text;
+) RETURNS TABLE (completed boolean, mode text, follow_ups text[], ignored_next text[]) LANGUAGE sql AS $$
+  SELECT c.completed, c.mode, c.follow_ups, c.ignored_next
+    FROM pipeweave_complete_runs(p_orchestrator_id, jsonb_build_array(jsonb_build_object(
+           'id', p_run_id, 'output', p_output, 'runNext', to_jsonb(COALESCE(p_run_next, '{}')),
+           'fromCache', COALESCE(p_from_cache, false)))) AS c
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Complete, then claim in the same transaction (SPEC §5): what a busy orchestrator sends when runs
+-- finish, so that the slots they free are filled without a round trip of their own. The completion
+-- is exactly pipeweave_complete_runs and the claim exactly pipeweave_claim_runs (the maintenance
+-- gate, the per-task limits, which now count the runs just completed as finished): the two only
+-- share a commit. Rows of both kinds come back, completions first, in their own order:
+-- kind = 'completed' fills run_id … ignored_next, kind = 'claimed' the claim's columns.
+CREATE FUNCTION pipeweave_complete_and_claim(p_orchestrator_id text, p_results jsonb, p_claim integer)
+RETURNS TABLE (
+  kind text, run_id text, completed boolean, mode text, follow_ups text[], ignored_next text[],
+  task_id text, pipeline_run_id text, attempt integer, priority integer, input jsonb,
+  input_path text, previous_attempts jsonb, idempotency_key text, created_at timestamptz,
+  started_at timestamptz, service_id text, base_url text, code_version integer, code_hash text,
+  timeout_seconds integer, cached boolean, cached_output jsonb
+) LANGUAGE plpgsql AS $$
 BEGIN
-  UPDATE task_runs r
-     SET status = 'completed', output = p_output, completed_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
-         error = NULL, error_code = NULL   -- an earlier attempt's failure stays in previous_attempts
-   WHERE r.id = p_run_id AND r.status = 'running' AND r.orchestrator_id IS NOT DISTINCT FROM p_orchestrator_id
-  RETURNING r.id, r.task_id, r.idempotency_key, r.pipeline_run_id INTO v_run;
-  IF NOT FOUND THEN
-    RETURN QUERY SELECT false, (SELECT s.mode FROM orchestrator_state s WHERE s.id = 'singleton'), v_follow_ups, v_ignored;
-    RETURN;
-  END IF;
-  SELECT t.idempotency_ttl_seconds, t.allowed_next INTO v_task FROM tasks t WHERE t.id = v_run.task_id;
-
-  IF v_run.idempotency_key IS NOT NULL AND COALESCE(v_task.idempotency_ttl_seconds, 0) > 0 AND NOT p_from_cache THEN
-    INSERT INTO idempotency_cache (task_id, idempotency_key, task_run_id, output, cached_at, expires_at)
-    VALUES (v_run.task_id, v_run.idempotency_key, v_run.id, p_output, now(),
-            now() + v_task.idempotency_ttl_seconds * interval '1 second')
-    ON CONFLICT (task_id, idempotency_key) DO UPDATE
-      SET task_run_id = EXCLUDED.task_run_id, output = EXCLUDED.output,
-          cached_at = EXCLUDED.cached_at, expires_at = EXCLUDED.expires_at;
-  END IF;
-
-  FOREACH v_next IN ARRAY COALESCE(p_run_next, '{}') LOOP
-    SELECT t.priority INTO v_next_priority FROM tasks t WHERE t.id = v_next;
-    IF NOT FOUND OR NOT (v_next = ANY (v_task.allowed_next)) THEN
-      v_ignored := v_ignored || v_next;
-      CONTINUE;
-    END IF;
-    INSERT INTO task_runs (task_id, input, priority, pipeline_run_id, parent_run_id)
-    VALUES (v_next, p_output, v_next_priority, v_run.pipeline_run_id, v_run.id)
-    RETURNING id INTO v_id;
-    v_follow_ups := v_follow_ups || v_id;
-  END LOOP;
-  IF cardinality(v_follow_ups) > 0 THEN
-    PERFORM pg_notify('pipeweave_runs', '');
-  END IF;
-
-  RETURN QUERY SELECT true, (SELECT s.mode FROM orchestrator_state s WHERE s.id = 'singleton'), v_follow_ups, v_ignored;
+  RETURN QUERY
+  SELECT 'completed'::text, c.run_id, c.completed, c.mode, c.follow_ups, c.ignored_next,
+         NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::jsonb, NULL::text, NULL::jsonb, NULL::text,
+         NULL::timestamptz, NULL::timestamptz, NULL::text, NULL::text, NULL::integer, NULL::text, NULL::integer,
+         NULL::boolean, NULL::jsonb
+    FROM pipeweave_complete_runs(p_orchestrator_id, p_results) AS c;
+  RETURN QUERY
+  SELECT 'claimed'::text, c.id, NULL::boolean, NULL::text, NULL::text[], NULL::text[],
+         c.task_id, c.pipeline_run_id, c.attempt, c.priority, c.input, c.input_path, c.previous_attempts,
+         c.idempotency_key, c.created_at, c.started_at, c.service_id, c.base_url, c.code_version, c.code_hash,
+         c.timeout_seconds, c.cached, c.cached_output
+    FROM pipeweave_claim_runs(p_orchestrator_id, p_claim) AS c;
 END
 $$;
 

@@ -4,7 +4,7 @@
  * ora and cli-table3 are loaded only when a command draws one (start-up cost).
  */
 import type { Logger, LogFields } from './logger'
-import { redact, redactValue } from './redact'
+import { redact, redactValue, redactedJson } from './redact'
 
 export interface Stream {
   write(text: string): unknown
@@ -54,16 +54,19 @@ export class Output {
 
   /** A result line on stdout. */
   line(text = ''): void {
+    flushLogLines(this.stdout)
     this.stdout.write(`${redact(text)}\n`)
   }
 
   /** Exactly one JSON document on stdout. */
   json(document: unknown): void {
+    flushLogLines(this.stdout)
     this.stdout.write(`${JSON.stringify(redactValue(document), null, 2)}\n`)
   }
 
   /** A diagnostic line on stderr. */
   note(text: string): void {
+    flushLogLines(this.stderr)
     this.stderr.write(`${redact(text)}\n`)
   }
 
@@ -117,13 +120,50 @@ export function stderrLogger(out: Output, verbose = false): Logger {
 
 export type LogFormat = 'pretty' | 'json'
 
-/** Logs of long-running processes: pretty lines on a TTY, JSON lines otherwise (SPEC §5). */
-export function processLogger(stream: Stream, format: LogFormat, verbose = false, env = process.env): Logger {
+/**
+ * Log lines not yet written, per stream (processLogger with `batched`). A busy orchestrator logs two
+ * lines per run; writing each alone is a system call each (and, on a pipe, a wake-up of the
+ * reader): the lines of one turn of the event loop are written together at its end instead. Anything else this module writes to the
+ * same stream writes them first, and so does the process's exit, so no line is lost or reordered
+ * (only a SIGKILL can lose the lines of the turn it interrupts).
+ */
+const unwritten = new Map<Stream, string[]>()
+
+function writeLogLine(stream: Stream, line: string): void {
+  const lines = unwritten.get(stream)
+  if (lines) {
+    lines.push(line)
+    return
+  }
+  unwritten.set(stream, [line])
+  if (unwritten.size === 1) process.once('exit', flushAllLogLines)
+  setImmediate(() => flushLogLines(stream))
+}
+
+/** Write the log lines waiting for `stream`, if any. */
+export function flushLogLines(stream: Stream): void {
+  const lines = unwritten.get(stream)
+  if (!lines) return
+  unwritten.delete(stream)
+  if (unwritten.size === 0) process.removeListener('exit', flushAllLogLines)
+  stream.write(lines.join(''))
+}
+
+function flushAllLogLines(): void {
+  for (const stream of [...unwritten.keys()]) flushLogLines(stream)
+}
+
+/**
+ * Logs of long-running processes: pretty lines on a TTY, JSON lines otherwise (SPEC §5). With
+ * `batched`, the lines of one turn of the event loop are written together at its end (`run`).
+ */
+export function processLogger(stream: Stream, format: LogFormat, verbose = false, env = process.env, options: { batched?: boolean } = {}): Logger {
   const style = styleFor(stream, env)
+  const writeLine = options.batched ? (line: string) => writeLogLine(stream, line) : (line: string) => { stream.write(line) }
   const emit = (level: 'debug' | 'info' | 'warn' | 'error') => (message: string, fields: LogFields = {}) => {
     if (level === 'debug' && !verbose) return
     if (format === 'json') {
-      stream.write(`${JSON.stringify(redactValue({ time: new Date().toISOString(), level, msg: message, ...fields }))}\n`)
+      writeLine(`${redactedJson({ time: new Date().toISOString(), level, msg: message, ...fields })}\n`)
       return
     }
     const time = style.dim(new Date().toISOString().slice(11, 23))
@@ -132,7 +172,7 @@ export function processLogger(stream: Stream, format: LogFormat, verbose = false
       .filter(([key, value]) => value !== undefined && !PRETTY_HIDDEN.has(key))
       .map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`)
       .join(' ')
-    stream.write(`${redact(`${time} ${tag} ${message}${extra ? ` ${style.dim(extra)}` : ''}`)}\n`)
+    writeLine(`${redact(`${time} ${tag} ${message}${extra ? ` ${style.dim(extra)}` : ''}`)}\n`)
   }
   return { debug: emit('debug'), info: emit('info'), warn: emit('warn'), error: emit('error') }
 }

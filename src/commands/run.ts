@@ -57,7 +57,7 @@ SIGINT stops at once. Logs go to stderr: pretty on a terminal, JSON lines otherw
 
   protected get logger(): Logger {
     const format = (this.flags?.['log-format'] as 'pretty' | 'json' | undefined) ?? (process.stderr.isTTY ? 'pretty' : 'json')
-    return processLogger(process.stderr, format, this.flags?.verbose)
+    return processLogger(process.stderr, format, this.flags?.verbose, process.env, { batched: true })
   }
 
   protected async execute(): Promise<RunResult> {

@@ -6,6 +6,7 @@
  */
 import * as crypto from 'node:crypto'
 import * as os from 'node:os'
+import { setImmediate as nextTurn } from 'node:timers/promises'
 import { diffSchema, getAppliedMigrations, readMigrationFiles, refuseSchemaAhead, runMigrations } from '../api/migrations'
 import { ORCHESTRATION_DEFAULTS } from '../api/settings'
 import type { Database } from '../db/database'
@@ -14,6 +15,7 @@ import { RefusedError } from '../errors'
 import { type Logger, silentLogger } from '../logger'
 import { defaultActor, drainCheck, type Mode } from '../maintenance/maintenance'
 import * as sql from '../sql/migrations'
+import { type ClaimAlong, CompletionWriter, type Reservation } from './completions'
 import { type DispatchResult, Dispatcher } from './dispatcher'
 import { Listener } from './listener'
 import { type ClaimedRun, type Failure, type Repository, createRepository } from './repository'
@@ -70,12 +72,18 @@ export function createOrchestrator(options: OrchestratorOptions): Orchestrator {
 
 interface InFlight {
   run: ClaimedRun
-  controller: AbortController
+  /** Stop its dispatch (shutdown); a run not yet dispatched is then not dispatched at all. */
+  abort(): void
   promise: Promise<void>
   /** Shutdown aborted its dispatch: hand it back to pending. */
   aborted: boolean
   /** performance.now() at the claim. */
   startedAt: number
+  /** Its slot was filled by the claim that went with its completion: no need to wake the loop. */
+  refilled: boolean
+  abortRequested?: boolean
+  /** Cancels the dispatch in flight. */
+  cancel?: () => void
 }
 
 class RunLoop implements Orchestrator {
@@ -94,6 +102,7 @@ class RunLoop implements Orchestrator {
   private readonly heartbeatIntervalMs: number
   private readonly actor = defaultActor()
   private readonly repo: Repository
+  private readonly completions: CompletionWriter
   private readonly dispatcher: Dispatcher
   private readonly wakeup = new Wakeup()
   private readonly forced = new AbortController()
@@ -124,6 +133,10 @@ class RunLoop implements Orchestrator {
   private claimInDoubt = false
   /** In `orchestrators`: only then is there anything to hand back or deregister at stop. */
   private registered = false
+  /** Slots promised to claims sent and not yet answered (the loop's, or one going with completions). */
+  private claimsInFlight = 0
+  /** Claims that went with batches of completions and have no answer yet: settle when they do (or fail). */
+  private readonly claimsAlong = new Set<Promise<void>>()
 
   constructor(private readonly options: OrchestratorOptions) {
     this.db = options.db
@@ -138,6 +151,7 @@ class RunLoop implements Orchestrator {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? Math.max(100, Math.min(5000, Math.floor(this.staleMs / 4)))
     this.id = options.id ?? `${os.hostname()}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`
     this.repo = createRepository(this.db, this.id, this.concurrency)
+    this.completions = new CompletionWriter(this.repo, this.claimAlong())
     this.dispatcher = new Dispatcher({ secretKey: options.secretKey, maxSockets: this.concurrency })
     this.done = new Promise((resolve) => { this.resolveDone = resolve })
   }
@@ -228,18 +242,25 @@ class RunLoop implements Orchestrator {
   private async loop(): Promise<void> {
     let backoff = 250
     while (!this.stopping) {
-      const capacity = this.concurrency - this.running.size
+      // Claim in the next turn of the event loop, not now: runs whose results were written
+      // together free their slots one after another in this turn, and one claim then fills them all.
+      await nextTurn()
+      if (this.stopping) break
+      const capacity = this.concurrency - this.running.size - this.claimsInFlight
       let claimed = 0
       if (capacity > 0) {
+        this.claimsInFlight += capacity
         try {
           if (this.claimInDoubt) await this.releaseUnknownClaims()
           const runs = await this.repo.claim(capacity)
+          this.claimsInFlight -= capacity
           this.databaseBack()
           this.gateBlocked = false
           backoff = 250
           claimed = runs.length
           for (const run of runs) this.startRun(run)
         } catch (error) {
+          this.claimsInFlight -= capacity
           if (isConnectionLoss(error)) this.claimInDoubt = true
           if ((error as { code?: string }).code === SQLSTATE.LOCK_NOT_AVAILABLE) {
             // The maintenance gate stayed held past the claim's lock_timeout (migration 002):
@@ -271,8 +292,50 @@ class RunLoop implements Orchestrator {
     }
   }
 
+  /**
+   * Claiming along with completions (CompletionWriter): the slots a batch frees, and any others
+   * free and not yet being claimed, are claimed in the batch's own statement. Not while stopping,
+   * nor while a lost claim answer is in doubt (the loop hands those runs back first).
+   */
+  private claimAlong(): ClaimAlong {
+    type Held = Reservation & { settle: () => void }
+    return {
+      reserve: (freed) => {
+        if (this.stopping || !this.started || this.claimInDoubt) return undefined
+        const count = this.concurrency - this.running.size + freed - this.claimsInFlight
+        if (count <= 0) return undefined
+        this.claimsInFlight += count
+        let settle!: () => void
+        const done = new Promise<void>((resolve) => { settle = resolve })
+        this.claimsAlong.add(done)
+        return { count, settle: () => { this.claimsAlong.delete(done); settle() } } satisfies Held
+      },
+      claimed: (reservation, runs, batch) => {
+        this.claimsInFlight -= reservation.count
+        this.databaseBack()
+        for (const run of runs) this.startRun(run)
+        if (runs.length === reservation.count) {
+          // Every free slot is filled: the completed runs need not wake the loop to claim again.
+          // (A shorter answer wakes it as usual: a limit, a queue gone empty, --until-idle.)
+          for (const c of batch) {
+            const entry = this.running.get(c.runId)
+            if (entry) entry.refilled = true
+          }
+        }
+        ;(reservation as Held).settle()
+      },
+      failed: (reservation, error) => {
+        this.claimsInFlight -= reservation.count
+        if (isConnectionLoss(error)) this.claimInDoubt = true
+        ;(reservation as Held).settle()
+      },
+    }
+  }
+
   /** Runs we hold in the database but not in memory (a claim whose answer was lost) go back. */
   private async releaseUnknownClaims(): Promise<void> {
+    // A claim that went with completions and is still out: its runs are ours once it answers.
+    while (this.claimsAlong.size > 0) await Promise.all([...this.claimsAlong])
     const released = await this.repo.releaseHeld([...this.running.keys()])
     this.claimInDoubt = false
     if (released.length === 0) return
@@ -283,7 +346,10 @@ class RunLoop implements Orchestrator {
   }
 
   private startRun(run: ClaimedRun): void {
-    const entry: InFlight = { run, controller: new AbortController(), promise: Promise.resolve(), aborted: false, startedAt: performance.now() }
+    const entry: InFlight = {
+      run, promise: Promise.resolve(), aborted: false, startedAt: performance.now(), refilled: false,
+      abort: () => { entry.abortRequested = true; entry.cancel?.() },
+    }
     this.running.set(run.id, entry)
     this.hooks.onInFlight?.(this.running.size)
     // durationMs: null: nothing has been measured yet (the key is there on every state change).
@@ -299,8 +365,9 @@ class RunLoop implements Orchestrator {
       .finally(() => {
         this.running.delete(run.id)
         this.hooks.onInFlight?.(this.running.size)
-        // A freed slot: claim again (a task at its concurrency limit may have room now).
-        this.wakeup.notify()
+        // A freed slot: claim again (a task at its concurrency limit may have room now), unless
+        // the claim that went with its completion has filled it already.
+        if (!entry.refilled) this.wakeup.notify()
       })
   }
 
@@ -309,7 +376,7 @@ class RunLoop implements Orchestrator {
     const fields = { runId: run.id, taskId: run.taskId, attempt: run.attempt }
     if (run.cached) {
       // An unexpired idempotency entry holds this key's result: complete without a dispatch.
-      const written = await this.persist(run, () => this.repo.complete(run.id, run.cachedOutput, [], true))
+      const written = await this.persist(run, () => this.completions.complete({ runId: run.id, output: run.cachedOutput, runNext: [], fromCache: true }))
       const result = written.ok ? written.value : undefined
       if (result?.completed) {
         this.hooks.onOutcome?.(run.taskId, 'cached')
@@ -319,8 +386,12 @@ class RunLoop implements Orchestrator {
       return
     }
 
+    if (entry.abortRequested) {
+      entry.aborted = true
+      return
+    }
     const started = performance.now()
-    const result: DispatchResult = await this.dispatcher.dispatch(run.baseUrl, {
+    const sent = this.dispatcher.send(run.baseUrl, {
       runId: run.id,
       taskId: run.taskId,
       pipelineRunId: run.pipelineRunId,
@@ -332,7 +403,10 @@ class RunLoop implements Orchestrator {
       previousAttempts: run.previousAttempts,
       timeoutMs: run.timeoutSeconds * 1000,
       idempotencyKey: run.idempotencyKey,
-    }, entry.controller.signal)
+    })
+    entry.cancel = sent.cancel
+    const result: DispatchResult = await sent.result
+    entry.cancel = undefined
     const durationMs = Math.round(performance.now() - started)
     if (result.kind === 'aborted') {
       entry.aborted = true
@@ -341,7 +415,7 @@ class RunLoop implements Orchestrator {
     this.hooks.onDispatch?.(run.taskId, durationMs / 1000)
 
     if (result.kind === 'completed') {
-      const written = await this.persist(run, () => this.repo.complete(run.id, result.output, result.runNext, false))
+      const written = await this.persist(run, () => this.completions.complete({ runId: run.id, output: result.output, runNext: result.runNext, fromCache: false }))
       if (written.ok) {
         const done = written.value
         if (!done.completed) {
@@ -560,7 +634,7 @@ class RunLoop implements Orchestrator {
     if (options.force && !this.forced.signal.aborted) {
       this.log.warn(`forced stop: aborting ${this.running.size} run(s) in flight and handing them back`)
       this.forced.abort()
-      for (const entry of this.running.values()) entry.controller.abort()
+      for (const entry of this.running.values()) entry.abort()
     }
     if (!this.stopping) this.stopping = this.shutdown()
     return this.stopping
@@ -584,7 +658,7 @@ class RunLoop implements Orchestrator {
       }
       if (this.running.size > 0) {
         this.log.warn(`shutdown timeout: aborting ${this.running.size} run(s) and handing them back to pending`, { event: 'stopping' })
-        for (const entry of this.running.values()) entry.controller.abort()
+        for (const entry of this.running.values()) entry.abort()
         // Results still waiting for the database (an outage) are given up as well: the platform
         // kills what outlives its grace period anyway, and crash recovery returns those runs.
         this.forced.abort()

@@ -30,6 +30,15 @@ export interface ClaimedRun {
   cachedOutput: unknown
 }
 
+/** One run's result as the loop hands it over to be written. */
+export interface Completion {
+  runId: string
+  output: unknown
+  runNext: string[]
+  /** Completed from the idempotency cache: do not write the cache again. */
+  fromCache: boolean
+}
+
 export interface CompleteResult {
   completed: boolean
   mode: Mode
@@ -71,7 +80,10 @@ export interface Repository {
   heartbeat(): Promise<{ inserted: boolean }>
   deregister(): Promise<void>
   claim(limit: number): Promise<ClaimedRun[]>
-  complete(runId: string, output: unknown, runNext: string[], fromCache: boolean): Promise<CompleteResult>
+  /** Complete several runs in one statement and transaction; one result per completion, in order. */
+  completeMany(completions: Completion[]): Promise<CompleteResult[]>
+  /** completeMany, then claim up to `limit` runs, in one statement and transaction. */
+  completeAndClaim(completions: Completion[], limit: number): Promise<{ results: CompleteResult[]; claimed: ClaimedRun[] }>
   fail(runId: string, failure: Failure): Promise<FailResult>
   /**
    * Hand every run this orchestrator holds, except `keep`, back to pending keeping its attempt
@@ -95,10 +107,22 @@ export function createRepository(db: Queryable, orchestratorId: string, concurre
       const { rows } = await db.query<ClaimRow>(runs.claim, [orchestratorId, limit])
       return rows.map(toClaimedRun)
     },
-    async complete(runId, output, runNext, fromCache) {
-      const { rows: [row] } = await db.query<{ completed: boolean; mode: Mode; follow_ups: string[]; ignored_next: string[] }>(runs.complete,
-        [runId, orchestratorId, JSON.stringify(output ?? null), runNext, fromCache])
-      return { completed: row.completed, mode: row.mode, followUps: row.follow_ups, ignoredNext: row.ignored_next }
+    async completeMany(completions) {
+      const { rows } = await db.query<CompleteRow>(runs.completeMany, [orchestratorId, completionsJson(completions)])
+      if (rows.length !== completions.length) throw new Error(`completing ${completions.length} run(s) returned ${rows.length} row(s)`)
+      return rows.map(toCompleteResult)
+    },
+    async completeAndClaim(completions, limit) {
+      const { rows } = await db.query<CompleteRow & ClaimRow & { kind: 'completed' | 'claimed' }>(runs.completeAndClaim,
+        [orchestratorId, completionsJson(completions), limit])
+      const results: CompleteResult[] = []
+      const claimed: ClaimedRun[] = []
+      for (const row of rows) {
+        if (row.kind === 'completed') results.push(toCompleteResult(row))
+        else claimed.push(toClaimedRun({ ...row, id: row.run_id }))
+      }
+      if (results.length !== completions.length) throw new Error(`completing ${completions.length} run(s) returned ${results.length} row(s)`)
+      return { results, claimed }
     },
     async fail(runId, failure) {
       const { rows: [row] } = await db.query<{ outcome: FailOutcome; attempt: number | null; scheduled_for: Date | null; mode: Mode }>(runs.fail,
@@ -114,6 +138,22 @@ export function createRepository(db: Queryable, orchestratorId: string, concurre
       return row.remains
     },
   }
+}
+
+function completionsJson(completions: Completion[]): string {
+  return JSON.stringify(completions.map((c) => ({ id: c.runId, output: c.output ?? null, runNext: c.runNext, fromCache: c.fromCache })))
+}
+
+interface CompleteRow {
+  run_id: string
+  completed: boolean
+  mode: Mode
+  follow_ups: string[]
+  ignored_next: string[]
+}
+
+function toCompleteResult(row: CompleteRow): CompleteResult {
+  return { completed: row.completed, mode: row.mode, followUps: row.follow_ups, ignoredNext: row.ignored_next }
 }
 
 interface ClaimRow {

@@ -68,11 +68,24 @@ export const claim: Statement = {
   text: `SELECT * FROM pipeweave_claim_runs($1::text, $2::int)`,
 }
 
-/** Complete a run held by orchestrator $2: output, idempotency cache, follow-ups, in one transaction. */
-export const complete: Statement = {
-  name: 'complete_run',
-  text: `SELECT completed, mode, follow_ups, ignored_next
-           FROM pipeweave_complete_run($1::text, $2::text, $3::jsonb, $4::text[], $5::boolean)`,
+/**
+ * Complete runs held by orchestrator $1 in one transaction: output, idempotency cache, follow-ups
+ * (migration 002 pipeweave_complete_runs; task_runs_pkey). $2 is a JSON array of
+ * { id, output, runNext, fromCache }; one row per element, in its order.
+ */
+export const completeMany: Statement = {
+  name: 'complete_runs',
+  text: `SELECT run_id, completed, mode, follow_ups, ignored_next
+           FROM pipeweave_complete_runs($1::text, $2::jsonb)`,
+}
+
+/**
+ * completeMany, then claim up to $3 due runs, in one transaction (migration 002
+ * pipeweave_complete_and_claim): rows of kind 'completed' (in the order of $2), then 'claimed'.
+ */
+export const completeAndClaim: Statement = {
+  name: 'complete_and_claim_runs',
+  text: `SELECT * FROM pipeweave_complete_and_claim($1::text, $2::jsonb, $3::int)`,
 }
 
 /** A failed attempt of a run held by orchestrator $2: retry with backoff, or fail into the DLQ. */
