@@ -296,13 +296,17 @@ DECLARE
 BEGIN
   v_ids := ARRAY(SELECT x.value->>'id' FROM jsonb_array_elements(p_results) AS x(value));
   -- All the runs in one UPDATE, found by primary key (a generic plan, like the claim's); the loop
-  -- only does more for those with an idempotency key or follow-ups.
+  -- only does more for those with an idempotency key or follow-ups. The status test is written
+  -- `(…) IS TRUE` so that it cannot be an index condition: the planner, which counts few running
+  -- runs, would otherwise walk task_runs_active_idx over every 'running' entry that the runs
+  -- completed since the last vacuum left behind (700 µs a run instead of 150 in a busy drain).
   FOR v_run IN
     UPDATE task_runs r                                           -- task_runs_pkey
        SET status = 'completed', output = p_results->(array_position(v_ids, r.id) - 1)->'output',
            completed_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
            error = NULL, error_code = NULL   -- an earlier attempt's failure stays in previous_attempts
-     WHERE r.id = ANY (v_ids) AND r.status = 'running' AND r.orchestrator_id IS NOT DISTINCT FROM p_orchestrator_id
+     WHERE r.id = ANY (v_ids) AND (r.status = 'running') IS TRUE
+       AND r.orchestrator_id IS NOT DISTINCT FROM p_orchestrator_id
     RETURNING r.id, r.task_id, r.idempotency_key, r.pipeline_run_id, r.output, array_position(v_ids, r.id) AS pos
   LOOP
     v_done := v_done || v_run.id;
@@ -423,7 +427,7 @@ DECLARE
 BEGIN
   SELECT r.id, r.task_id, r.attempt, r.previous_attempts INTO v_run
     FROM task_runs r
-   WHERE r.id = p_run_id AND r.status = 'running'
+   WHERE r.id = p_run_id AND (r.status = 'running') IS TRUE      -- task_runs_pkey (see above)
      AND (p_orchestrator_id IS NULL OR r.orchestrator_id = p_orchestrator_id)
      FOR UPDATE;
   v_held := FOUND;

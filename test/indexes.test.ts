@@ -76,6 +76,26 @@ describe('query plans', () => {
     expect(queue).toContain('task_runs_active_idx')
   })
 
+  it('completing and failing a run find it by primary key, not by walking the running runs', async () => {
+    // Statistics (ANALYZE above) that count no running run: the planner's favourite case for
+    // walking task_runs_active_idx, which after a busy drain holds an entry for every run completed
+    // since the last vacuum.
+    const { rows } = await db.pool.query<{ id: string }>(
+      `INSERT INTO task_runs (task_id, status, orchestrator_id, started_at) SELECT 'plain', 'running', 'o', now() FROM generate_series(1, 3) RETURNING id`)
+    try {
+      const results = JSON.stringify(rows.map(({ id }) => ({ id, output: null, runNext: [], fromCache: false })))
+      const complete = await plans(`SELECT * FROM pipeweave_complete_runs('o', $1)`, [results])
+      expect(complete).toMatch(/Update on task_runs[\s\S]*task_runs_pkey/)
+      expect(complete).not.toContain('task_runs_active_idx')
+
+      const fail = await plans(`SELECT * FROM pipeweave_fail_run($1, 'o', 'boom', 'E', true, false)`, [rows[0].id])
+      expect(fail).toMatch(/on task_runs r[\s\S]*task_runs_pkey/)
+      expect(fail).not.toContain('task_runs_active_idx')
+    } finally {
+      await db.pool.query(`DELETE FROM task_runs WHERE id = ANY ($1::text[])`, [rows.map((r) => r.id)])
+    }
+  })
+
   it('listings and cleanup use their indexes', async () => {
     expect(await plans(runs.list.text, ['failed', null, 50])).toContain('task_runs_unsuccessful_idx')
     expect(await plans(runs.list.text, [null, 'rare', 50])).toContain('task_runs_task_created_idx')
