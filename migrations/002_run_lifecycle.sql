@@ -477,28 +477,34 @@ $$;
 -- through pipeweave_fail_run: it uses up its attempt, so a run that kills its orchestrator every
 -- time ends in the DLQ instead of looping; one handed back is due at once. Returns how many runs
 -- were handed back or dead-lettered.
-CREATE FUNCTION pipeweave_return_lost_runs(p_stale_ms integer) RETURNS integer LANGUAGE plpgsql AS $$
+CREATE FUNCTION pipeweave_return_lost_runs(p_stale_ms integer)
+RETURNS TABLE (id text, task_id text, attempt integer, outcome text) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
-  v_id text;
-  v_count integer := 0;
+  v_run record;
 BEGIN
   -- Nobody could heartbeat while the server was down: after a restart, count heartbeats from the
   -- moment it came back, so live orchestrators get a full stale period to reach it again.
   DELETE FROM orchestrators o
    WHERE GREATEST(o.heartbeat_at, pg_postmaster_start_time()) < now() - p_stale_ms * interval '1 millisecond';
-  FOR v_id IN
-    SELECT r.id FROM task_runs r                                 -- task_runs_active_idx
+  FOR v_run IN
+    SELECT r.id, r.task_id, r.attempt FROM task_runs r          -- task_runs_active_idx
      WHERE r.status = 'running'
        AND NOT EXISTS (SELECT 1 FROM orchestrators o WHERE o.id = r.orchestrator_id)
        FOR UPDATE SKIP LOCKED
   LOOP
-    PERFORM pipeweave_fail_run(v_id, NULL, 'orchestrator lost', 'ORCHESTRATOR_LOST', true, false);
+    -- One row per run handed back, with what became of it (retried, or failed/timeout when that
+    -- was its last attempt): the orchestrator that recovers it logs a line for each.
+    id := v_run.id;
+    task_id := v_run.task_id;
+    attempt := v_run.attempt;
+    SELECT f.outcome INTO outcome
+      FROM pipeweave_fail_run(v_run.id, NULL, 'orchestrator lost', 'ORCHESTRATOR_LOST', true, false) AS f;
     -- Due at once, not after a backoff: the worker did not fail, its orchestrator vanished, and
     -- crashed work must hold a drain (SPEC §4), not slip past it as "scheduled".
-    UPDATE task_runs r SET scheduled_for = NULL WHERE r.id = v_id AND r.status = 'pending';
-    v_count := v_count + 1;
+    UPDATE task_runs r SET scheduled_for = NULL WHERE r.id = v_run.id AND r.status = 'pending';
+    RETURN NEXT;
   END LOOP;
-  RETURN v_count;
 END
 $$;
 
@@ -510,21 +516,25 @@ $$;
 -- snapshot): a parent completing concurrently is either still `running` or already committed
 -- together with its follow-ups, never neither.
 CREATE FUNCTION pipeweave_drain_check(p_stale_ms integer, p_actor text)
-RETURNS TABLE (mode text, changed boolean, lost_runs integer) LANGUAGE plpgsql AS $$
+RETURNS TABLE (mode text, changed boolean, lost_runs integer, lost jsonb) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_lost integer;
+  v_lost_runs jsonb;   -- [{"id", "taskId", "attempt", "outcome"}] of the runs handed back
   v_mode text;
   v_reason text;
 BEGIN
-  v_lost := pipeweave_return_lost_runs(p_stale_ms);
+  SELECT count(*)::integer,
+         COALESCE(jsonb_agg(jsonb_build_object('id', l.id, 'taskId', l.task_id, 'attempt', l.attempt, 'outcome', l.outcome)), '[]')
+    INTO v_lost, v_lost_runs
+    FROM pipeweave_return_lost_runs(p_stale_ms) AS l;
   SELECT s.mode INTO v_mode FROM orchestrator_state s WHERE s.id = 'singleton';
   IF v_mode <> 'waiting_for_maintenance' OR EXISTS (
        SELECT 1 FROM task_runs r
         WHERE r.status = 'running'
            OR (r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))) THEN
     -- Cheap answer first, without locks: most checks find the drain still busy.
-    RETURN QUERY SELECT v_mode, false, v_lost;
+    RETURN QUERY SELECT v_mode, false, v_lost, v_lost_runs;
     RETURN;
   END IF;
   SELECT s.mode, s.reason INTO v_mode, v_reason FROM orchestrator_state s WHERE s.id = 'singleton' FOR UPDATE;
@@ -533,13 +543,13 @@ BEGIN
        SELECT 1 FROM task_runs r
         WHERE r.status = 'running'
            OR (r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))) THEN
-    RETURN QUERY SELECT v_mode, false, v_lost;
+    RETURN QUERY SELECT v_mode, false, v_lost, v_lost_runs;
     RETURN;
   END IF;
   PERFORM set_config('pipeweave.actor', p_actor, true);
   PERFORM set_config('pipeweave.reason', COALESCE(v_reason, ''), true);
   UPDATE orchestrator_state s SET mode = 'maintenance' WHERE s.id = 'singleton';
-  RETURN QUERY SELECT 'maintenance'::text, true, v_lost;
+  RETURN QUERY SELECT 'maintenance'::text, true, v_lost, v_lost_runs;
 END
 $$;
 
@@ -579,7 +589,7 @@ BEGIN
   -- The gate before the lost runs: handing one back locks its row, and an enqueue holding the gate
   -- shared may be about to insert that run's idempotency key (it would wait for us, we for it).
   PERFORM pg_advisory_xact_lock(7020304957001);
-  PERFORM pipeweave_return_lost_runs(p_stale_ms);
+  PERFORM * FROM pipeweave_return_lost_runs(p_stale_ms);
   SELECT count(*)::integer INTO v_running FROM task_runs r WHERE r.status = 'running';
   IF v_running > 0 THEN
     RETURN QUERY SELECT v_mode, false, v_running;

@@ -12,7 +12,7 @@ export type { MigrationStatus, ValidationResult, MigrationProblem, RunMigrations
 export {
   getMaintenanceStatus, requestMaintenance, enterMaintenance, exitMaintenance, canAcceptTasks, drainCheck,
 } from './maintenance/maintenance'
-export type { MaintenanceStatus, MaintenanceOptions, TransitionResult, Mode, DrainCheckResult, MaintenanceEvent } from './maintenance/maintenance'
+export type { MaintenanceStatus, MaintenanceOptions, TransitionResult, Mode, DrainCheckResult, LostRun, MaintenanceEvent } from './maintenance/maintenance'
 export { waitForMaintenance } from './maintenance/wait'
 export { enqueueTask } from './api/enqueue'
 export type { EnqueueOptions, EnqueueResult } from './api/enqueue'

@@ -69,6 +69,11 @@ describe('pipeweave run: crash recovery', () => {
     const { rows: orchestrators } = await db.pool.query<{ id: string }>('SELECT id FROM orchestrators')
     expect(orchestrators.map((o) => o.id)).not.toContain(firstId)
     await second.waitForLog((l) => l.event === 'recovered' && l.count === 20)
+    // One line per run it took back, as for every other state change of a run.
+    const handedBack = second.logs().filter((l) => l.event === 'run' && l.status === 'pending' && l.errorCode === 'ORCHESTRATOR_LOST')
+    expect(new Set(handedBack.map((l) => l.runId))).toEqual(inFlight)
+    expect(handedBack).toHaveLength(20)
+    expect(handedBack.every((l) => l.attempt === 1 && typeof l.taskId === 'string')).toBe(true)
 
     expect((await second.stop('SIGTERM')).code).toBe(0)
   })
@@ -123,6 +128,9 @@ describe('pipeweave run: crash recovery', () => {
     const { rows: dlq } = await db.pool.query('SELECT attempts, error_code FROM dlq WHERE task_run_id = $1', [runId])
     expect(dlq).toEqual([{ attempts: 2, error_code: 'ORCHESTRATOR_LOST' }])
     expect(worker.requestsFor(runId)).toHaveLength(2)
+    // The orchestrator that dead-lettered it says so, in the run's own line.
+    await last.waitForLog((l) => l.event === 'run' && l.runId === runId && l.status === 'failed' && l.errorCode === 'ORCHESTRATOR_LOST' && l.attempt === 2,
+      { what: 'the line of the dead-lettered run' })
     expect((await last.stop('SIGTERM')).code).toBe(0)
   })
 })

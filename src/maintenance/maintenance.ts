@@ -55,13 +55,23 @@ export interface DrainCheckResult {
   changed: boolean
   /** Runs of dead orchestrators handed back (or dead-lettered). */
   lostRuns: number
+  /** Those runs, each with what became of it: `retried` (pending again), `failed` or `timeout`. */
+  lost: LostRun[]
+}
+
+export interface LostRun {
+  id: string
+  taskId: string
+  /** The attempt its orchestrator held. */
+  attempt: number
+  outcome: 'retried' | 'failed' | 'timeout'
 }
 
 /** Hand back runs of dead orchestrators; finish a drain when nothing due or running is left. */
 export async function drainCheck(db: Queryable, options: MaintenanceOptions = {}): Promise<DrainCheckResult> {
-  const { rows: [row] } = await db.query<{ mode: Mode; changed: boolean; lost_runs: number }>(
+  const { rows: [row] } = await db.query<{ mode: Mode; changed: boolean; lost_runs: number; lost: LostRun[] }>(
     sql.drainCheck, [options.staleMs ?? orchestratorStaleMs(), options.actor ?? defaultActor()])
-  return { mode: row.mode, changed: row.changed, lostRuns: row.lost_runs }
+  return { mode: row.mode, changed: row.changed, lostRuns: row.lost_runs, lost: row.lost }
 }
 
 /** The status of SPEC §4, after a drain check (every maintenance:* command checks the drain). */

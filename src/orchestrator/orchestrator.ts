@@ -13,7 +13,7 @@ import type { Database } from '../db/database'
 import { SQLSTATE, isConnectionLoss } from '../db/errors'
 import { RefusedError } from '../errors'
 import { type Logger, silentLogger } from '../logger'
-import { defaultActor, drainCheck, type Mode } from '../maintenance/maintenance'
+import { defaultActor, drainCheck, type DrainCheckResult, type Mode } from '../maintenance/maintenance'
 import * as sql from '../sql/migrations'
 import { type ClaimAlong, CompletionWriter, type Reservation } from './completions'
 import { type DispatchResult, Dispatcher } from './dispatcher'
@@ -188,7 +188,7 @@ class RunLoop implements Orchestrator {
     // Recover runs of orchestrators that died while none was watching (SPEC §5: "the next start").
     const check = await drainCheck(this.db, { staleMs: this.staleMs, actor: this.actor })
     this.observeMode(check.mode)
-    if (check.lostRuns > 0) this.log.warn(`returned ${check.lostRuns} run(s) held by dead orchestrators`, { event: 'recovered', count: check.lostRuns })
+    this.logRecovered(check)
     if (this.options.listen !== false) {
       this.listener = new Listener(this.db, ['pipeweave_runs', 'pipeweave_mode'], (channel) => {
         if (channel === 'pipeweave_mode') this.log.debug('mode change notified')
@@ -552,7 +552,21 @@ class RunLoop implements Orchestrator {
     const check = await drainCheck(this.db, { staleMs: this.reapStaleMs(), actor: this.actor })
     this.databaseBack()
     this.observeMode(check.mode)
-    if (check.lostRuns > 0) this.log.warn(`returned ${check.lostRuns} run(s) held by dead orchestrators`, { event: 'recovered', count: check.lostRuns })
+    this.logRecovered(check)
+  }
+
+  /** The runs a drain check took back from dead orchestrators: a count, then a line for each. */
+  private logRecovered(check: DrainCheckResult): void {
+    if (check.lostRuns === 0) return
+    this.log.warn(`returned ${check.lostRuns} run(s) held by dead orchestrators`, { event: 'recovered', count: check.lostRuns })
+    for (const r of check.lost) {
+      const fields = { event: 'run', runId: r.id, taskId: r.taskId, attempt: r.attempt, durationMs: null, errorCode: 'ORCHESTRATOR_LOST' }
+      if (r.outcome === 'retried') {
+        this.log.info(`run ${r.id} handed back to pending: its orchestrator was lost (attempt ${r.attempt} counted)`, { ...fields, status: 'pending' })
+      } else {
+        this.log.error(`run ${r.id} ${r.outcome === 'timeout' ? 'timed out' : 'failed'}: its orchestrator was lost on its last attempt (${r.attempt}); moved to the DLQ`, { ...fields, status: r.outcome })
+      }
+    }
   }
 
   /** After a run finishes while draining: check now, so the end of a drain is seen at once. */

@@ -48,7 +48,7 @@ export const history: Statement = {
 /** The drain check (migration 002): hand back runs of dead orchestrators, finish a drain. */
 export const drainCheck: Statement = {
   name: 'drain_check',
-  text: `SELECT mode, changed, lost_runs FROM pipeweave_drain_check($1::int, $2::text)`,
+  text: `SELECT mode, changed, lost_runs, lost FROM pipeweave_drain_check($1::int, $2::text)`,
 }
 
 export const requestMaintenance: Statement = {
