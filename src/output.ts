@@ -4,7 +4,7 @@
  * ora and cli-table3 are loaded only when a command draws one (start-up cost).
  */
 import type { Logger, LogFields } from './logger'
-import { redact, redactValue, redactedJson } from './redact'
+import { redact, redactedJson } from './redact'
 
 export interface Stream {
   write(text: string): unknown
@@ -61,7 +61,7 @@ export class Output {
   /** Exactly one JSON document on stdout. */
   json(document: unknown): void {
     flushLogLines(this.stdout)
-    this.stdout.write(`${JSON.stringify(redactValue(document), null, 2)}\n`)
+    this.stdout.write(`${redactedJson(document, 2)}\n`)
   }
 
   /** A diagnostic line on stderr. */

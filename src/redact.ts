@@ -38,25 +38,10 @@ export function redact(text: string): string {
 }
 
 /**
- * A JSON-able value with every string inside it masked, and nothing else touched: masking the
- * serialized text would also hit keys, numbers and booleans (a password "true" or "1234" made
- * `--json` output invalid JSON).
- */
-export function redactValue(value: unknown): unknown {
-  const plain = value === undefined ? undefined : JSON.parse(JSON.stringify(value)) as unknown
-  const walk = (v: unknown): unknown => {
-    if (typeof v === 'string') return redact(v)
-    if (Array.isArray(v)) return v.map(walk)
-    if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]))
-    return v
-  }
-  return walk(plain)
-}
-
-/**
- * JSON.stringify(redactValue(value), null, space) in one pass: every string value masked (after
- * toJSON, as the round trip does), keys, numbers and booleans untouched. For log lines, written
- * once per run state change.
+ * JSON.stringify(value, null, space) with every string value masked (after toJSON) and nothing
+ * else touched: masking the serialized text would also hit keys, numbers and booleans (a password
+ * "true" or "1234" made `--json` output invalid JSON). One pass: log lines use it once per run
+ * state change.
  */
 export function redactedJson(value: unknown, space?: number): string {
   return JSON.stringify(value, (_key, v: unknown) => {

@@ -12,11 +12,11 @@
 import { spawn } from 'node:child_process'
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
-import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { json, runCli } from './helpers/cli'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { unusedPort } from './helpers/fake-server'
 import { killLeftovers, migratedTestDatabase, track } from './helpers/surface'
 import { waitFor } from './helpers/wait'
 
@@ -46,17 +46,6 @@ function shellWords(line: string, vars: Record<string, string>): string[] {
   return words
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-}
-
 interface ExampleWorker {
   baseUrl: string
   manifestCopy: string
@@ -66,7 +55,7 @@ interface ExampleWorker {
 
 /** Start examples/worker/worker.js on a free port (PORT), with a manifest copy pointing at it. */
 async function startExampleWorker(scratch: string, env: Record<string, string> = {}): Promise<ExampleWorker> {
-  const port = await freePort()
+  const port = await unusedPort()
   const child = track(spawn(process.execPath, [WORKER], {
     env: { PATH: process.env.PATH, PORT: String(port), ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   }))

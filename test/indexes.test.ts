@@ -4,7 +4,7 @@
  * migrations create for them. Statements inside the SQL functions are seen through auto_explain,
  * whose plans arrive as notices.
  */
-import type { Notification, PoolClient } from 'pg'
+import type { PoolClient } from 'pg'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import * as dlq from '../src/sql/dlq'
 import * as runs from '../src/sql/task-runs'
@@ -29,7 +29,7 @@ describe('query plans', () => {
     await db.pool.query(`INSERT INTO task_runs (task_id, status, completed_at) SELECT 'rare', 'completed', now() FROM generate_series(1, 5)`)
     await db.pool.query(`ANALYZE task_runs`)
     client = await db.pool.connect()
-    client.on('notice', (n: Notification & { message?: string }) => notices.push(String(n.message)))
+    client.on('notice', (n) => { notices.push(String(n.message)) })
     await client.query(`LOAD 'auto_explain'`)
     await client.query(`SET auto_explain.log_min_duration = 0`)
     await client.query(`SET auto_explain.log_nested_statements = on`)

@@ -7,6 +7,7 @@
 import * as os from 'node:os'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { json, startCli, type CliResult } from './helpers/cli'
+import type { MaintenanceStatus } from '../src/maintenance/maintenance'
 import {
   type Mode, addPendingRun, addTask, eventsAfter, heartbeat, lastEventId, mode, resetTo, startRun,
 } from './helpers/maintenance-fixtures'
@@ -14,19 +15,8 @@ import {
 const STATUS_KEYS = ['canEnterMaintenance', 'liveOrchestrators', 'message', 'mode', 'modeChangedAt', 'pendingTasks', 'reason', 'runningTasks', 'scheduledTasks']
 const TRANSITION_KEYS = [...STATUS_KEYS, 'changed'].sort()
 
-interface Status {
-  mode: Mode
-  pendingTasks: number
-  runningTasks: number
-  scheduledTasks: number
-  liveOrchestrators: number
-  canEnterMaintenance: boolean
-  modeChangedAt: string
-  reason: string | null
-  message: string
-  changed?: boolean
-  history?: Array<{ fromMode: Mode; toMode: Mode; at: string; actor: string; reason: string | null }>
-}
+/** The JSON of maintenance:status and of a transition (SPEC §4). */
+type Status = MaintenanceStatus & { changed?: boolean }
 
 let db: TestDatabase
 
