@@ -35,6 +35,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     user: Flags.string({ helpGroup: CONNECTION, summary: 'Database user.' }),
     password: Flags.string({ helpGroup: CONNECTION, summary: 'Database password (prefer DB_PASS or PGPASSWORD: flags show in ps).' }),
     ssl: Flags.boolean({ helpGroup: CONNECTION, summary: 'Require TLS with certificate verification.' }),
+    schema: Flags.string({ helpGroup: CONNECTION, summary: 'Schema that holds pipeweave\'s tables (env PIPEWEAVE_SCHEMA; default public).' }),
     verbose: Flags.boolean({ summary: 'Print debugging detail and stack traces.' }),
   }
 
@@ -102,6 +103,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
         user: this.flags.user, password: this.flags.password, ssl: this.flags.ssl,
       },
       command: options.command ?? this.id,
+      schema: this.flags.schema,
       logger: this.logger,
       logSlowQueries: options.logSlowQueries,
     }

@@ -4,9 +4,8 @@
  */
 import { runCleanup } from '../src/api/cleanup'
 import { createDatabase } from '../src/db/database'
-import { CLEANUP_LOCK } from '../src/sql/locks'
 import { json, runCli } from './helpers/cli'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, TEST_SCHEMA } from './helpers/db'
 
 const DAY = 86_400_000
 
@@ -67,32 +66,43 @@ describe('db:cleanup', () => {
   beforeAll(async () => { db = await createTestDatabase({ migrated: true }) })
   afterAll(async () => { await db.drop() })
 
+  /** The runs' ids by name: time-ordered like pipeweave's own (their creation time, then a counter). */
+  const idOf = new Map<string, string>()
+  const nameOf = (id: string) => [...idOf].find(([, v]) => v === id)?.[0] ?? id
+  const LIVE = new Set(['pending', 'running', 'waiting'])
+
   beforeEach(async () => {
-    await db.pool.query('TRUNCATE idempotency_cache, dlq, task_runs, tasks, services CASCADE')
+    await db.pool.query('TRUNCATE idempotency_cache, dlq, task_runs, task_run_history, tasks, services, leases CASCADE')
     await db.pool.query(`INSERT INTO services (id, version, base_url) VALUES ('svc', '1', 'http://127.0.0.1:1')`)
     await db.pool.query(`INSERT INTO tasks (id, service_id) VALUES ('t', 'svc')`)
-    for (const [id, status, daysAgo] of RUNS) {
-      await db.pool.query(
-        `INSERT INTO task_runs (id, task_id, status, created_at, completed_at)
-         VALUES ($1, 't', $2, now() - interval '200 days', CASE WHEN $3::int IS NULL THEN NULL ELSE now() - make_interval(days => $3::int) END)`,
-        [id, status, daysAgo])
+    idOf.clear()
+    for (const [n, [name, status, daysAgo]] of RUNS.entries()) {
+      // Live runs are in task_runs, finished ones in the history (where a finished run moves).
+      const { rows: [row] } = await db.pool.query<{ id: string }>(
+        `INSERT INTO ${LIVE.has(status) ? 'task_runs' : 'task_run_history'} (id, task_id, status, attempt, priority, created_at, completed_at)
+         SELECT lpad(to_hex((extract(epoch FROM c.at) * 1000)::bigint), 12, '0') || lpad(to_hex($4::int), 8, '0'),
+                't', $1, 1, 100, c.at, CASE WHEN $2::int IS NULL THEN NULL ELSE now() - make_interval(days => $2::int) END
+           FROM (SELECT now() - interval '200 days' + $3::int * interval '1 second' AS at) AS c
+         RETURNING id`,
+        [status, daysAgo, n, n + 1])
+      idOf.set(name, row.id)
     }
     for (const [id, run, daysAgo, retry] of DLQ) {
       await db.pool.query(
         `INSERT INTO dlq (id, task_run_id, task_id, error, attempts, failed_at, retried_at, retry_run_id)
          VALUES ($1, $2, 't', 'boom', 3, now() - make_interval(days => $3::int), CASE WHEN $4::text IS NULL THEN NULL ELSE now() END, $4)`,
-        [id, run, daysAgo, retry])
+        [id, idOf.get(run), daysAgo, retry === null ? null : idOf.get(retry)])
     }
     for (const [key, run, expiresInMs] of CACHE) {
       await db.pool.query(
         `INSERT INTO idempotency_cache (task_id, idempotency_key, task_run_id, output, expires_at)
          VALUES ('t', $1, $2, '{"ok":true}', now() + make_interval(secs => $3::float8 / 1000))`,
-        [key, run, expiresInMs])
+        [key, run === null ? null : idOf.get(run), expiresInMs])
     }
   })
 
   const ids = async (sql: string) => (await db.pool.query<{ id: string }>(sql)).rows.map((r) => r.id).sort()
-  const runIds = () => ids('SELECT id FROM task_runs')
+  const runIds = async () => (await ids('SELECT id FROM task_runs UNION ALL SELECT id FROM task_run_history')).map(nameOf).sort()
   const dlqIds = () => ids('SELECT id FROM dlq')
   const cacheKeys = () => ids('SELECT idempotency_key AS id FROM idempotency_cache')
 
@@ -113,7 +123,8 @@ describe('db:cleanup', () => {
     expect(await dlqIds()).toEqual(['dlq-almost', 'dlq-recent'])
 
     // The cache entry of a deleted run stays valid until it expires, pointing nowhere.
-    const { rows } = await db.pool.query('SELECT idempotency_key, task_run_id FROM idempotency_cache ORDER BY 1')
+    const { rows } = (await db.pool.query('SELECT idempotency_key, task_run_id FROM idempotency_cache ORDER BY 1'))
+    for (const row of rows) row.task_run_id = row.task_run_id === null ? null : nameOf(row.task_run_id)
     expect(rows).toEqual([
       { idempotency_key: 'k-live-1', task_run_id: null },
       { idempotency_key: 'k-live-2', task_run_id: 'pending-old' },
@@ -151,7 +162,7 @@ describe('db:cleanup', () => {
   })
 
   it('works through the API in batches: no statement deletes more than the batch size', async () => {
-    const api = await createDatabase({ flags: { url: db.url }, env: {}, command: 'test' })
+    const api = await createDatabase({ flags: { url: db.url }, env: {}, command: 'test', schema: TEST_SCHEMA })
     try {
       const batches: Array<[string, number]> = []
       const result = await runCleanup(api, { batchSize: 2, runsRetentionDays: 30, onBatch: (table, deleted) => batches.push([table, deleted]) })
@@ -164,9 +175,9 @@ describe('db:cleanup', () => {
   })
 
   it('a second cleanup while one runs exits 0, says so, and deletes nothing', async () => {
-    const holder = await db.pool.connect()
+    // The other cleanup holds the lease (a row, renewed by each of its batches).
+    await db.pool.query(`INSERT INTO leases (name, holder, expires_at) VALUES ('db:cleanup', 'another cleanup', now() + interval '1 minute')`)
     try {
-      await holder.query(`SELECT pg_advisory_lock(${CLEANUP_LOCK})`)
       const human = await runCli(['db:cleanup', '--runs-retention-days', '30'], { env: db.env })
       expect(human.code).toBe(0)
       expect(human.stdout).toBe('')
@@ -178,9 +189,17 @@ describe('db:cleanup', () => {
       expect((await cacheKeys()).length).toBe(CACHE.length)
       expect((await runIds()).length).toBe(RUNS.length)
     } finally {
-      await holder.query(`SELECT pg_advisory_unlock(${CLEANUP_LOCK})`)
-      holder.release()
+      await db.pool.query(`DELETE FROM leases`)
     }
+  })
+
+  it('takes over the lease of a cleanup that died (its lease lapsed)', async () => {
+    await db.pool.query(`INSERT INTO leases (name, holder, expires_at) VALUES ('db:cleanup', 'a crashed cleanup', now() - interval '1 second')`)
+    const result = await runCli(['db:cleanup', '--json'], { env: db.env })
+    expect(result.code).toBe(0)
+    expect(json(result)).toEqual({ idempotencyCache: 5, dlq: 5, taskRuns: 0, dryRun: false })
+    // Released at the end: nothing is left held.
+    expect((await db.pool.query('SELECT * FROM leases')).rows).toEqual([])
   })
 
   it('refuses a batch size below 1 (exit 2, saying why)', async () => {
@@ -195,7 +214,7 @@ describe('db:cleanup', () => {
     try {
       const result = await runCli(['db:cleanup', '--json'], { env: empty.env })
       expect(result.code).toBe(4)
-      expect(json(result)).toEqual({ error: { code: 'NOT_INITIALIZED', message: expect.stringContaining('idempotency_cache'), hint: expect.stringContaining('pipeweave db:init') }, exitCode: 4 })
+      expect(json(result)).toEqual({ error: { code: 'NOT_INITIALIZED', message: expect.stringContaining('not initialized'), hint: expect.stringContaining('pipeweave db:init') }, exitCode: 4 })
     } finally {
       await empty.drop()
     }

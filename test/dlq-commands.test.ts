@@ -4,6 +4,7 @@
  * and stamps the entry with retried_at and retry_run_id; refused (exit 4, nothing changed) unless
  * the mode is running; an entry is retried once; unknown ids exit 2.
  */
+import { ALL_RUNS } from './helpers/db'
 import type { Pool } from 'pg'
 import { json, runCli } from './helpers/cli'
 import type { TestDatabase } from './helpers/db'
@@ -30,7 +31,7 @@ async function expectedEntry(pool: Pool, id: string): Promise<Record<string, unk
 
 let serial = 0
 
-/** A failed run and its DLQ entry, as pipeweave_fail_run leaves them. */
+/** A failed run (in the history) and its DLQ entry, as a failed last attempt leaves them. */
 async function deadLetter(pool: Pool, options: {
   task: string; input?: unknown; priority?: number; failedAt: string; retriedAt?: string; inputPath?: string; pipelineRunId?: string
 }): Promise<{ entryId: string; runId: string }> {
@@ -42,7 +43,7 @@ async function deadLetter(pool: Pool, options: {
     { attempt: 2, error: `gave up ${serial}`, errorCode: 'E2', at: options.failedAt },
   ]
   await pool.query(
-    `INSERT INTO task_runs (id, task_id, status, attempt, priority, input, input_path, pipeline_run_id, error, error_code, previous_attempts, created_at, completed_at)
+    `INSERT INTO task_run_history (id, task_id, status, attempt, priority, input, input_path, pipeline_run_id, error, error_code, previous_attempts, created_at, completed_at)
      VALUES ($1, $2, 'failed', 2, $3, $4, $5, $6, $7, 'E2', $8, $9::timestamptz - interval '1 minute', $9)`,
     [runId, options.task, options.priority ?? 100, options.input === undefined ? null : JSON.stringify(options.input),
       options.inputPath ?? null, options.pipelineRunId ?? null, `gave up ${serial}`, JSON.stringify(attempts.slice(0, 1)), options.failedAt],
@@ -59,7 +60,7 @@ describe('dlq:list and dlq:retry', () => {
   let db: TestDatabase
   const cli = (args: string[]) => runCli(args, { env: db.env })
   const count = async (sql: string, values: unknown[] = []) => (await db.pool.query(sql, values)).rows[0].n as number
-  const runCount = () => count('SELECT count(*)::int AS n FROM task_runs')
+  const runCount = () => count(`SELECT count(*)::int AS n FROM ${ALL_RUNS} AS task_runs`)
   const setMode = (mode: string) => db.pool.query(`UPDATE orchestrator_state SET mode = $1 WHERE id = 'singleton'`, [mode])
 
   beforeAll(async () => {
@@ -135,7 +136,7 @@ describe('dlq:list and dlq:retry', () => {
       const newRun = body.retried[0].runId
       expect(newRun).not.toBe(failedRun)
 
-      const { rows: [run] } = await db.pool.query('SELECT * FROM task_runs WHERE id = $1', [newRun])
+      const { rows: [run] } = await db.pool.query(`SELECT * FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [newRun])
       expect(run).toMatchObject({
         task_id: 'report', status: 'pending', attempt: 1, priority: 7, input: { day: '2026-11-23', nested: [1, { a: 'ü' }] },
         input_path: 's3://in/7', pipeline_run_id: 'pipe-9', output: null, error: null, previous_attempts: [], scheduled_for: null, started_at: null,
@@ -144,7 +145,7 @@ describe('dlq:list and dlq:retry', () => {
       expect(entry.retryRunId).toBe(newRun)
       expect(new Date(entry.retriedAt as string).getTime()).toBeGreaterThanOrEqual(before.getTime() - 5_000)
       // The failed run itself is left as it was.
-      expect((await db.pool.query('SELECT status FROM task_runs WHERE id = $1', [failedRun])).rows[0].status).toBe('failed')
+      expect((await db.pool.query('SELECT status FROM task_run_history WHERE id = $1', [failedRun])).rows[0].status).toBe('failed')
       // dlq:list shows the stamp.
       const listed = json<{ entries: Array<Record<string, unknown>> }>(await cli(['dlq:list', '--json', '--task', 'report'])).entries
       expect(listed.find((e) => e.id === entryId)).toEqual(entry)
@@ -225,7 +226,7 @@ describe('dlq:list and dlq:retry', () => {
       expect(retried.map((r) => r.id)).toEqual([a.entryId, b.entryId])
       for (const [entry, n, task] of [[a, 'a', 'mail'], [b, 'b', 'resize']] as const) {
         const runId = retried.find((r) => r.id === entry.entryId)!.runId
-        const { rows: [run] } = await db.pool.query('SELECT task_id, status, input FROM task_runs WHERE id = $1', [runId])
+        const { rows: [run] } = await db.pool.query(`SELECT task_id, status, input FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])
         expect(run).toEqual({ task_id: task, status: 'pending', input: { n } })
         expect((await expectedEntry(db.pool, entry.entryId)).retryRunId).toBe(runId)
       }

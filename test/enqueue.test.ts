@@ -9,9 +9,9 @@ import * as path from 'node:path'
 import { enqueueTask } from '../src/api/enqueue'
 import { createDatabase, type Database } from '../src/db/database'
 import { MaintenanceModeError, UsageError } from '../src/errors'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA } from './helpers/db'
 import { json, runCli } from './helpers/cli'
-import { addTask, countRuns, heartbeat, claim, resetTo } from './helpers/maintenance-fixtures'
+import { addTask, countRuns, heartbeat, claim, resetTo, complete } from './helpers/maintenance-fixtures'
 
 let db: TestDatabase
 let api: Database
@@ -22,7 +22,7 @@ beforeAll(async () => {
   await addTask(db.pool, 'work')
   await db.pool.query(`UPDATE tasks SET priority = 50, idempotency_ttl_seconds = 3600 WHERE id = 'work'`)
   await addTask(db.pool, 'uncached')
-  api = await createDatabase({ flags: { url: db.url }, env: {}, command: 'test', pool: { max: 20 } })
+  api = await createDatabase({ flags: { url: db.url }, env: {}, command: 'test', pool: { max: 20 }, schema: TEST_SCHEMA })
   scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-enqueue-'))
 })
 afterAll(async () => {
@@ -36,7 +36,7 @@ const pipeweave = (args: string[], input?: string) => runCli(args, { env: db.env
 
 async function row(id: string) {
   const { rows: [r] } = await db.pool.query(
-    `SELECT task_id, status, attempt, priority, input, idempotency_key, scheduled_for, created_at FROM task_runs WHERE id = $1`, [id])
+    `SELECT task_id, status, attempt, priority, input, idempotency_key, scheduled_for, created_at FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [id])
   return r
 }
 
@@ -161,7 +161,7 @@ describe('idempotency keys', () => {
     const plain = await enqueueTask(api, { taskId: 'uncached', idempotencyKey: 'k1' })
     const claimed = await claim(db.pool, 'orch', 10)
     expect(claimed.sort()).toEqual([cached.runId, plain.runId].sort())
-    for (const id of claimed) await db.pool.query(`SELECT pipeweave_complete_run($1, 'orch', '{"done":true}'::jsonb, '{}', false)`, [id])
+    for (const id of claimed) await complete(db.pool, id, 'orch', { done: true })
 
     expect(await enqueueTask(api, { taskId: 'work', idempotencyKey: 'k1' })).toEqual({ runId: cached.runId, deduplicated: true })
     const again = await enqueueTask(api, { taskId: 'uncached', idempotencyKey: 'k1' })

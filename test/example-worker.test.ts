@@ -15,7 +15,8 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { json, runCli } from './helpers/cli'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { enqueueOne } from './helpers/orchestrator'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { unusedPort } from './helpers/fake-server'
 import { killLeftovers, migratedTestDatabase, track } from './helpers/surface'
 import { waitFor } from './helpers/wait'
@@ -136,7 +137,7 @@ describe('the example worker and the README walkthrough', () => {
     expect(lastStdout).toContain(promisedOutput)
     expect(lastStdout).toMatch(/^Status: completed$/m)
     const runId = vars.RUN
-    expect(runId).toMatch(/^[0-9a-f-]{36}$/)
+    expect(runId).toMatch(/^[0-9a-f]{20}$/)
 
     const { runs } = json<{ runs: Array<Record<string, unknown>> }>(await runCli(['runs:list', '--json'], { env: db.env }))
     expect(runs).toEqual([
@@ -155,10 +156,9 @@ describe('the example worker and the README walkthrough', () => {
     return { db, runId: await enqueue(db, { text: 'hello pipeweave world' }) }
   }
 
-  const enqueue = async (db: TestDatabase, input: unknown) =>
-    (await db.pool.query(`SELECT run_id FROM pipeweave_enqueue('example.word-count', $1::jsonb, NULL, NULL, 0, NULL, NULL)`, [JSON.stringify(input)])).rows[0].run_id as string
+  const enqueue = async (db: TestDatabase, input: unknown) => (await enqueueOne(db.pool, 'example.word-count', { input })).runId
   const runRow = async (db: TestDatabase, id: string) =>
-    (await db.pool.query('SELECT status, attempt, output, error_code, previous_attempts FROM task_runs WHERE id = $1', [id])).rows[0]
+    (await db.pool.query(`SELECT status, attempt, output, error_code, previous_attempts FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [id])).rows[0]
 
   it('accepts signed requests when PIPEWEAVE_SECRET_KEY is the same on both sides', async () => {
     const worker = await startExampleWorker(scratch, { PIPEWEAVE_SECRET_KEY: 'correct horse battery staple' })
@@ -167,7 +167,7 @@ describe('the example worker and the README walkthrough', () => {
     const run = await runCli(['run', '--until-idle'], { env: { ...db.env, PIPEWEAVE_SECRET_KEY: 'correct horse battery staple' } })
     expect(run.code).toBe(0)
     expect(await runRow(db, runId)).toMatchObject({ status: 'completed', attempt: 1, output: { words: 3, longest: 'pipeweave' } })
-    const { rows } = await db.pool.query(`SELECT status, output FROM task_runs WHERE task_id = 'example.shout'`)
+    const { rows } = await db.pool.query(`SELECT status, output FROM ${ALL_RUNS} AS task_runs WHERE task_id = 'example.shout'`)
     expect(rows).toEqual([{ status: 'completed', output: { shouted: 'PIPEWEAVE' } }])
 
     // A replayed request — correctly signed, but not from the last five minutes — is refused,

@@ -10,7 +10,8 @@ import * as path from 'node:path'
 import type { Pool } from 'pg'
 import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
 import { runCli } from './helpers/cli'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { enqueueOne } from './helpers/orchestrator'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import {
   type StubWorker, httpGet, httpPortOf, killLeftovers, migratedTestDatabase, postmasterPid, startStubWorker, startTracked, stubManifest,
 } from './helpers/surface'
@@ -148,11 +149,10 @@ describe('the Prometheus parser of this test', () => {
 // ---------------------------------------------------------------------------------------------
 
 const enqueue = (pool: Pool, task: string, input: unknown = {}, delayMs = 0) =>
-  pool.query('SELECT run_id FROM pipeweave_enqueue($1, $2::jsonb, NULL, NULL, $3, NULL, NULL)', [task, JSON.stringify(input), delayMs])
-    .then((r) => r.rows[0].run_id as string)
+  enqueueOne(pool, task, { input, delayMs }).then((r) => r.runId)
 
 const statuses = async (pool: Pool) => (await pool.query<{ task_id: string; status: string; n: number }>(
-  'SELECT task_id, status, count(*)::int AS n FROM task_runs GROUP BY 1, 2 ORDER BY 1, 2')).rows.map((r) => `${r.task_id} ${r.status} ${r.n}`)
+  `SELECT task_id, status, count(*)::int AS n FROM ${ALL_RUNS} AS task_runs GROUP BY 1, 2 ORDER BY 1, 2`)).rows.map((r) => `${r.task_id} ${r.status} ${r.n}`)
 
 async function register(db: TestDatabase, worker: StubWorker, tasks: Array<Record<string, unknown> & { id: string }>): Promise<void> {
   const file = path.join(os.tmpdir(), `pipeweave-health-manifest-${process.pid}-${worker.port}.json`)
@@ -222,6 +222,8 @@ describe('run --http-port', () => {
         && value(e, 'pipeweave_runs_total', { task: 'm.slow', outcome: 'timeout' }) === 1
         && value(e, 'pipeweave_runs_total', { task: 'm.cached', outcome: 'cached' }) === 1
         && value(e, 'pipeweave_runs_in_flight') === 1
+        // Queue figures are read at most every few seconds (never a query per scrape).
+        && value(e, 'pipeweave_queue_depth') === 2 && value(e, 'pipeweave_dlq_entries') === 2
       return done ? e : undefined
     }, { what: 'the metrics of the finished runs' })
 
@@ -261,14 +263,19 @@ describe('run --http-port', () => {
     gate.resolve()
     const after = await waitFor(async () => {
       const e = await scrape()
-      return value(e, 'pipeweave_runs_total', { task: 'm.held', outcome: 'completed' }) === 3 && value(e, 'pipeweave_runs_in_flight') === 0 ? e : undefined
+      return value(e, 'pipeweave_runs_total', { task: 'm.held', outcome: 'completed' }) === 3 && value(e, 'pipeweave_runs_in_flight') === 0
+        && value(e, 'pipeweave_queue_depth') === 0 ? e : undefined
     }, { what: 'the held runs to complete' })
     expect(value(after, 'pipeweave_queue_depth')).toBe(0)
     expect(value(after, 'pipeweave_queue_oldest_age_seconds')).toBe(0)
 
-    // The mode is read at scrape time, also when it was changed behind pipeweave's back.
+    // The mode is read from the database (at most every few seconds), also when it was changed
+    // behind pipeweave's back.
     await db.pool.query(`UPDATE orchestrator_state SET mode = 'maintenance' WHERE id = 'singleton'`)
-    expect(series(await scrape(), 'pipeweave_maintenance_mode')).toEqual({ 'mode=running': 0, 'mode=waiting_for_maintenance': 0, 'mode=maintenance': 1 })
+    await waitFor(async () => {
+      const modes = series(await scrape(), 'pipeweave_maintenance_mode')
+      return modes['mode=maintenance'] === 1 && modes['mode=running'] === 0 && modes['mode=waiting_for_maintenance'] === 0
+    }, { what: 'the mode gauge to show maintenance' })
 
     run.child.kill('SIGTERM')
     expect((await run.done).code).toBe(0)
@@ -299,12 +306,12 @@ describe('run --http-port', () => {
     // Still shutting down: the process is alive, waiting for its run, and live for the liveness probe.
     expect(run.child.exitCode).toBeNull()
     expect((await httpGet(url('/healthz'))).status).toBe(200)
-    expect((await db.pool.query('SELECT status FROM task_runs WHERE id = $1', [runId])).rows[0].status).toBe('running')
+    expect((await db.pool.query(`SELECT status FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])).rows[0].status).toBe('running')
 
     release.resolve()
     const result = await run.done
     expect(result.code).toBe(0)
-    expect((await db.pool.query('SELECT status, output FROM task_runs WHERE id = $1', [runId])).rows[0]).toEqual({ status: 'completed', output: 'finished late' })
+    expect((await db.pool.query(`SELECT status, output FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])).rows[0]).toEqual({ status: 'completed', output: 'finished late' })
   })
 
   it('a port already in use is a setting to change (exit 2, says which port), not an internal error', async () => {

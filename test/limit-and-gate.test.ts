@@ -4,52 +4,44 @@
  * orchestrator_state) while orchestrators claim.
  */
 import type { PoolClient } from 'pg'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
-import { enqueueMany, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts, allIn } from './helpers/orchestrator'
+import { schemaOf } from '../src/sql/schema'
+import { createTestDatabase, type TestDatabase, TEST_SCHEMA } from './helpers/db'
+import { claim, complete, heartbeat } from './helpers/maintenance-fixtures'
+import { enqueueMany, enqueueOne, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts, allIn } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { ok, startWorker, type StubWorker } from './helpers/worker'
 
-const GATE = '7020304957001'
+/** The maintenance gate's advisory-lock key, as SQL (src/sql/schema.ts). */
+const GATE = schemaOf(TEST_SCHEMA).gateKey
 
-/** Wait until some backend of this database is waiting for a lock. */
-async function someoneWaitsForALock(db: TestDatabase): Promise<void> {
-  await waitFor(async () => {
-    const { rows } = await db.pool.query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
-    return rows[0].n > 0
-  }, { what: 'a backend to wait for a lock' })
-}
-
-describe('a limit changed while runs of its task are enqueued', () => {
+describe('a limit changed while runs of its task are enqueued and claimed', () => {
   let db: TestDatabase
   beforeAll(async () => {
     db = await createTestDatabase({ migrated: true })
     await registerTasks(db.url, 'http://127.0.0.1:1', [{ id: 'flip', concurrency: 2 }])
-    await db.pool.query(`INSERT INTO orchestrators (id, host, pid, version) VALUES ('o', 'h', 1, 'v')`)
+    await heartbeat(db.pool, 'o')
   })
   afterAll(async () => { await db.drop() })
 
   it.each([
-    ['removed (2 → 0)', 0, false],
-    ['added (0 → 2)', 2, true],
-  ])('limit %s: a run enqueued during the change is classified by the new limit and can be claimed', async (_what, to, limited) => {
-    await db.pool.query(`UPDATE tasks SET concurrency = $1 WHERE id = 'flip'`, [to === 0 ? 2 : 0])
+    ['removed (2 → 0)', 2, 0, 5],
+    ['added (0 → 2)', 0, 2, 2],
+  ])('limit %s: an enqueue does not wait for the registration, and the next claim obeys the new limit', async (_what, from, to, claimable) => {
+    await db.pool.query(`DELETE FROM task_runs`)
+    await db.pool.query(`UPDATE tasks SET concurrency = $1 WHERE id = 'flip'`, [from])
     const register: PoolClient = await db.pool.connect()
     try {
       // The registration's side, as services:register does it: the task row locked, the limit changed.
       await register.query('BEGIN')
       await register.query(`SELECT id FROM tasks WHERE id = 'flip' FOR NO KEY UPDATE`)
       await register.query(`UPDATE tasks SET concurrency = $1 WHERE id = 'flip'`, [to])
-      // An enqueue meanwhile, which must not read the old limit.
-      const enqueued = db.pool.query<{ run_id: string }>(`SELECT run_id FROM pipeweave_enqueue('flip', NULL, NULL, NULL, 0, NULL, NULL)`)
-      await someoneWaitsForALock(db)
+      // Enqueues meanwhile finish at once: the claim, not the enqueue, reads the limit.
+      const enqueued = await Promise.all([1, 2, 3, 4, 5].map(() => enqueueOne(db.pool, 'flip')))
       await register.query('COMMIT')
-      const runId = (await enqueued).rows[0].run_id
-      const { rows: [row] } = await db.pool.query(`SELECT limited FROM task_runs WHERE id = $1`, [runId])
-      expect(row.limited).toBe(limited)
-      const { rows: claimed } = await db.pool.query(`SELECT id FROM pipeweave_claim_runs('o', 10)`)
-      expect(claimed.map((r) => r.id)).toContain(runId)
-      await db.pool.query(`UPDATE task_runs SET status = 'completed', completed_at = now() WHERE status = 'running'`)
+      const claimed = await claim(db.pool, 'o', 10)
+      expect(claimed).toHaveLength(claimable)
+      expect(enqueued.map((e) => e.runId)).toEqual(expect.arrayContaining(claimed))
+      for (const id of claimed) await complete(db.pool, id, 'o')
     } finally {
       await register.query('ROLLBACK').catch(() => undefined)
       register.release()
@@ -73,11 +65,12 @@ describe('the maintenance gate held open', () => {
   })
 
   it('a claim gives up after its lock timeout instead of waiting past its client', async () => {
+    await heartbeat(db.pool, 'o')
     const holder = await db.pool.connect()
     try {
       await holder.query('BEGIN')
       await holder.query(`SELECT pg_advisory_xact_lock(${GATE})`)
-      await expect(db.pool.query(`SELECT * FROM pipeweave_claim_runs('o', 1)`)).rejects.toMatchObject({ code: '55P03' })
+      await expect(claim(db.pool, 'o', 1)).rejects.toMatchObject({ code: '55P03' })
     } finally {
       await holder.query('ROLLBACK').catch(() => undefined)
       holder.release()
@@ -87,7 +80,7 @@ describe('the maintenance gate held open', () => {
   it('an orchestrator says the gate is held, claims nothing meanwhile, and carries on when it opens', async () => {
     const ids = await enqueueMany(db.pool, 'job', 3)
     const holder = await db.pool.connect()
-    const run = startRun(quickEnv({ DATABASE_URL: db.url }), ['--log-format', 'json', '--poll-interval', '200'])
+    const run = startRun(quickEnv(db.env), ['--log-format', 'json', '--poll-interval', '200'])
     try {
       await holder.query('BEGIN')
       await holder.query(`SELECT pg_advisory_xact_lock(${GATE})`)

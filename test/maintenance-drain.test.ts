@@ -5,10 +5,10 @@
  * using up their attempt (SPEC §5), so a killed fleet never holds a drain; and with nobody alive to
  * run due pending runs, `Status:` says so and points at maintenance:enter.
  */
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { json, runCli } from './helpers/cli'
 import {
-  addPendingRun, addTask, claim, countRuns, eventsAfter, heartbeat, lastEventId, mode, resetTo, startRun,
+  addPendingRun, addTask, claim, complete, countRuns, eventsAfter, fail, heartbeat, lastEventId, mode, resetTo, startRun,
 } from './helpers/maintenance-fixtures'
 
 let db: TestDatabase
@@ -42,10 +42,9 @@ describe('runs scheduled for later', () => {
     await resetTo(db.pool, 'running')
     // A real retry: the first attempt fails and the run goes back with a 10-minute backoff.
     const runId = await startRun(db.pool, 'slow-retry', 'orch')
-    const { rows: [failed] } = await db.pool.query(
-      `SELECT outcome, scheduled_for FROM pipeweave_fail_run($1, 'orch', 'worker said 503', 'HTTP_503', true, false)`, [runId])
+    const failed = await fail(db.pool, runId, 'orch', { error: 'worker said 503', code: 'HTTP_503', retryable: true })
     expect(failed.outcome).toBe('retried')
-    expect(failed.scheduled_for.getTime()).toBeGreaterThan(Date.now() + 9 * 60_000)
+    expect(failed.scheduledFor!.getTime()).toBeGreaterThan(Date.now() + 9 * 60_000)
     const before = await lastEventId(db.pool)
 
     const request = await pipeweave(['maintenance:request', '--json'])
@@ -60,8 +59,8 @@ describe('runs scheduled for later', () => {
     expect(statusLine(human.stdout, 'Status')).toMatch(/1 scheduled/)
 
     // Untouched: still the pending second attempt, still 10 minutes ahead.
-    const { rows: [run] } = await db.pool.query('SELECT status, attempt, scheduled_for FROM task_runs WHERE id = $1', [runId])
-    expect(run).toEqual({ status: 'pending', attempt: 2, scheduled_for: failed.scheduled_for })
+    const { rows: [run] } = await db.pool.query(`SELECT status, attempt, scheduled_for FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])
+    expect(run).toEqual({ status: 'pending', attempt: 2, scheduled_for: failed.scheduledFor })
   })
 
   it('in waiting_for_maintenance, the drain ends when the running run completes, the scheduled one waiting', async () => {
@@ -70,7 +69,7 @@ describe('runs scheduled for later', () => {
     await addPendingRun(db.pool, 'instant-retry', { scheduledInMs: 600_000, attempt: 2 })
     expect(json<Status>(await pipeweave(['maintenance:request', '--json'])))
       .toMatchObject({ mode: 'waiting_for_maintenance', runningTasks: 1, pendingTasks: 0, scheduledTasks: 1 })
-    await db.pool.query(`SELECT pipeweave_complete_run($1, 'orch', 'null'::jsonb, '{}', false)`, [running])
+    await complete(db.pool, running, 'orch', null)
     expect(json<Status>(await pipeweave(['maintenance:status', '--json'])))
       .toMatchObject({ mode: 'maintenance', runningTasks: 0, pendingTasks: 0, scheduledTasks: 1 })
   })
@@ -92,7 +91,7 @@ describe('runs held by dead orchestrators', () => {
     expect(status.message).toMatch(/maintenance:enter/)
 
     const { rows: [run] } = await db.pool.query(
-      'SELECT status, attempt, orchestrator_id, started_at, previous_attempts FROM task_runs WHERE id = $1', [runId])
+      `SELECT status, attempt, orchestrator_id, started_at, previous_attempts FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])
     expect(run).toEqual({
       status: 'pending', attempt: 2, orchestrator_id: null, started_at: null,
       previous_attempts: [{ attempt: 1, error: 'orchestrator lost', errorCode: 'ORCHESTRATOR_LOST', at: expect.any(String) }],
@@ -135,7 +134,7 @@ describe('runs held by dead orchestrators', () => {
     expect(json<Status>(request)).toMatchObject({ mode: 'maintenance', runningTasks: 0, pendingTasks: 0 })
     expect((await eventsAfter(db.pool, before)).map((e) => e.to_mode)).toEqual(['waiting_for_maintenance', 'maintenance'])
 
-    const { rows: [run] } = await db.pool.query('SELECT status, attempt, error FROM task_runs WHERE id = $1', [runId])
+    const { rows: [run] } = await db.pool.query(`SELECT status, attempt, error FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])
     expect(run).toEqual({ status: 'failed', attempt: 1, error: 'orchestrator lost' })
     const { rows: dlq } = await db.pool.query('SELECT task_run_id, task_id, attempts, error, previous_attempts FROM dlq')
     expect(dlq).toEqual([{
@@ -155,12 +154,12 @@ describe('runs held by dead orchestrators', () => {
     // The crashed work is due again, not scheduled past the drain, so it holds the drain…
     const waiting = json<Status>(await pipeweave(['maintenance:request', '--json']))
     expect(waiting).toMatchObject({ mode: 'waiting_for_maintenance', runningTasks: 0, pendingTasks: 2, scheduledTasks: 0, liveOrchestrators: 1 })
-    expect(await countRuns(db.pool, `id = ANY ($1) AND status = 'pending' AND attempt = 2 AND scheduled_for IS NULL`, [runs])).toBe(2)
+    expect(await countRuns(db.pool, `id = ANY ($1) AND status = 'pending' AND attempt = 2 AND scheduled_for <= now()`, [runs])).toBe(2)
 
     // …until the survivor has run it.
     const claimed = await claim(db.pool, 'survivor', 5)
     expect([...claimed].sort()).toEqual([...runs].sort())
-    for (const id of claimed) await db.pool.query(`SELECT pipeweave_complete_run($1, 'survivor', 'null'::jsonb, '{}', false)`, [id])
+    for (const id of claimed) await complete(db.pool, id, 'survivor', null)
     const done = json<Status>(await pipeweave(['maintenance:status', '--json']))
     expect(done).toMatchObject({ mode: 'maintenance', runningTasks: 0, pendingTasks: 0, scheduledTasks: 0 })
     expect(await countRuns(db.pool, `id = ANY ($1) AND status = 'completed' AND attempt = 2`, [runs])).toBe(2)

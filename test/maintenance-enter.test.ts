@@ -3,8 +3,9 @@
  * only pending runs it enters at once, and the pending runs are kept, untouched, for after
  * `maintenance:exit` — nothing claims them in between.
  */
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { waitFor } from './helpers/wait'
+import { enqueueOne } from './helpers/orchestrator'
 import { json, runCli } from './helpers/cli'
 import {
   addPendingRun, addTask, claim, countRuns, eventsAfter, heartbeat, lastEventId, mode, resetTo, startRun,
@@ -50,7 +51,7 @@ it('with only pending runs: enters at once, and the pending runs are all there a
   await resetTo(db.pool, 'running')
   const due = [await addPendingRun(db.pool, 'work'), await addPendingRun(db.pool, 'work')]
   const later = await addPendingRun(db.pool, 'work', { scheduledInMs: 60_000 })
-  const { rows: arranged } = await db.pool.query(`SELECT id, status, attempt, scheduled_for, created_at FROM task_runs ORDER BY id`)
+  const { rows: arranged } = await db.pool.query(`SELECT id, status, attempt, scheduled_for, created_at FROM ${ALL_RUNS} AS task_runs ORDER BY id`)
   const before = await lastEventId(db.pool)
 
   const enter = await pipeweave('maintenance:enter', '--reason', 'restore from backup', '--json')
@@ -65,7 +66,7 @@ it('with only pending runs: enters at once, and the pending runs are all there a
   const exit = await pipeweave('maintenance:exit', '--json')
   expect(exit.code).toBe(0)
   expect(json(exit)).toMatchObject({ mode: 'running', changed: true, pendingTasks: 2, scheduledTasks: 1 })
-  const { rows: after } = await db.pool.query(`SELECT id, status, attempt, scheduled_for, created_at FROM task_runs ORDER BY id`)
+  const { rows: after } = await db.pool.query(`SELECT id, status, attempt, scheduled_for, created_at FROM ${ALL_RUNS} AS task_runs ORDER BY id`)
   expect(after).toEqual(arranged)
   expect(after.map((r) => r.id).sort()).toEqual([...due, later].sort())
 
@@ -86,7 +87,7 @@ it('from waiting_for_maintenance with pending runs nobody will run: enter keeps 
   const enter = await pipeweave('maintenance:enter', '--json')
   expect(enter.code).toBe(0)
   expect(json(enter)).toMatchObject({ mode: 'maintenance', changed: true, pendingTasks: 1 })
-  const { rows: [run] } = await db.pool.query('SELECT status, attempt FROM task_runs WHERE id = $1', [pending])
+  const { rows: [run] } = await db.pool.query(`SELECT status, attempt FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [pending])
   expect(run).toEqual({ status: 'pending', attempt: 1 })
 })
 
@@ -94,7 +95,7 @@ it('hands back a lost run without deadlocking an enqueue of its idempotency key 
   await resetTo(db.pool, 'running')
   await addTask(db.pool, 'keyed', { retryDelayMs: 0 })
   // A run holding key k, lost with its orchestrator.
-  const { rows: [{ run_id: lost }] } = await db.pool.query(`SELECT run_id FROM pipeweave_enqueue('keyed', '{}'::jsonb, NULL, 'k', 0, NULL, NULL)`)
+  const { runId: lost } = await enqueueOne(db.pool, 'keyed', { input: {}, idempotencyKey: 'k' })
   await heartbeat(db.pool, 'ghost')
   expect(await claim(db.pool, 'ghost', 1)).toEqual([lost])
   await db.pool.query(`DELETE FROM orchestrators WHERE id = 'ghost'`)
@@ -103,14 +104,14 @@ it('hands back a lost run without deadlocking an enqueue of its idempotency key 
   const tx = await db.pool.connect()
   try {
     await tx.query('BEGIN')
-    await tx.query(`SELECT run_id FROM pipeweave_enqueue('work', '{}'::jsonb, NULL, NULL, 0, NULL, NULL)`)
+    await enqueueOne(tx, 'work', { input: {} })
     // …when maintenance:enter comes and waits for the gate…
     const enter = runCli(['maintenance:enter', '--json'], { env: db.env })
     await waitFor(async () => (await db.pool.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).rowCount! > 0,
       { what: 'maintenance:enter to wait for the gate' })
     // …and the transaction enqueues key k: it must not wait on a run that enter holds while enter waits on it.
-    const { rows: [again] } = await tx.query(`SELECT run_id, deduplicated FROM pipeweave_enqueue('keyed', '{}'::jsonb, NULL, 'k', 0, NULL, NULL)`)
-    expect(again).toEqual({ run_id: lost, deduplicated: true })
+    const again = await enqueueOne(tx, 'keyed', { input: {}, idempotencyKey: 'k' })
+    expect(again).toEqual({ runId: lost, deduplicated: true })
     await tx.query('COMMIT')
 
     const result = await enter
@@ -120,6 +121,6 @@ it('hands back a lost run without deadlocking an enqueue of its idempotency key 
     await tx.query('ROLLBACK').catch(() => undefined)
     tx.release()
   }
-  const { rows: [run] } = await db.pool.query('SELECT status, attempt FROM task_runs WHERE id = $1', [lost])
+  const { rows: [run] } = await db.pool.query(`SELECT status, attempt FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [lost])
   expect(run).toEqual({ status: 'pending', attempt: 2 })
 })

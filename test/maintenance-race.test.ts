@@ -7,15 +7,20 @@
  * Two ways the mode changes: `pipeweave maintenance:request` from another process, the drain then
  * completed by the claimers' drain checks (the scenario of the issue); and a runbook's SQL UPDATE
  * straight to `maintenance`, sent just as a claim is on its way, many times. Checked to fail, every
- * time, with any one gate lock of migration 002 commented out: the trigger's (runs created late in
+ * time, with any one gate lock commented out (migrations 001 and 002): the trigger's (runs created late in
  * every request round, and late runs or starts in the runbook test), the enqueue's (runs created
  * late) or the claim's (runs started in maintenance in about half the flips of the runbook test; a
  * request's drain alone cannot show it: a claim can only race the drain for a run that falls due in
  * the instant between the drain check's count and its change).
  */
 import { Client } from 'pg'
-import { exitMaintenance } from '../src/maintenance/maintenance'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { enqueueTask } from '../src/api/enqueue'
+import type { Database } from '../src/db/database'
+import { MaintenanceModeError } from '../src/errors'
+import { drainCheck, exitMaintenance } from '../src/maintenance/maintenance'
+import { createRepository } from '../src/orchestrator/repository'
+import { createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA } from './helpers/db'
+import { clientDatabase } from './helpers/orchestrator'
 import { runCli } from './helpers/cli'
 import { deferred, waitFor } from './helpers/wait'
 import { addTask, heartbeat, mode } from './helpers/maintenance-fixtures'
@@ -45,7 +50,7 @@ beforeAll(async () => {
   db = await createTestDatabase({ migrated: true })
   await addTask(db.pool, 'race')
   for (let i = 0; i < ENQUEUERS + CLAIMERS * (1 + COMPLETERS_EACH); i++) {
-    const client = new Client({ connectionString: db.url, application_name: `race-${i}` })
+    const client = new Client({ connectionString: db.url, application_name: `race-${i}`, options: `-c search_path=${TEST_SCHEMA}` })
     client.on('error', () => undefined)
     await client.connect()
     clients.push(client)
@@ -93,11 +98,11 @@ async function startLoad(): Promise<Load> {
       if (refusedLast || stats.enqueued - stats.claimed > BACKLOG) await cycle.promise
       if (stopped) break
       try {
-        await client.query(`SELECT run_id FROM pipeweave_enqueue('race', '{}'::jsonb, NULL, NULL, $1::bigint, NULL, NULL)`, [delayMs(i)])
+        await enqueueTask(clientDatabase(client), { taskId: 'race', input: {}, delayMs: delayMs(i) })
         stats.enqueued++
         refusedLast = false
       } catch (error) {
-        if ((error as { code?: string }).code !== 'PWMNT') { failures.push(error); return }
+        if (!(error instanceof MaintenanceModeError)) { failures.push(error); return }
         stats.refused++
         refusedLast = true
       }
@@ -107,18 +112,20 @@ async function startLoad(): Promise<Load> {
   // As `run` does on its loop: the drain check, a claim, the completions (concurrently, as
   // dispatches are).
   const claimer = async (client: Client, completers: Client[]) => {
+    const repo = createRepository(clientDatabase(client) as unknown as Database, ORCHESTRATOR)
+    const completing = completers.map((c) => createRepository(clientDatabase(c) as unknown as Database, ORCHESTRATOR))
     while (!stopped) {
       try {
-        const { rows: [check] } = await client.query<{ mode: string }>(`SELECT mode FROM pipeweave_drain_check(30000, 'race-claimer')`)
-        const claim = client.query<{ id: string }>(`SELECT id FROM pipeweave_claim_runs($1, 20)`, [ORCHESTRATOR])
+        const check = await drainCheck(clientDatabase(client), { staleMs: 30_000, actor: 'race-claimer' })
+        const claim = repo.claim(20, 2_000_000_000)
         const starting = claiming
         claiming = deferred()
         starting.resolve()
-        const { rows } = await claim
+        const { runs: rows } = await claim
         stats.claimed += rows.length
-        await Promise.all(completers.map(async (completer, k) => {
-          for (let j = k; j < rows.length; j += completers.length) {
-            await completer.query(`SELECT completed FROM pipeweave_complete_run($1, $2, '{}'::jsonb, '{}', false)`, [rows[j].id, ORCHESTRATOR])
+        await Promise.all(completing.map(async (completer, k) => {
+          for (let j = k; j < rows.length; j += completing.length) {
+            await completer.complete([{ runId: rows[j].id, attempt: rows[j].attempt, output: {}, runNext: [], fromCache: false }])
           }
         }))
         if (check.mode === 'maintenance' && rows.length === 0) stats.emptyClaimsInMaintenance++
@@ -161,9 +168,9 @@ async function violations(): Promise<Array<{ createdLate: number; startedInMaint
              COALESCE((SELECT x.at FROM maintenance_events x WHERE x.id > e.id AND x.to_mode = 'running' ORDER BY x.id LIMIT 1), 'infinity') AS resumed
         FROM maintenance_events e
        WHERE e.from_mode = 'running')
-    SELECT (SELECT count(*) FROM task_runs r WHERE r.created_at > w.left_running AND r.created_at < w.resumed)::int AS created_late,
-           (SELECT count(*) FROM task_runs r WHERE r.started_at > w.maintenance AND r.started_at < w.resumed)::int AS started_late,
-           (SELECT count(*) FROM task_runs r WHERE r.started_at > w.left_running AND r.started_at < w.maintenance)::int AS started_draining
+    SELECT (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.created_at > w.left_running AND r.created_at < w.resumed)::int AS created_late,
+           (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.started_at > w.maintenance AND r.started_at < w.resumed)::int AS started_late,
+           (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.started_at > w.left_running AND r.started_at < w.maintenance)::int AS started_draining
       FROM w ORDER BY w.id`)
   return rows.map((r) => ({ createdLate: r.created_late, startedInMaintenance: r.started_late, startedWhileDraining: r.started_draining }))
 }
@@ -171,6 +178,7 @@ async function violations(): Promise<Array<{ createdLate: number; startedInMaint
 async function resetRuns(): Promise<void> {
   await db.pool.query(`DELETE FROM maintenance_events`)
   await db.pool.query(`DELETE FROM task_runs`)
+  await db.pool.query(`DELETE FROM task_run_history`)
 }
 
 it(`maintenance:request while 16 connections enqueue and orchestrators drain: nothing created late, nothing started in maintenance (${REQUEST_ROUNDS} rounds)`, async () => {
@@ -194,14 +202,19 @@ it(`maintenance:request while 16 connections enqueue and orchestrators drain: no
     expect(load.stats.enqueued).toBeGreaterThan(0)
     enqueued += load.stats.enqueued
     // Back to running for the next round (what maintenance:exit does).
-    await exitMaintenance(db.pool, { actor: 'race-test', reason: 'next round' })
+    const one = await db.pool.connect()
+    try {
+      await exitMaintenance(clientDatabase(one), { actor: 'race-test', reason: 'next round' })
+    } finally {
+      one.release()
+    }
   }
 
   const found = await violations()
   expect(found).toHaveLength(REQUEST_ROUNDS)
   // The test raced for real: every round claimed while draining.
   expect(found.map((v) => v.startedWhileDraining > 0)).toEqual(found.map(() => true))
-  const { rows: [{ n }] } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM task_runs`)
+  const { rows: [{ n }] } = await db.pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${ALL_RUNS} AS task_runs`)
   expect(n).toBe(enqueued)
   expect(found.map(({ createdLate, startedInMaintenance }) => ({ createdLate, startedInMaintenance })))
     .toEqual(found.map(() => ({ createdLate: 0, startedInMaintenance: 0 })))
@@ -209,7 +222,7 @@ it(`maintenance:request while 16 connections enqueue and orchestrators drain: no
 
 it(`a runbook's UPDATE to maintenance while runs are enqueued and claimed: nothing created or started after it (${RUNBOOK_FLIPS} flips)`, async () => {
   await resetRuns()
-  const runbook = new Client({ connectionString: db.url, application_name: 'runbook' })
+  const runbook = new Client({ connectionString: db.url, application_name: 'runbook', options: `-c search_path=${TEST_SCHEMA}` })
   await runbook.connect()
   const load = await startLoad()
   try {

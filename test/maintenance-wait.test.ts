@@ -4,13 +4,14 @@
  * `running` and completed from the test, and the CLI's own drain checks must finish the drain.
  */
 import { spawn } from 'node:child_process'
+import type { Pool } from 'pg'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { BIN, cleanEnv, json, runCli, startCli } from './helpers/cli'
 import { waitFor } from './helpers/wait'
-import { addTask, eventsAfter, heartbeat, lastEventId, mode, resetTo, startRun } from './helpers/maintenance-fixtures'
+import { addTask, eventsAfter, heartbeat, lastEventId, mode, resetTo, startRun, complete } from './helpers/maintenance-fixtures'
 
 const ORCHESTRATOR = 'heartbeating-orchestrator'
 /** Short, so that the run would be handed back if the test stopped heartbeating for it. */
@@ -44,9 +45,7 @@ async function completeAndLeave(runId: string): Promise<void> {
   const client = await db.pool.connect()
   try {
     await client.query('BEGIN')
-    const { rows: [row] } = await client.query<{ completed: boolean }>(
-      `SELECT completed FROM pipeweave_complete_run($1, $2, '{"ok":true}'::jsonb, '{}', false)`, [runId, ORCHESTRATOR])
-    expect(row.completed).toBe(true)
+    expect(await complete(client as unknown as Pool, runId, ORCHESTRATOR)).toBe(true)
     await client.query('DELETE FROM orchestrators WHERE id = $1', [ORCHESTRATOR])
     await client.query('COMMIT')
   } finally {
@@ -76,7 +75,7 @@ describe('maintenance:request --wait', () => {
     expect(human.stderr.trim().split('\n')).toHaveLength(1)
 
     expect((await mode(db.pool)).mode).toBe('waiting_for_maintenance')
-    const { rows: [run] } = await db.pool.query('SELECT status, attempt FROM task_runs WHERE id = $1', [runId])
+    const { rows: [run] } = await db.pool.query(`SELECT status, attempt FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])
     expect(run).toEqual({ status: 'running', attempt: 1 })
     expect((await eventsAfter(db.pool, before)).map((e) => e.to_mode)).toEqual(['waiting_for_maintenance'])
 

@@ -3,7 +3,7 @@
  * back to pending once its heartbeat is older than ORCHESTRATOR_STALE_MS, found by the next one;
  * each such run uses up its attempt ("orchestrator lost") and none stays `running`.
  */
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { allIn, enqueueMany, killLeftoverRuns, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
@@ -40,7 +40,7 @@ describe('pipeweave run: crash recovery', () => {
     first.child.kill('SIGKILL')
     expect((await first.done).signal).toBe('SIGKILL')
     // The killed process left its 20 runs `running` and its heartbeat behind.
-    const { rows: held } = await db.pool.query<{ id: string }>(`SELECT id FROM task_runs WHERE status = 'running' AND orchestrator_id = $1`, [firstId])
+    const { rows: held } = await db.pool.query<{ id: string }>(`SELECT id FROM ${ALL_RUNS} AS task_runs WHERE status = 'running' AND orchestrator_id = $1`, [firstId])
     expect(new Set(held.map((r) => r.id))).toEqual(inFlight)
 
     const second = startRun(env(), ['--log-format', 'json', '--concurrency', '20'])
@@ -56,7 +56,7 @@ describe('pipeweave run: crash recovery', () => {
 
     // A run lost with its orchestrator used up its attempt; the others ran once.
     const { rows } = await db.pool.query<{ id: string; attempt: number; previous_attempts: Array<Record<string, unknown>> }>(
-      'SELECT id, attempt, previous_attempts FROM task_runs')
+      `SELECT id, attempt, previous_attempts FROM ${ALL_RUNS} AS task_runs`)
     for (const row of rows) {
       if (inFlight.has(row.id)) {
         expect(row.attempt).toBe(2)
@@ -95,7 +95,7 @@ describe('pipeweave run: crash recovery', () => {
       await frozen.waitForLog((l) => l.event === 'reregistered', { what: 'the re-registration' })
       worker.releaseAll(ok('stale'))
       for (const id of ids) await frozen.waitForLog((l) => l.event === 'fenced' && l.runId === id, { what: `the fenced result of ${id}` })
-      const { rows } = await db.pool.query<{ output: unknown; attempt: number; orchestrator_id: string }>('SELECT output, attempt, orchestrator_id FROM task_runs')
+      const { rows } = await db.pool.query<{ output: unknown; attempt: number; orchestrator_id: string }>(`SELECT output, attempt, orchestrator_id FROM ${ALL_RUNS} AS task_runs`)
       expect(rows).toHaveLength(3)
       for (const row of rows) {
         expect(row.output).toBe('fresh')
@@ -122,7 +122,7 @@ describe('pipeweave run: crash recovery', () => {
     // A third start finds the second attempt lost too: retries exhausted, into the DLQ.
     const last = startRun(env(), ['--log-format', 'json'])
     await waitFor(async () => {
-      const { rows: [r] } = await db.pool.query<{ status: string }>('SELECT status FROM task_runs WHERE id = $1', [runId])
+      const { rows: [r] } = await db.pool.query<{ status: string }>(`SELECT status FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])
       return r.status === 'failed'
     }, { what: 'the poison run to fail', timeoutMs: 20_000 })
     const { rows: dlq } = await db.pool.query('SELECT attempts, error_code FROM dlq WHERE task_run_id = $1', [runId])

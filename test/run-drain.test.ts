@@ -3,7 +3,7 @@
  * due work (follow-ups included) is done, no run starts once the mode is `maintenance`, and after
  * `maintenance:exit` the same `run` process resumes by itself.
  */
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { json, runCli, startCli } from './helpers/cli'
 import { enqueueMany, enqueueOne, finished, getRun, killLeftoverRuns, registerTasks, startRun } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
@@ -48,7 +48,7 @@ describe('pipeweave run: the drain', () => {
     const request = startCli(['maintenance:request', '--wait', '--timeout', '60', '--reason', 'drain test', '--json'], { env: db.env })
     await waitFor(async () => (await mode()) === 'waiting_for_maintenance', { what: 'the request to land' })
     // New work is refused now; existing work goes on.
-    await expect(enqueueOne(db.pool, 'work')).rejects.toMatchObject({ code: 'PWMNT' })
+    await expect(enqueueOne(db.pool, 'work')).rejects.toMatchObject({ code: 'MAINTENANCE_MODE' })
 
     // Let the worker answer: everything held now, and everything that comes after.
     worker.behave('work', () => ({ kind: 'reply', status: 200, body: { output: 'ok' }, delayMs: 5 }))
@@ -61,7 +61,7 @@ describe('pipeweave run: the drain', () => {
     expect(await mode()).toBe('maintenance')
 
     // Everything that was due ran, the pipeline's follow-up included; the scheduled run waits.
-    const { rows: childRows } = await db.pool.query<{ id: string }>('SELECT id FROM task_runs WHERE parent_run_id = $1', [parentId])
+    const { rows: childRows } = await db.pool.query<{ id: string }>(`SELECT id FROM ${ALL_RUNS} AS task_runs WHERE parent_run_id = $1`, [parentId])
     expect(childRows).toHaveLength(1)
     for (const id of [...work, parentId, childRows[0].id]) expect((await getRun(db.pool, id)).status).toBe('completed')
     expect((await getRun(db.pool, laterId)).status).toBe('pending')
@@ -69,7 +69,7 @@ describe('pipeweave run: the drain', () => {
     // No run started after the mode became maintenance.
     const { rows: [event] } = await db.pool.query<{ at: Date }>(
       `SELECT at FROM maintenance_events WHERE to_mode = 'maintenance' ORDER BY at DESC LIMIT 1`)
-    const { rows: [latest] } = await db.pool.query<{ started: Date }>('SELECT max(started_at) AS started FROM task_runs')
+    const { rows: [latest] } = await db.pool.query<{ started: Date }>(`SELECT max(started_at) AS started FROM ${ALL_RUNS} AS task_runs`)
     expect(latest.started.getTime()).toBeLessThanOrEqual(event.at.getTime())
 
     // In maintenance a run that becomes due is not started: make the scheduled one due now, then
@@ -99,7 +99,7 @@ describe('pipeweave run: the drain', () => {
     const run = startRun({ ...db.env, POLL_INTERVAL_MS: '200' }, ['--log-format', 'json'])
     await run.started()
     expect((await runCli(['maintenance:enter', '--reason', 'runbook test'], { env: db.env })).code).toBe(0)
-    await expect(enqueueOne(db.pool, 'work')).rejects.toMatchObject({ code: 'PWMNT' })
+    await expect(enqueueOne(db.pool, 'work')).rejects.toMatchObject({ code: 'MAINTENANCE_MODE' })
     await db.pool.query(`UPDATE orchestrator_state SET mode = 'running' WHERE id = 'singleton'`)
     const { runId } = await enqueueOne(db.pool, 'work')
     expect(await finished(db.pool, runId)).toMatchObject({ status: 'completed' })

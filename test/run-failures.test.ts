@@ -5,7 +5,7 @@
  * each test has tasks of its own, scripted per attempt on one stub worker.
  */
 import * as crypto from 'node:crypto'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import {
   dlqFor, enqueueOne, finished, getRun, killLeftoverRuns, quickEnv, registerTasks, type RunProcess, startRun,
 } from './helpers/orchestrator'
@@ -246,7 +246,7 @@ describe('pipeweave run: worker answers, retries and the DLQ', () => {
     const { runId } = await enqueueOne(db.pool, 'parent', { input: { start: true }, pipelineRunId: 'pr-1' })
     await finished(db.pool, runId)
     const { rows: children } = await db.pool.query<{ id: string; task_id: string }>(
-      'SELECT id, task_id FROM task_runs WHERE parent_run_id = $1', [runId])
+      `SELECT id, task_id FROM ${ALL_RUNS} AS task_runs WHERE parent_run_id = $1`, [runId])
     expect(children.map((c) => c.task_id)).toEqual(['child'])
     const child = await finished(db.pool, children[0].id)
     expect(child).toMatchObject({

@@ -2,7 +2,7 @@
  * Several orchestrators on one database (SPEC §5): SKIP LOCKED hands each run to exactly one of
  * them, and a task's concurrency limit holds across all of them.
  */
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { allIn, enqueueMany, killLeftoverRuns, quickEnv, registerTasks, type RunProcess, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { startWorker, type StubWorker } from './helpers/worker'
@@ -53,7 +53,7 @@ describe('pipeweave run: three orchestrators on one database', () => {
 
     // They did work side by side (which one gets how much is up to the scheduler).
     const { rows } = await db.pool.query<{ orchestrator_id: string; n: number }>(
-      'SELECT orchestrator_id, count(*)::int AS n FROM task_runs GROUP BY orchestrator_id')
+      `SELECT orchestrator_id, count(*)::int AS n FROM ${ALL_RUNS} AS task_runs GROUP BY orchestrator_id`)
     expect(rows.every((r) => ids.includes(r.orchestrator_id))).toBe(true)
     expect(rows.length).toBeGreaterThanOrEqual(2)
 

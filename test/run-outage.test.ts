@@ -13,9 +13,8 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { Pool } from 'pg'
 import { runMigrations } from '../src/api/migrations'
-import { createDatabase } from '../src/db/database'
 import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA, apiDatabase } from './helpers/db'
 import { allIn, enqueueMany, FINAL, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
@@ -87,13 +86,13 @@ describe('pipeweave run: database outages', () => {
         await admin.end()
       }
       url = `postgres://${s.user}:${encodeURIComponent(s.password)}@${s.host}:${s.port}/${name}`
-      const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
+      const db = await apiDatabase(url)
       try {
         await runMigrations(db)
       } finally {
         await db.close()
       }
-      pool = new Pool({ connectionString: url, max: 3 })
+      pool = new Pool({ connectionString: url, max: 3, options: `-c search_path=${TEST_SCHEMA}` })
       pool.on('error', () => undefined) // idle clients die with the server
       await registerTasks(url, worker.url, [{ id: 'job', retries: 2, retryBackoff: 'fixed', retryDelayMs: 0 }])
     })
@@ -156,7 +155,7 @@ describe('pipeweave run: database outages', () => {
       await Promise.all(runs.map((r) => r.waitForLog((l) => l.event === 'db-up')))
       worker.releaseAll(ok('done'))
       await waitFor(() => allIn(pool, FINAL, ids), { timeoutMs: 30_000, what: 'the runs to finish' })
-      const { rows } = await pool.query<{ status: string; error_code: string | null }>('SELECT status, error_code FROM task_runs WHERE id = ANY ($1)', [ids])
+      const { rows } = await pool.query<{ status: string; error_code: string | null }>(`SELECT status, error_code FROM ${ALL_RUNS} AS task_runs WHERE id = ANY ($1)`, [ids])
       expect(rows).toEqual(ids.map(() => ({ status: 'completed', error_code: null })))
       expect([...worker.arrivals().values()]).toEqual(ids.map(() => 1))
       for (const r of runs) expect((await r.stop('SIGTERM')).code).toBe(0)
@@ -222,7 +221,7 @@ describe('pipeweave run: database outages', () => {
       proxy.swallowAnswersContaining(ids)
       await db.pool.query(`INSERT INTO task_runs (id, task_id) SELECT unnest($1::text[]), 'job'`, [ids])
       await waitFor(async () => {
-        const { rows } = await db.pool.query(`SELECT id FROM task_runs WHERE status = 'running' AND orchestrator_id = $1`, [orchestratorId])
+        const { rows } = await db.pool.query(`SELECT id FROM ${ALL_RUNS} AS task_runs WHERE status = 'running' AND orchestrator_id = $1`, [orchestratorId])
         return rows.length === 3
       }, { what: 'the claim to commit' })
       await waitFor(() => proxy.swallowed > 0, { what: 'the claim\'s answer to be swallowed' })
@@ -231,7 +230,7 @@ describe('pipeweave run: database outages', () => {
       // The orchestrator is alive and heartbeating, so crash recovery will never take these runs
       // back (ORCHESTRATOR_STALE_MS is 30 s): the orchestrator itself must.
       await waitFor(() => allIn(db.pool, ['completed'], ids), { timeoutMs: 20_000, what: 'the runs of the lost claim to complete' })
-      const { rows } = await db.pool.query<{ attempt: number; previous_attempts: unknown[] }>('SELECT attempt, previous_attempts FROM task_runs')
+      const { rows } = await db.pool.query<{ attempt: number; previous_attempts: unknown[] }>(`SELECT attempt, previous_attempts FROM ${ALL_RUNS} AS task_runs`)
       expect(rows).toEqual(ids.map(() => ({ attempt: 1, previous_attempts: [] })))
       expect([...worker.arrivals().values()]).toEqual([1, 1, 1])
       expect((await run.stop('SIGTERM')).code).toBe(0)

@@ -1,9 +1,11 @@
 /**
  * Graceful shutdown (SPEC §5): on SIGTERM/SIGINT stop claiming, let in-flight dispatches finish
- * within --shutdown-timeout, abort the rest and put them back to `pending` keeping their attempt,
- * deregister, exit 0. A second SIGINT stops at once, still handing the held runs back.
+ * within --shutdown-timeout, then abort the rest. A request that was written may have reached its
+ * worker, so it comes back as a new attempt (SHUTDOWN_ABORTED, due at once); a run never sent
+ * keeps its attempt. Deregister, exit 0. A second SIGINT stops at once (exit 130), still handing
+ * the held runs back.
  */
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { allIn, enqueueMany, getRun, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
@@ -15,7 +17,7 @@ describe('pipeweave run: graceful shutdown', () => {
   beforeEach(async () => {
     db = await createTestDatabase({ migrated: true })
     worker = await startWorker()
-    await registerTasks(db.url, worker.url, [{ id: 'job', retries: 0 }])
+    await registerTasks(db.url, worker.url, [{ id: 'job', retries: 1, retryDelayMs: 60_000 }])
   })
 
   afterEach(async () => {
@@ -54,22 +56,31 @@ describe('pipeweave run: graceful shutdown', () => {
     expect(worker.requests).toHaveLength(6)
     for (const r of finishing) expect(await getRun(db.pool, r.runId)).toMatchObject({ status: 'completed', output: { finished: 'during shutdown' } })
     for (const r of unfinished) {
-      // Handed back keeping the attempt: a shutdown is not the run's failure.
-      expect(await getRun(db.pool, r.runId)).toMatchObject({
-        status: 'pending', attempt: 1, previous_attempts: [], started_at: null, orchestrator_id: null,
+      // Sent, so maybe seen by the worker: that attempt is spent (once per attempt), and the run
+      // comes back as its next attempt, due at once (not after the task's 60 s backoff).
+      const back = await getRun(db.pool, r.runId)
+      expect(back).toMatchObject({
+        status: 'pending', attempt: 2, started_at: null, orchestrator_id: null, error_code: 'SHUTDOWN_ABORTED',
+        previous_attempts: [expect.objectContaining({ attempt: 1, errorCode: 'SHUTDOWN_ABORTED' })],
       })
+      expect(back.scheduled_for!.getTime()).toBeLessThanOrEqual(Date.now() + 1000)
       await run.waitForLog((l) => l.event === 'run' && l.runId === r.runId && l.status === 'pending')
     }
+    // The 4 never sent keep their first attempt.
+    const unsent = ids.filter((id) => !worker.requests.some((q) => q.runId === id))
+    expect(unsent).toHaveLength(4)
+    for (const id of unsent) expect(await getRun(db.pool, id)).toMatchObject({ status: 'pending', attempt: 1, previous_attempts: [] })
     expect(await statusCounts(db.pool)).toEqual({ completed: 3, pending: 7 })
     const { rows: registered } = await db.pool.query('SELECT id FROM orchestrators WHERE id = $1', [orchestratorId])
     expect(registered).toEqual([])
 
-    // Nothing lost: the next orchestrator runs the other 7, the handed-back ones still on attempt 1.
+    // Nothing lost: the next orchestrator runs the other 7, each (runId, attempt) sent once.
     worker.behave('job', () => ok())
     const next = startRun(quickEnv(db.env), ['--log-format', 'json', '--until-idle'])
     expect((await next.done).code).toBe(0)
     expect(await statusCounts(db.pool)).toEqual({ completed: 10 })
-    for (const r of unfinished) expect(worker.requestsFor(r.runId).map((q) => q.attempt)).toEqual([1, 1])
+    for (const r of unfinished) expect(worker.requestsFor(r.runId).map((q) => q.attempt)).toEqual([1, 2])
+    for (const id of unsent) expect(worker.requestsFor(id).map((q) => q.attempt)).toEqual([1])
     expect(new Set(worker.requests.map((r) => r.runId))).toEqual(new Set(ids))
   })
 
@@ -99,7 +110,7 @@ describe('pipeweave run: graceful shutdown', () => {
     }
   })
 
-  it('stops at once on a second SIGINT, still handing the held runs back', async () => {
+  it('stops at once on a second SIGINT (exit 130), still handing the held runs back', async () => {
     worker.behave('job', () => hold())
     await enqueueMany(db.pool, 'job', 4)
     const run = startRun(quickEnv(db.env), ['--log-format', 'json', '--concurrency', '4', '--shutdown-timeout', '100000'])
@@ -109,12 +120,14 @@ describe('pipeweave run: graceful shutdown', () => {
     await run.waitForLog((l) => l.event === 'stopping')
     run.child.kill('SIGINT')
     const exit = await run.done
-    // Well before the 100 s shutdown timeout.
+    // Well before the 100 s shutdown timeout, and saying so.
     expect(exit.signal).toBeNull()
-    expect(exit.code).toBe(0)
+    expect(exit.code).toBe(130)
+    expect(run.logs().some((l) => l.event === 'signal' && /stopping at once/.test(l.msg))).toBe(true)
     expect(await statusCounts(db.pool)).toEqual({ pending: 4 })
-    const { rows } = await db.pool.query<{ attempt: number; orchestrator_id: string | null }>('SELECT attempt, orchestrator_id FROM task_runs')
-    expect(rows.every((r) => r.attempt === 1 && r.orchestrator_id === null)).toBe(true)
+    // All 4 had been sent: each comes back as its next attempt.
+    const { rows } = await db.pool.query<{ attempt: number; orchestrator_id: string | null }>(`SELECT attempt, orchestrator_id FROM ${ALL_RUNS} AS task_runs`)
+    expect(rows.every((r) => r.attempt === 2 && r.orchestrator_id === null)).toBe(true)
     expect((await db.pool.query('SELECT id FROM orchestrators')).rows).toEqual([])
   })
 })

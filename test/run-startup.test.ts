@@ -3,7 +3,7 @@
  * or applied once by --auto-migrate however many start together, a schema ahead of the binary,
  * --until-idle, and the log format off a TTY.
  */
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { json, runCli } from './helpers/cli'
 import { enqueueMany, enqueueOne, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
@@ -61,7 +61,7 @@ describe('pipeweave run: start-up and exit', () => {
     worker.behave('job', () => ({ kind: 'reply', status: 200, body: { output: 1 }, delayMs: 20 }))
     await enqueueMany(db.pool, 'job', 200)
     await waitFor(async () => (await statusCounts(db.pool)).completed === 200, { what: '200 runs completed' })
-    const { rows: by } = await db.pool.query<{ orchestrator_id: string }>('SELECT DISTINCT orchestrator_id FROM task_runs')
+    const { rows: by } = await db.pool.query<{ orchestrator_id: string }>(`SELECT DISTINCT orchestrator_id FROM ${ALL_RUNS} AS task_runs`)
     expect(new Set(by.map((r) => r.orchestrator_id))).toEqual(new Set(ids))
     const exits = await Promise.all([a.stop(), b.stop()])
     expect(exits.map((e) => e.code)).toEqual([0, 0])

@@ -3,6 +3,7 @@
  * acceptance 3): the JSON reflects the database exactly, the filters and the order hold, unknown
  * ids exit 2, and only pending runs can be cancelled (exit 4 otherwise).
  */
+import { ALL_RUNS } from './helpers/db'
 import type { Pool } from 'pg'
 import { json, runCli } from './helpers/cli'
 import type { TestDatabase } from './helpers/db'
@@ -12,7 +13,7 @@ const iso = (value: Date | null) => (value === null ? null : value.toISOString()
 
 /** What runs:show --json must print for a row, mapped here independently of src/api/runs.ts. */
 async function expectedRun(pool: Pool, id: string): Promise<Record<string, unknown>> {
-  const { rows: [r] } = await pool.query('SELECT * FROM task_runs WHERE id = $1', [id])
+  const { rows: [r] } = await pool.query(`SELECT * FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [id])
   if (!r) throw new Error(`no run ${id}`)
   return {
     id: r.id,
@@ -199,7 +200,7 @@ describe('runs:list, runs:show, runs:cancel', () => {
   })
 
   describe('runs:cancel', () => {
-    const statusOf = async (id: string) => (await db.pool.query('SELECT status, completed_at FROM task_runs WHERE id = $1', [id])).rows[0]
+    const statusOf = async (id: string) => (await db.pool.query(`SELECT status, completed_at FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [id])).rows[0]
     let n = 0
     const pendingRun = async () => {
       const id = `cancel-me-${++n}`

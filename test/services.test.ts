@@ -9,7 +9,7 @@ import * as path from 'node:path'
 import { registerService } from '../src/api/services'
 import { createDatabase, type Database } from '../src/db/database'
 import { UsageError } from '../src/errors'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { createTestDatabase, type TestDatabase, TEST_SCHEMA } from './helpers/db'
 import { json, runCli } from './helpers/cli'
 
 let db: TestDatabase
@@ -19,7 +19,7 @@ let files = 0
 
 beforeAll(async () => {
   db = await createTestDatabase({ migrated: true })
-  api = await createDatabase({ flags: { url: db.url }, env: {}, command: 'test' })
+  api = await createDatabase({ flags: { url: db.url }, env: {}, command: 'test', schema: TEST_SCHEMA })
   scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-services-'))
 })
 afterAll(async () => {

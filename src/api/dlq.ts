@@ -2,8 +2,7 @@
 import type { Database, Queryable } from '../db/database'
 import { RefusedError, UsageError } from '../errors'
 import * as sql from '../sql/dlq'
-import * as runs from '../sql/task-runs'
-import { mapEnqueueError } from './enqueue'
+import { enqueueTask } from './enqueue'
 import { normalizeAttempts, type PreviousAttempt } from './runs'
 
 export interface DlqEntry {
@@ -39,7 +38,8 @@ export async function listDlq(db: Queryable, options: ListDlqOptions = {}): Prom
 }
 
 export interface RetryResult {
-  retried: Array<{ id: string; runId: string }>
+  /** runId: the fresh run, or the run holding the entry's idempotency key (null: cached, its run cleaned up). */
+  retried: Array<{ id: string; runId: string | null }>
   refused: Array<{ id: string; reason: string }>
 }
 
@@ -64,21 +64,17 @@ export async function retryDlq(db: Database, target: { ids: string[] } | { all: 
   for (const id of ids) {
     const outcome = await db.withTransaction(async (tx) => {
       const { rows: [entry] } = await tx.query<{
-        id: string; task_id: string; retried_at: Date | null; retry_run_id: string | null; input: unknown
+        id: string; task_id: string; retried_at: Date | null; retry_run_id: string | null; run_found: boolean; input: unknown
         input_path: string | null; priority: number; idempotency_key: string | null; pipeline_run_id: string | null
       }>(sql.lockForRetry, [id])
       if (!entry) return { unknown: true as const }
       if (entry.retried_at) return { refused: `already retried as run ${entry.retry_run_id ?? '(deleted)'}` }
-      let runId: string
-      try {
-        const { rows: [row] } = await tx.query<{ run_id: string; deduplicated: boolean }>(runs.enqueue, [
-          entry.task_id, entry.input === null ? null : JSON.stringify(entry.input), entry.priority,
-          entry.idempotency_key, 0, entry.input_path, entry.pipeline_run_id,
-        ])
-        runId = row.run_id
-      } catch (error) {
-        throw mapEnqueueError(error, entry.task_id)
-      }
+      if (!entry.run_found) return { refused: 'its failed run was deleted, so its input is gone' }
+      const { runId } = await enqueueTask(tx, {
+        taskId: entry.task_id, input: entry.input ?? undefined, priority: entry.priority,
+        idempotencyKey: entry.idempotency_key ?? undefined, inputPath: entry.input_path ?? undefined,
+        pipelineRunId: entry.pipeline_run_id ?? undefined,
+      })
       await tx.query(sql.markRetried, [id, runId])
       return { runId }
     })

@@ -1,20 +1,34 @@
-/** enqueueTask (SPEC §5, §6): one run through the maintenance gate, deduplicated by idempotency key. */
-import type { Queryable } from '../db/database'
+/**
+ * enqueueTask and enqueueTasks (SPEC §3 bulk enqueue, §5, §6): runs through the maintenance gate,
+ * deduplicated by idempotency key. Every item is checked before any SQL; then the runs are
+ * inserted in batches of one statement each (src/sql/task-runs.ts enqueueRuns), in one
+ * transaction for a bulk call: all of them, or (a bad value the database refuses, a mode that is
+ * not `running`, an unknown task) none.
+ */
+import type { Database, Queryable } from '../db/database'
 import { MaintenanceModeError, UsageError } from '../errors'
 import * as runs from '../sql/task-runs'
 
 export const INT32_MAX = 2_147_483_647
 /** The longest delay an enqueue accepts: a year. */
 export const MAX_DELAY_MS = 366 * 86_400_000
+/** Items per statement: bounds the statement's size and the time its locks are held. */
+export const ENQUEUE_BATCH = 5000
+/** The most items one bulk call takes (SPEC §3). */
+export const MAX_BULK_ITEMS = 1_000_000
 
-export interface EnqueueOptions {
-  taskId: string
+/** One run to enqueue (enqueueTasks; each line of `tasks:enqueue --jsonl --envelope`). */
+export interface EnqueueItem {
   input?: unknown
+  idempotencyKey?: string
   /** Lower runs first; the task's priority when not given. */
   priority?: number
-  idempotencyKey?: string
   /** Not before this many milliseconds from now. */
   delayMs?: number
+}
+
+export interface EnqueueOptions extends EnqueueItem {
+  taskId: string
   inputPath?: string
   pipelineRunId?: string
 }
@@ -26,36 +40,107 @@ export interface EnqueueResult {
   deduplicated: boolean
 }
 
+export interface BulkEnqueueResult {
+  /** One per item, in order: the new run, or the run that already held the item's key. */
+  runIds: Array<string | null>
+  /** Items that created nothing (their key was held, by an earlier run or an earlier item). */
+  deduplicated: number
+}
+
 export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promise<EnqueueResult> {
-  if (!options.taskId) throw new UsageError('TASK_ID_REQUIRED', 'a task id is required')
-  if (options.priority !== undefined && !(Number.isInteger(options.priority) && Math.abs(options.priority) <= INT32_MAX)) {
-    throw new UsageError('INVALID_PRIORITY', `priority must be a whole number from -${INT32_MAX} to ${INT32_MAX}, not ${options.priority}`)
+  requireTaskId(options.taskId)
+  checkItem(options, '')
+  const [result] = await insertRuns(db, options.taskId, [options], options)
+  return result
+}
+
+/**
+ * Enqueue many runs of one task in one transaction. An item that fails validation rejects the
+ * whole call (UsageError naming it: `item 73412`), before anything is written.
+ */
+export async function enqueueTasks(
+  db: Pick<Database, 'withTransaction'>, taskId: string, items: EnqueueItem[], options: { describe?: (index: number) => string } = {},
+): Promise<BulkEnqueueResult> {
+  requireTaskId(taskId)
+  if (!Array.isArray(items)) throw new UsageError('INVALID_ITEMS', 'enqueueTasks takes an array of items')
+  if (items.length > MAX_BULK_ITEMS) {
+    throw new UsageError('TOO_MANY_ITEMS', `at most ${MAX_BULK_ITEMS} runs can be enqueued in one call, not ${items.length}`, { hint: 'split the input' })
   }
-  if (options.delayMs !== undefined && !(Number.isInteger(options.delayMs) && options.delayMs >= 0 && options.delayMs <= MAX_DELAY_MS)) {
-    throw new UsageError('INVALID_DELAY', `delay must be a whole number of milliseconds from 0 to ${MAX_DELAY_MS} (a year), not ${options.delayMs}`)
+  const describe = options.describe ?? ((i: number) => `item ${i + 1}`)
+  items.forEach((item, i) => {
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new UsageError('INVALID_ITEM', `${describe(i)}: must be an object { input, idempotencyKey?, priority?, delayMs? }`)
+    checkItem(item, `${describe(i)}: `)
+  })
+  const results = await db.withTransaction((tx) => insertRuns(tx, taskId, items, {}))
+  return { runIds: results.map((r) => r.runId), deduplicated: results.filter((r) => r.deduplicated).length }
+}
+
+function requireTaskId(taskId: unknown): void {
+  if (typeof taskId !== 'string' || taskId === '') throw new UsageError('TASK_ID_REQUIRED', 'a task id is required')
+}
+
+function checkItem(item: EnqueueItem, where: string): void {
+  if (item.priority !== undefined && !(Number.isInteger(item.priority) && Math.abs(item.priority) <= INT32_MAX)) {
+    throw new UsageError('INVALID_PRIORITY', `${where}priority must be a whole number from -${INT32_MAX} to ${INT32_MAX}, not ${item.priority}`)
   }
-  try {
-    const { rows: [row] } = await db.query<{ run_id: string | null; deduplicated: boolean }>(runs.enqueue, [
-      options.taskId,
-      options.input === undefined ? null : JSON.stringify(options.input),
-      options.priority ?? null,
-      options.idempotencyKey ?? null,
-      options.delayMs ?? 0,
-      options.inputPath ?? null,
-      options.pipelineRunId ?? null,
-    ])
-    return { runId: row.run_id, deduplicated: row.deduplicated }
-  } catch (error) {
-    throw mapEnqueueError(error, options.taskId)
+  if (item.delayMs !== undefined && !(Number.isInteger(item.delayMs) && item.delayMs >= 0 && item.delayMs <= MAX_DELAY_MS)) {
+    throw new UsageError('INVALID_DELAY', `${where}delay must be a whole number of milliseconds from 0 to ${MAX_DELAY_MS} (a year), not ${item.delayMs}`)
+  }
+  if (item.idempotencyKey !== undefined && typeof item.idempotencyKey !== 'string') {
+    throw new UsageError('INVALID_IDEMPOTENCY_KEY', `${where}idempotencyKey must be a string`)
   }
 }
 
-/** The SQLSTATEs raised by pipeweave_enqueue (migration 002). */
-export function mapEnqueueError(error: unknown, taskId: string): unknown {
-  const e = error as { code?: string; detail?: string }
-  if (e?.code === 'PWMNT') return new MaintenanceModeError(e.detail ?? 'not running')
-  if (e?.code === 'PWTSK') {
-    return new UsageError('UNKNOWN_TASK', `unknown task "${taskId}"`, { hint: 'register it with `pipeweave services:register FILE` (services:list shows the known tasks)' })
+interface Row {
+  mode: string
+  known: boolean
+  ord: number
+  cached: boolean
+  run_id: string | null
+}
+
+/**
+ * Insert the items (on one connection: a transaction, or one autocommit statement per batch), and
+ * find for each the run it became or the run that holds its key. A key held by an active run is
+ * looked up after the insert, in a statement of its own (one snapshot cannot see a holder that
+ * committed after it began); a holder that finished in between is gone from the live runs, so
+ * the item is tried again and meets the cache, or is inserted.
+ */
+async function insertRuns(db: Queryable, taskId: string, items: EnqueueItem[], options: Pick<EnqueueOptions, 'inputPath' | 'pipelineRunId'>): Promise<EnqueueResult[]> {
+  const results: EnqueueResult[] = new Array(items.length)
+  let todo = items.map((_, i) => i)
+  for (let round = 0; todo.length > 0; round++) {
+    if (round === 10) throw new Error(`could not settle the idempotency keys of ${todo.length} run(s): their holders kept finishing`)
+    const unsettled: number[] = []
+    for (let start = 0; start < todo.length; start += ENQUEUE_BATCH) {
+      const batch = todo.slice(start, start + ENQUEUE_BATCH)
+      const payload = JSON.stringify(batch.map((i) => {
+        const item = items[i]
+        return { input: item.input === undefined ? null : item.input, priority: item.priority ?? null, key: item.idempotencyKey ?? null, delayMs: item.delayMs ?? 0 }
+      }))
+      const { rows } = await db.query<Row>(runs.enqueueRuns, [taskId, payload, options.inputPath ?? null, options.pipelineRunId ?? null])
+      const first = rows[0]
+      if (first && !first.known) {
+        throw new UsageError('UNKNOWN_TASK', `unknown task "${taskId}"`, { hint: 'register it with `pipeweave services:register FILE` (services:list shows the known tasks)' })
+      }
+      if (first && first.mode !== 'running') throw new MaintenanceModeError(first.mode)
+      for (const row of rows) {
+        const index = batch[row.ord - 1]
+        if (row.cached) results[index] = { runId: row.run_id, deduplicated: true }
+        else if (row.run_id !== null) results[index] = { runId: row.run_id, deduplicated: false }
+        else unsettled.push(index)
+      }
+    }
+    if (unsettled.length === 0) break
+    const keys = [...new Set(unsettled.map((i) => items[i].idempotencyKey!))]
+    const { rows: holders } = await db.query<{ key: string; id: string }>(runs.resolveActiveKeys, [taskId, keys])
+    const holderOf = new Map(holders.map((h) => [h.key, h.id]))
+    todo = []
+    for (const index of unsettled) {
+      const holder = holderOf.get(items[index].idempotencyKey!)
+      if (holder) results[index] = { runId: holder, deduplicated: true }
+      else todo.push(index)
+    }
   }
-  return error
+  return results
 }

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import type { Client } from 'pg'
-import { type Database, clientQueryable } from '../db/database'
+import { type Database, type Queryable, clientQueryable } from '../db/database'
 import { isConnectionLoss } from '../db/errors'
 import { RefusedError, WaitTimeoutError } from '../errors'
 import { type Logger, silentLogger } from '../logger'
@@ -97,10 +97,13 @@ function hashOf(fileName: string, text: string): string {
   return (require('node:crypto') as typeof import('node:crypto')).createHash('sha1').update(fileName + text, 'utf8').digest('hex')
 }
 
-/** Applied migrations, or null when the database has no migrations table yet. */
-export async function getAppliedMigrations(db: Pick<Database, 'query'>): Promise<AppliedMigration[] | null> {
-  const { rows: [state] } = await db.query<{ exists: boolean; has_log: boolean }>(sql.migrationsTableExists)
-  if (!state.exists) return null
+/**
+ * Applied migrations, or null when the schema has no migrations table of postgres-migrations'
+ * (none, or another tool's table of that name: db:init names it as a clash).
+ */
+export async function getAppliedMigrations(db: Queryable): Promise<AppliedMigration[] | null> {
+  const { rows: [state] } = await db.query<{ exists: boolean; has_log: boolean; ours: boolean }>(sql.migrationsTableExists)
+  if (!state.exists || !state.ours) return null
   const { rows } = await db.query<{ id: number; name: string; hash: string; applied_at: Date | null; duration_ms: number | null }>(
     state.has_log ? sql.appliedMigrations : sql.appliedMigrationsWithoutLog)
   return rows.map((r) => ({ id: r.id, name: r.name, hash: r.hash, appliedAt: r.applied_at, durationMs: r.duration_ms === null ? null : Math.round(r.duration_ms * 10) / 10 }))
@@ -134,13 +137,59 @@ function compare(files: MigrationFile[], applied: AppliedMigration[]): Migration
   ].sort((a, b) => (a.file ?? '').localeCompare(b.file ?? ''))
 }
 
+/**
+ * Refuse (exit 4) a schema whose applied migrations were changed since: a database made by an
+ * earlier, unreleased pipeweave (its migrations were rewritten in place once) or an edited file.
+ */
+export function refuseChanged(changed: MigrationFile[], doing: string): void {
+  if (changed.length === 0) return
+  throw new RefusedError('CHECKSUM_MISMATCH', `${doing}: ${changed.map((f) => `${f.fileName} was changed after it was applied (its hash differs from the recorded one)`).join('; ')}`, {
+    hint: 'restore the original file and put a change in a new migration; a database made by an earlier, unreleased pipeweave is reset with `pipeweave db:reset` (its data is dropped)',
+  })
+}
+
+/**
+ * Refuse (exit 4) a schema that holds tables with pipeweave's names that pipeweave did not create
+ * (an application's `tasks`, TypeORM's `migrations`), before touching anything (SPEC §1 Schema).
+ */
+export async function refuseClashes(db: Queryable, files: MigrationFile[]): Promise<void> {
+  const { rows: [state] } = await db.query<{ exists: boolean; ours: boolean }>(sql.migrationsTableExists)
+  const foreign: string[] = []
+  if (state.exists && !state.ours) foreign.push('migrations')
+  const applied = state.exists && state.ours ? (await getAppliedMigrations(db)) ?? [] : []
+  if (applied.length === 0) {
+    // Nothing of pipeweave's is here yet, so any table with one of its names belongs to someone else.
+    const names = objectNamesCreatedBy(files)
+    const { rows } = await db.query<{ name: string }>(sql.existingTables, [names])
+    foreign.push(...rows.map((r) => r.name).filter((name) => name !== 'migrations'))
+  }
+  if (foreign.length === 0) return
+  const schema = db.schema.name
+  throw new RefusedError('SCHEMA_CLASH', `the schema "${schema}" already holds ${foreign.map((t) => `a table "${t}"`).join(', ')} that pipeweave did not create`, {
+    hint: schema === 'pipeweave'
+      ? 'choose another schema for pipeweave with --schema NAME (PIPEWEAVE_SCHEMA); nothing was changed'
+      : 'keep pipeweave in a schema of its own: --schema pipeweave (PIPEWEAVE_SCHEMA=pipeweave); nothing was changed',
+  })
+}
+
+/** The relation names the migration files create (CREATE TABLE/VIEW/…), unqualified. */
+function objectNamesCreatedBy(files: MigrationFile[]): string[] {
+  const pattern = /\bCREATE\s+(?:UNLOGGED\s+)?(?:TABLE|VIEW|MATERIALIZED\s+VIEW|SEQUENCE)\s+(?:IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z_][\w$]*)"?/gi
+  const names = new Set<string>(['migrations'])
+  for (const file of files) {
+    const text = file.sql.replace(/--[^\n]*/g, '')
+    for (const match of text.matchAll(pattern)) names.add(match[1].toLowerCase())
+  }
+  return [...names]
+}
+
 /** Refuse a database that has migrations this pipeweave does not know (exit 4). */
 export function refuseSchemaAhead(unknown: AppliedMigration[], hint = 'run a pipeweave version that includes them'): void {
   if (unknown.length === 0) return
   throw new RefusedError('SCHEMA_AHEAD', `the database has migrations this pipeweave does not know (${unknown.map((m) => `${m.id} ${m.name}`).join(', ')})`, { hint })
 }
 
-export async function getMigrationStatus(db: Pick<Database, 'query'>, dir = MIGRATIONS_DIR): Promise<MigrationStatus> {
+export async function getMigrationStatus(db: Queryable, dir = MIGRATIONS_DIR): Promise<MigrationStatus> {
   const { files } = readMigrationFiles(dir)
   const applied = (await getAppliedMigrations(db)) ?? []
   const { pending } = diffSchema(files, applied)
@@ -153,7 +202,7 @@ export async function getMigrationStatus(db: Pick<Database, 'query'>, dir = MIGR
 }
 
 /** Check the files, and when a database is given, that what it applied still matches them. */
-export async function validateMigrations(db?: Pick<Database, 'query'>, dir = MIGRATIONS_DIR): Promise<ValidationResult> {
+export async function validateMigrations(db?: Queryable, dir = MIGRATIONS_DIR): Promise<ValidationResult> {
   const { files, problems } = readMigrationFiles(dir)
   if (db) {
     const applied = await getAppliedMigrations(db)
@@ -192,20 +241,20 @@ export async function runMigrations(db: Database, options: RunMigrationsOptions 
   try {
     await acquireMigrationLock(client, options.lockTimeoutSeconds ?? 60, logger)
     try {
-      const session = clientQueryable(client)
+      const session = clientQueryable(client, db.schema)
+      await refuseClashes(session, files)
       const applied = (await getAppliedMigrations(session)) ?? []
       const { pending, unknown, changed } = diffSchema(files, applied)
-      if (changed.length > 0) {
-        throw new RefusedError('CHECKSUM_MISMATCH', `refusing to migrate: ${changed.map((f) => `${f.fileName} was changed after it was applied (its hash differs from the recorded one)`).join('; ')}`, {
-          hint: 'restore the original file and put the change in a new migration',
-        })
-      }
+      refuseChanged(changed, 'refusing to migrate')
       refuseSchemaAhead(unknown)
       await checkMaintenance(session, pending.length, options, logger)
       if (options.dryRun || pending.length === 0) {
         return { dryRun: Boolean(options.dryRun), applied: [], pending: pending.map((f) => ({ id: f.id, name: f.name })) }
       }
 
+      // Every object a migration creates lands in the schema, postgres-migrations' own table too.
+      await session.query(sql.createSchemaAndMigrationsTable)
+      await session.query(sql.useSchema)
       await applyPending(client, dir, files, logger)
       const after = (await getAppliedMigrations(session)) ?? []
       const pendingIds = new Set(pending.map((f) => f.id))
@@ -243,7 +292,7 @@ async function acquireMigrationLock(client: Client, timeoutSeconds: number, logg
   }
 }
 
-async function checkMaintenance(db: Pick<Database, 'query'>, pendingCount: number, options: RunMigrationsOptions, logger: Logger): Promise<void> {
+async function checkMaintenance(db: Queryable, pendingCount: number, options: RunMigrationsOptions, logger: Logger): Promise<void> {
   const state = await getModeAndLiveOrchestrators(db)
   if (!state) return // no schema yet: nothing is running on it
   if (options.requireMaintenance && state.mode !== 'maintenance') {
@@ -320,9 +369,9 @@ export function lineColumn(text: string, position: number): string {
  * the command that fixes it, instead of failing later on a missing table or function. A schema
  * ahead of this binary is allowed here (`run` applies its own stricter rule).
  */
-export async function assertSchemaReady(db: Pick<Database, 'query'>, dir = MIGRATIONS_DIR): Promise<void> {
-  const { rows: [state] } = await db.query<{ exists: boolean }>(sql.migrationsTableExists)
-  const current = state.exists
+export async function assertSchemaReady(db: Queryable, dir = MIGRATIONS_DIR): Promise<void> {
+  const { rows: [state] } = await db.query<{ exists: boolean; ours: boolean }>(sql.migrationsTableExists)
+  const current = state.exists && state.ours
     ? (await db.query<{ version: number | null }>(sql.currentVersion)).rows[0].version ?? 0
     : 0
   if (current === 0) {

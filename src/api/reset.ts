@@ -7,13 +7,10 @@ import type { Database } from '../db/database'
 import { RefusedError } from '../errors'
 import type { Logger } from '../logger'
 import { MIGRATION_LOCK_KEY } from '../sql/migrations'
-import { type MigrationFile, readMigrationFiles, runMigrations, type RunMigrationsResult } from './migrations'
+import { type MigrationFile, readMigrationFiles, refuseClashes, runMigrations, type RunMigrationsResult } from './migrations'
 
-/** The tables of SPEC §3 plus the migration bookkeeping, dependents first. */
-const TABLES = [
-  'idempotency_cache', 'dlq', 'task_runs', 'pipeline_runs', 'pipelines', 'task_code_history', 'tasks',
-  'services', 'orchestrators', 'maintenance_events', 'orchestrator_state', 'pipeweave_migration_log', 'migrations',
-]
+/** The migration bookkeeping, dropped after every table the migration files create. */
+const BOOKKEEPING = ['pipeweave_migration_log', 'migrations']
 
 export interface ResetGuardInput {
   flags: ConnectionFlags
@@ -91,26 +88,35 @@ export function objectsCreatedBy(files: Array<Pick<MigrationFile, 'sql'>>): Migr
   return { relations, functions }
 }
 
+/**
+ * Drop what the migrations created in the schema (and nothing else there: an application's own
+ * objects beside pipeweave's stay), then migrate again. A schema whose tables clash with
+ * pipeweave's names but were not made by it is refused, never dropped.
+ */
 export async function resetDatabase(db: Database, logger?: Logger): Promise<RunMigrationsResult> {
-  const created = objectsCreatedBy(readMigrationFiles().files)
+  const files = readMigrationFiles().files
+  await refuseClashes(db, files)
+  const created = objectsCreatedBy(files)
+  const q = db.schema.q
+  const unqualified = (name: string) => name.replace(/^.*\./, '')
   await db.withTransaction(async (tx) => {
     // Under the migrators' lock, so a concurrent db:migrate does not interleave with the drop.
     await tx.query({ name: 'reset_lock', text: `SELECT pg_advisory_xact_lock(${MIGRATION_LOCK_KEY})` })
     for (const { kind, name } of created.relations.filter((r) => r.kind.endsWith('VIEW'))) {
-      await tx.query({ name: 'reset_drop_view', text: `DROP ${kind} IF EXISTS ${name} CASCADE` })
-    }
-    for (const table of TABLES) {
-      await tx.query({ name: 'reset_drop_table', text: `DROP TABLE IF EXISTS ${table} CASCADE` })
+      await tx.query({ name: 'reset_drop_view', text: `DROP ${kind} IF EXISTS ${q}.${unqualified(name)} CASCADE` })
     }
     for (const { kind, name } of created.relations.filter((r) => !r.kind.endsWith('VIEW'))) {
-      await tx.query({ name: 'reset_drop_object', text: `DROP ${kind} IF EXISTS ${name} CASCADE` })
+      await tx.query({ name: 'reset_drop_object', text: `DROP ${kind} IF EXISTS ${q}.${unqualified(name)} CASCADE` })
+    }
+    for (const table of BOOKKEEPING) {
+      await tx.query({ name: 'reset_drop_table', text: `DROP TABLE IF EXISTS ${q}.${table} CASCADE` })
     }
     const { rows } = await tx.query<{ signature: string }>({
       name: 'reset_list_functions',
       text: `SELECT p.oid::regprocedure::text AS signature
                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = current_schema() AND (p.proname LIKE 'pipeweave\\_%' OR p.proname = ANY ($1::text[]))`,
-    }, [created.functions.map((f) => f.replace(/^.*\./, '').replace(/"/g, ''))])
+              WHERE n.nspname = $2::text AND (p.proname LIKE 'pipeweave\\_%' OR p.proname = ANY ($1::text[]))`,
+    }, [created.functions.map((f) => unqualified(f).replace(/"/g, '')), db.schema.name])
     for (const { signature } of rows) {
       // ROUTINE: a migration may have created a procedure as well as functions.
       await tx.query({ name: 'reset_drop_function', text: `DROP ROUTINE IF EXISTS ${signature} CASCADE` })

@@ -79,12 +79,12 @@ export async function listRuns(db: Queryable, options: ListRunsOptions = {}): Pr
   if (options.status !== undefined && !RUN_STATUSES.includes(options.status)) {
     throw new UsageError('INVALID_STATUS', `unknown status "${options.status}"`, { hint: `use one of ${RUN_STATUSES.join(', ')}` })
   }
-  const { rows } = await db.query<RunRow>(sql.list, [options.status ?? null, options.taskId ?? null, options.limit ?? 50])
+  const { rows } = await db.query<RunRow>(sql.listRuns, [options.status ?? null, options.taskId ?? null, options.limit ?? 50])
   return rows.map(toRun)
 }
 
 export async function getRun(db: Queryable, runId: string): Promise<TaskRun> {
-  const { rows: [row] } = await db.query<RunRow>(sql.show, [runId])
+  const { rows: [row] } = await db.query<RunRow>(sql.showRun, [runId])
   if (!row) throw new UsageError('UNKNOWN_RUN', `no task run with id "${runId}"`, { hint: 'runs:list shows recent runs' })
   return toRun(row)
 }
@@ -94,9 +94,12 @@ export interface CancelResult {
   refused: Array<{ id: string; status: string }>
 }
 
-/** Cancel pending runs. Unknown ids are exit 2; running or finished ones are refused (exit 4) after the others are cancelled. */
+/**
+ * Cancel pending runs, all or nothing: an unknown id is exit 2 and a run that is not pending
+ * (running or finished) exit 4, and then nothing is cancelled.
+ */
 export async function cancelRuns(db: Queryable, runIds: string[]): Promise<CancelResult> {
-  const { rows } = await db.query<{ id: string; cancelled: boolean; status: string | null }>(sql.cancel, [runIds])
+  const { rows } = await db.query<{ id: string; cancelled: boolean; status: string | null }>(sql.cancelRuns, [runIds])
   const unknown = rows.filter((r) => r.status === null).map((r) => r.id)
   if (unknown.length > 0) {
     throw new UsageError('UNKNOWN_RUN', `no task run with id ${unknown.map((id) => `"${id}"`).join(', ')}; nothing was cancelled`, { hint: 'runs:list shows recent runs' })
@@ -109,6 +112,8 @@ export async function cancelRuns(db: Queryable, runIds: string[]): Promise<Cance
 
 export function assertNothingRefused(result: CancelResult): void {
   if (result.refused.length === 0) return
-  const list = result.refused.map((r) => `${r.id} is ${r.status}`).join(', ')
-  throw new RefusedError('NOT_CANCELLABLE', `only pending runs can be cancelled: ${list}${result.cancelled.length ? ` (cancelled ${result.cancelled.length} other run(s))` : ''}`)
+  const list = result.refused.filter((r) => r.status !== 'pending').map((r) => `${r.id} is ${r.status}`).join(', ')
+  throw new RefusedError('NOT_CANCELLABLE', `only pending runs can be cancelled, and ${list}; nothing was cancelled`, {
+    hint: 'cancel the pending runs alone (runs:list --status pending)',
+  })
 }

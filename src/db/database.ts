@@ -15,6 +15,7 @@ import {
 import type { EmbeddedHandle } from './embedded'
 import { Client, Pool } from './pg'
 import { SQLSTATE, isConnectionLoss, toConnectionError } from './errors'
+import { DEFAULT_SCHEMA, type Schema, schemaOf, validateSchemaName } from '../sql/schema'
 
 /** A named SQL statement: the name is what the slow-query log prints, never the values. */
 export interface Statement {
@@ -22,7 +23,15 @@ export interface Statement {
   text: string
 }
 
-export type Queryable = Pick<Database, 'query'>
+/**
+ * A statement of pipeweave's own tables, which names the configured schema: built for a schema
+ * (once; src/sql/schema.ts `statement`) by whatever runs it.
+ */
+export type SchemaStatement = ((schema: Schema) => Statement) & { readonly statementName: string }
+
+export type AnyStatement = Statement | SchemaStatement | string
+
+export type Queryable = Pick<Database, 'query' | 'schema'>
 
 export interface DatabaseConfig {
   flags?: ConnectionFlags
@@ -41,6 +50,16 @@ export interface DatabaseConfig {
   logSlowQueries?: boolean
   /** Fail a pooled query that gets no answer within this long (long-running processes). */
   queryTimeoutMs?: number
+  /** The schema of pipeweave's objects (`--schema`); else PIPEWEAVE_SCHEMA, else `public`. */
+  schema?: string
+}
+
+/** The schema a configuration names: `schema`, else PIPEWEAVE_SCHEMA, else `public` (SPEC §1). */
+export function resolveSchema(config: Pick<DatabaseConfig, 'schema' | 'env'>): Schema {
+  if (config.schema !== undefined && config.schema !== '') return schemaOf(validateSchemaName(config.schema, '--schema'))
+  const fromEnv = (config.env ?? process.env).PIPEWEAVE_SCHEMA
+  if (fromEnv !== undefined && fromEnv !== '') return schemaOf(validateSchemaName(fromEnv, 'PIPEWEAVE_SCHEMA'))
+  return schemaOf(DEFAULT_SCHEMA)
 }
 
 export interface Database {
@@ -52,7 +71,9 @@ export interface Database {
   readonly tls: boolean
   readonly applicationName: string
   readonly logger: Logger
-  query<R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]): Promise<QueryResult<R>>
+  /** Where pipeweave's objects live; every SchemaStatement run here names it. */
+  readonly schema: Schema
+  query<R extends QueryResultRow = QueryResultRow>(statement: AnyStatement, values?: unknown[]): Promise<QueryResult<R>>
   /** BEGIN … COMMIT on one pooled connection; ROLLBACK and release-with-error when fn throws. */
   withTransaction<T>(fn: (tx: TransactionClient) => Promise<T>): Promise<T>
   /** A pooled connection for work that needs one session (session locks). */
@@ -65,7 +86,8 @@ export interface Database {
 }
 
 export interface TransactionClient {
-  query<R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]): Promise<QueryResult<R>>
+  readonly schema: Schema
+  query<R extends QueryResultRow = QueryResultRow>(statement: AnyStatement, values?: unknown[]): Promise<QueryResult<R>>
 }
 
 /** The node-postgres TLS options for a resolved mode; `prefer` starts as TLS and may fall back. */
@@ -90,6 +112,7 @@ export function tlsOptions(ssl: SslSettings, host: string): false | ConnectionOp
 export async function createDatabase(config: DatabaseConfig = {}): Promise<Database> {
   const env = config.env ?? process.env
   const logger = config.logger ?? silentLogger
+  const schema = resolveSchema(config)
   const resolved = resolveConnection(config.flags ?? {}, env)
   const settings = { ...resolvePoolSettings(env), ...config.pool }
   if (!config.logSlowQueries) settings.slowQueryMs = Infinity
@@ -170,7 +193,7 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       }
     }
 
-    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, embedded)
+    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, schema, embedded)
   } catch (error) {
     await embedded?.release().catch(() => undefined)
     throw toConnectionError(error, target, settings.connectTimeoutMs)
@@ -193,6 +216,7 @@ class PgDatabase implements Database {
     readonly applicationName: string,
     readonly tls: boolean,
     private readonly clientConfig: () => object,
+    readonly schema: Schema,
     private readonly embedded?: EmbeddedHandle,
   ) {
     this.description = describeTarget(target)
@@ -204,8 +228,8 @@ class PgDatabase implements Database {
     })
   }
 
-  query<R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]): Promise<QueryResult<R>> {
-    return timedQuery<R>(this.pool, statement, values, this)
+  query<R extends QueryResultRow = QueryResultRow>(statement: AnyStatement, values?: unknown[]): Promise<QueryResult<R>> {
+    return timedQuery<R>(this.pool, bind(statement, this.schema), values, this)
   }
 
   async withClient<T>(fn: (client: TransactionClient) => Promise<T>): Promise<T> {
@@ -217,7 +241,7 @@ class PgDatabase implements Database {
     }
     let failure: unknown
     try {
-      return await fn({ query: (s, v) => timedQuery(client, s, v, this) })
+      return await fn({ schema: this.schema, query: (s, v) => timedQuery(client, bind(s, this.schema), v, this) })
     } catch (error) {
       failure = error
       throw error
@@ -297,11 +321,19 @@ async function timedQuery<R extends QueryResultRow>(
   }
 }
 
+/** A statement with its schema named. */
+export function bind(statement: AnyStatement, schema: Schema): Statement | string {
+  return typeof statement === 'function' ? statement(schema) : statement
+}
+
 /** A plain client (from newClient) seen through the same query interface, unnamed statements. */
-export function clientQueryable(client: Client): Queryable {
+export function clientQueryable(client: Client, schema: Schema): Queryable {
   return {
-    query: <R extends QueryResultRow = QueryResultRow>(statement: Statement | string, values?: unknown[]) =>
-      client.query<R>({ text: typeof statement === 'string' ? statement : statement.text, values }),
+    schema,
+    query: <R extends QueryResultRow = QueryResultRow>(statement: AnyStatement, values?: unknown[]) => {
+      const bound = bind(statement, schema)
+      return client.query<R>({ text: typeof bound === 'string' ? bound : bound.text, values })
+    },
   }
 }
 

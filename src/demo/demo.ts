@@ -88,7 +88,7 @@ export async function prepareDemo(db: Database, log: Logger): Promise<DemoSessio
     taskIds,
     async finished(signal) {
       while (!signal.aborted) {
-        const { rows: [row] } = await db.query<{ n: number }>(runs.unfinishedOfTasks, [taskIds, since])
+        const { rows: [row] } = await db.query<{ n: number }>(runs.unfinishedOfTasks, [taskIds])
         if (row.n === 0) return
         await new Promise((resolve) => setTimeout(resolve, 250))
       }
@@ -97,7 +97,8 @@ export async function prepareDemo(db: Database, log: Logger): Promise<DemoSessio
       const { rows } = await db.query<SummaryRow>(runs.summaryOfTasks, [taskIds, since])
       const pending = rows.filter((r) => r.status === 'pending').map((r) => r.id)
       if (pending.length === 0) return 0
-      const { cancelled } = await cancelRuns(db, pending)
+      // The orchestrator has stopped: what is not finished is pending (it handed its runs back).
+      const { cancelled } = await cancelRuns(db, pending).catch(() => ({ cancelled: [] as string[] }))
       if (cancelled.length > 0) log.info(`cancelled ${cancelled.length} demo run(s) that had not finished`, { event: 'demo-cancelled', count: cancelled.length })
       return cancelled.length
     },

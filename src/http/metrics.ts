@@ -11,6 +11,9 @@ import * as dlq from '../sql/dlq'
 import * as state from '../sql/orchestrator-state'
 import * as runs from '../sql/task-runs'
 
+/** Queue figures are read at most this often, whatever the number of scrapes. */
+export const REFRESH_MS = 3000
+
 export interface Metrics {
   registry: client.Registry
   hooks: OrchestratorHooks
@@ -20,10 +23,14 @@ export function createMetrics(db: Queryable): Metrics {
   const registry = new client.Registry()
   client.collectDefaultMetrics({ register: registry })
 
-  // One round of queries per scrape, shared by the gauges that collect concurrently.
+  // One round of queries per few seconds, shared by every scrape and every gauge in that time:
+  // scrapers (and the probes beside them) can never load the pool.
   let snapshot: Promise<{ depth: number; oldest: number; dlq: number; mode: Mode } | undefined> | undefined
+  let takenAt = 0
   const read = () => {
-    snapshot ??= (async () => {
+    if (snapshot && Date.now() - takenAt < REFRESH_MS) return snapshot
+    takenAt = Date.now()
+    snapshot = (async () => {
       try {
         const [queue, entries, mode] = await Promise.all([
           db.query<{ depth: number; oldest_age_seconds: number }>(runs.queueStats),
@@ -32,9 +39,8 @@ export function createMetrics(db: Queryable): Metrics {
         ])
         return { depth: queue.rows[0].depth, oldest: queue.rows[0].oldest_age_seconds, dlq: entries.rows[0].n, mode: mode.rows[0].mode }
       } catch {
-        return undefined // database down: keep the last values; /healthz reports the outage
-      } finally {
-        setImmediate(() => { snapshot = undefined })
+        takenAt = 0 // database down: keep the last values, ask again at the next scrape
+        return undefined
       }
     })()
     return snapshot

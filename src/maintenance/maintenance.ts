@@ -1,12 +1,15 @@
 /**
- * Maintenance mode (SPEC §4): status, request, enter, exit, and the drain check. The locking that
- * makes the gate atomic lives in migration 002; these functions call it and shape the results.
+ * Maintenance mode (SPEC §4): status, request, enter, exit, and the drain check. Each mode change is
+ * a transaction of separate statements (src/sql/orchestrator-state.ts): the state row, then the
+ * gate exclusive, then the count it depends on, then the UPDATE (whose trigger records it).
  */
 import * as os from 'node:os'
-import type { Queryable } from '../db/database'
+import type { Database, Queryable, TransactionClient } from '../db/database'
 import { RefusedError } from '../errors'
 import * as sql from '../sql/orchestrator-state'
+import * as runs from '../sql/task-runs'
 import { orchestratorStaleMs } from '../api/settings'
+import { type LostRun, returnLostRuns } from './reaper'
 
 export type Mode = 'running' | 'waiting_for_maintenance' | 'maintenance'
 export const MODES: readonly Mode[] = ['running', 'waiting_for_maintenance', 'maintenance']
@@ -59,23 +62,53 @@ export interface DrainCheckResult {
   lost: LostRun[]
 }
 
-export interface LostRun {
-  id: string
-  taskId: string
-  /** The attempt its orchestrator held. */
-  attempt: number
-  outcome: 'retried' | 'failed' | 'timeout'
+export type { LostRun }
+
+/** What a mode change needs of the database: statements, and a transaction of several. */
+export type MaintenanceDb = Pick<Database, 'query' | 'schema' | 'withTransaction'>
+
+/**
+ * Hand back runs of dead orchestrators; finish a drain when nothing due or running is left. The
+ * cheap answer first, without locks (most checks find the drain busy); then, in one transaction,
+ * the state row, the gate exclusive (no claim or enqueue in flight), and the count again in a
+ * statement of its own: a parent completing concurrently is either still `running` or already
+ * committed together with its follow-ups, never neither.
+ */
+export async function drainCheck(db: MaintenanceDb, options: MaintenanceOptions = {}): Promise<DrainCheckResult> {
+  const lost = await returnLostRuns(db, options.staleMs ?? orchestratorStaleMs())
+  const { rows: [state] } = await db.query<{ mode: Mode }>(sql.currentMode)
+  let mode = state.mode
+  let changed = false
+  if (mode === 'waiting_for_maintenance' && !(await workRemains(db))) {
+    changed = await db.withTransaction((tx) => finishDrain(tx, options.actor ?? defaultActor()))
+    if (changed) mode = 'maintenance'
+  }
+  return { mode, changed, lostRuns: lost.length, lost }
 }
 
-/** Hand back runs of dead orchestrators; finish a drain when nothing due or running is left. */
-export async function drainCheck(db: Queryable, options: MaintenanceOptions = {}): Promise<DrainCheckResult> {
-  const { rows: [row] } = await db.query<{ mode: Mode; changed: boolean; lost_runs: number; lost: LostRun[] }>(
-    sql.drainCheck, [options.staleMs ?? orchestratorStaleMs(), options.actor ?? defaultActor()])
-  return { mode: row.mode, changed: row.changed, lostRuns: row.lost_runs, lost: row.lost }
+async function workRemains(db: Queryable): Promise<boolean> {
+  const { rows: [row] } = await db.query<{ remains: boolean }>(runs.workRemains)
+  return row.remains
+}
+
+/** In a transaction that has locked nothing yet: waiting_for_maintenance → maintenance if drained. */
+async function finishDrain(tx: TransactionClient, actor: string): Promise<boolean> {
+  const { rows: [state] } = await tx.query<{ mode: Mode; reason: string | null }>(sql.lockState)
+  if (state.mode !== 'waiting_for_maintenance') return false
+  return finishDrainLocked(tx, actor, state.reason)
+}
+
+/** The same, with the state row already locked (and, after a request, the gate already held). */
+async function finishDrainLocked(tx: TransactionClient, actor: string, reason: string | null): Promise<boolean> {
+  await tx.query(sql.takeGate)
+  const { rows: [count] } = await tx.query<{ drained: boolean }>(sql.drained)
+  if (!count.drained) return false
+  await tx.query(sql.setMode, ['maintenance', actor, reason])
+  return true
 }
 
 /** The status of SPEC §4, after a drain check (every maintenance:* command checks the drain). */
-export async function getMaintenanceStatus(db: Queryable, options: MaintenanceOptions & { history?: number; check?: boolean } = {}): Promise<MaintenanceStatus> {
+export async function getMaintenanceStatus(db: MaintenanceDb, options: MaintenanceOptions & { history?: number; check?: boolean } = {}): Promise<MaintenanceStatus> {
   const staleMs = options.staleMs ?? orchestratorStaleMs()
   if (options.check !== false) await drainCheck(db, { ...options, staleMs })
   const { rows: [row] } = await db.query<{
@@ -125,32 +158,62 @@ export interface TransitionResult extends MaintenanceStatus {
   changed: boolean
 }
 
-/** running → waiting_for_maintenance (or straight to maintenance when already drained). Idempotent. */
-export async function requestMaintenance(db: Queryable, options: MaintenanceOptions = {}): Promise<TransitionResult> {
+/**
+ * running → waiting_for_maintenance, and straight on to maintenance when already drained: both
+ * changes in one transaction (two maintenance_events rows). Idempotent in any mode.
+ */
+export async function requestMaintenance(db: MaintenanceDb, options: MaintenanceOptions = {}): Promise<TransitionResult> {
   const staleMs = options.staleMs ?? orchestratorStaleMs()
-  const { rows: [row] } = await db.query<{ mode: Mode; changed: boolean }>(sql.requestMaintenance,
-    [options.actor ?? defaultActor(), options.reason ?? null, staleMs])
-  return { ...(await getMaintenanceStatus(db, { ...options, staleMs, check: false })), changed: row.changed }
+  const actor = options.actor ?? defaultActor()
+  await returnLostRuns(db, staleMs)
+  const changed = await db.withTransaction(async (tx) => {
+    const { rows: [state] } = await tx.query<{ mode: Mode; reason: string | null }>(sql.lockState)
+    if (state.mode === 'maintenance') return false
+    let requested = false
+    if (state.mode === 'running') {
+      // The trigger takes the gate exclusive: no enqueue or claim is in flight from here on.
+      await tx.query(sql.setMode, ['waiting_for_maintenance', actor, options.reason ?? null])
+      requested = true
+    }
+    const drained = await finishDrainLocked(tx, actor, requested ? options.reason ?? null : state.reason)
+    return requested || drained
+  })
+  return { ...(await getMaintenanceStatus(db, { ...options, staleMs, check: false })), changed }
 }
 
 /** Straight to maintenance, refused (exit 4) while any run is running. */
-export async function enterMaintenance(db: Queryable, options: MaintenanceOptions = {}): Promise<TransitionResult> {
+export async function enterMaintenance(db: MaintenanceDb, options: MaintenanceOptions = {}): Promise<TransitionResult> {
   const staleMs = options.staleMs ?? orchestratorStaleMs()
-  const { rows: [row] } = await db.query<{ mode: Mode; changed: boolean; running_runs: number }>(sql.enterMaintenance,
-    [options.actor ?? defaultActor(), options.reason ?? null, staleMs])
-  if (row.running_runs > 0) {
-    throw new RefusedError('TASKS_RUNNING', `cannot enter maintenance: ${row.running_runs} task run(s) are running`, {
+  const actor = options.actor ?? defaultActor()
+  // Runs of dead orchestrators first, in transactions of their own: reaping waits for claims in
+  // flight, which hold the gate shared (the opposite order to ours below).
+  await returnLostRuns(db, staleMs)
+  const outcome = await db.withTransaction(async (tx) => {
+    const { rows: [state] } = await tx.query<{ mode: Mode }>(sql.lockState)
+    await tx.query(sql.takeGate)
+    const { rows: [count] } = await tx.query<{ running: number }>(sql.runningCount)
+    if (count.running > 0) return { running: count.running, changed: false }
+    if (state.mode === 'maintenance') return { running: 0, changed: false }
+    await tx.query(sql.setMode, ['maintenance', actor, options.reason ?? null])
+    return { running: 0, changed: true }
+  })
+  if (outcome.running > 0) {
+    throw new RefusedError('TASKS_RUNNING', `cannot enter maintenance: ${outcome.running} task run(s) are running`, {
       hint: 'use `pipeweave maintenance:request --wait` to let them finish first',
     })
   }
-  return { ...(await getMaintenanceStatus(db, { ...options, staleMs, check: false })), changed: row.changed }
+  return { ...(await getMaintenanceStatus(db, { ...options, staleMs, check: false })), changed: outcome.changed }
 }
 
 /** Back to running from any mode. Idempotent. */
-export async function exitMaintenance(db: Queryable, options: MaintenanceOptions = {}): Promise<TransitionResult> {
-  const { rows: [row] } = await db.query<{ mode: Mode; changed: boolean }>(sql.exitMaintenance,
-    [options.actor ?? defaultActor(), options.reason ?? null])
-  return { ...(await getMaintenanceStatus(db, { ...options, check: false })), changed: row.changed }
+export async function exitMaintenance(db: MaintenanceDb, options: MaintenanceOptions = {}): Promise<TransitionResult> {
+  const changed = await db.withTransaction(async (tx) => {
+    const { rows: [state] } = await tx.query<{ mode: Mode }>(sql.lockState)
+    if (state.mode === 'running') return false
+    await tx.query(sql.setMode, ['running', options.actor ?? defaultActor(), options.reason ?? null])
+    return true
+  })
+  return { ...(await getMaintenanceStatus(db, { ...options, check: false })), changed }
 }
 
 /** Whether new task runs are accepted now (the mode is `running`). */

@@ -1,8 +1,7 @@
 /** maintenance:request --wait: run the drain check until the mode is `maintenance`, or time out. */
-import type { Queryable } from '../db/database'
 import { delay } from '../orchestrator/wakeup'
 import { RefusedError, WaitTimeoutError } from '../errors'
-import { getMaintenanceStatus, type MaintenanceOptions, type MaintenanceStatus } from './maintenance'
+import { getMaintenanceStatus, type MaintenanceDb, type MaintenanceOptions, type MaintenanceStatus } from './maintenance'
 
 export interface WaitOptions extends MaintenanceOptions {
   /** Give up after this long (exit 5); the request stands. Undefined waits for ever. */
@@ -12,7 +11,7 @@ export interface WaitOptions extends MaintenanceOptions {
   signal?: AbortSignal
 }
 
-export async function waitForMaintenance(db: Queryable, options: WaitOptions = {}): Promise<MaintenanceStatus> {
+export async function waitForMaintenance(db: MaintenanceDb, options: WaitOptions = {}): Promise<MaintenanceStatus> {
   const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs
   const pollMs = options.pollMs ?? 250
   for (;;) {

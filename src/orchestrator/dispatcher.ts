@@ -6,6 +6,7 @@
 import * as crypto from 'node:crypto'
 import * as http from 'node:http'
 import * as https from 'node:https'
+import type * as net from 'node:net'
 import { urlToHttpOptions } from 'node:url'
 
 export interface DispatchRequest {
@@ -25,8 +26,11 @@ export interface DispatchRequest {
 export type DispatchResult =
   | { kind: 'completed'; output: unknown; runNext: string[]; status: number }
   | { kind: 'failed'; error: string; code: string; retryable: boolean; timedOut: boolean; status?: number }
-  /** Stopped by shutdown before an answer: not the worker's failure, the run keeps its attempt. */
-  | { kind: 'aborted' }
+  /**
+   * Stopped by shutdown before an answer. `sent`: the request may have reached the worker (it was
+   * written), so the attempt is spent (SHUTDOWN_ABORTED); otherwise the run keeps its attempt.
+   */
+  | { kind: 'aborted'; sent: boolean }
 
 export interface DispatcherOptions {
   /** PIPEWEAVE_SECRET_KEY: sign each request (x-pipeweave-timestamp, x-pipeweave-signature). */
@@ -35,6 +39,8 @@ export interface DispatcherOptions {
   maxSockets?: number
   /** Largest answer read from a worker. */
   maxResponseBytes?: number
+  /** Agents to send through (tests: an agent that breaks a reused socket on purpose). */
+  agents?: { http?: http.Agent; https?: https.Agent }
 }
 
 const MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -61,8 +67,8 @@ export class Dispatcher {
     // Idle sockets close after 4 s, before Node's default server keep-alive (5 s) can close them
     // under a request we are about to send.
     const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 64, timeout: 4000, scheduling: 'lifo' as const }
-    this.http = new http.Agent(agentOptions)
-    this.https = new https.Agent(agentOptions)
+    this.http = options.agents?.http ?? new http.Agent(agentOptions)
+    this.https = options.agents?.https ?? new https.Agent(agentOptions)
   }
 
   /**
@@ -92,7 +98,7 @@ export class Dispatcher {
   /** POST one run to its worker. `signal` aborts it (shutdown); the task timeout aborts it too. */
   dispatch(baseUrl: string, request: DispatchRequest, signal?: AbortSignal): Promise<DispatchResult> {
     if (!signal) return this.send(baseUrl, request).result
-    if (signal.aborted) return Promise.resolve({ kind: 'aborted' })
+    if (signal.aborted) return Promise.resolve({ kind: 'aborted', sent: false })
     const { result, cancel } = this.send(baseUrl, request)
     signal.addEventListener('abort', cancel, { once: true })
     return result.finally(() => signal.removeEventListener('abort', cancel))
@@ -132,34 +138,51 @@ export class Dispatcher {
 
     return new Promise<DispatchResult>((resolve) => {
       let settled = false
+      /**
+       * Once per attempt (SPEC §5): a request that may have reached the worker is never sent
+       * again. It may have once any of its bytes were handed to a connected socket (Node counts
+       * bytes queued on the socket too: counting those as sent errs on the safe side).
+       */
+      let sent = false
+      let req: http.ClientRequest | undefined
+      let watchSocket: (() => void) | undefined
       const finish = (result: DispatchResult) => {
         if (settled) return
         settled = true
         clearTimeout(timer)
         resolve(result)
       }
-      let req: http.ClientRequest
       const timer = setTimeout(() => {
         finish({ kind: 'failed', error: `no answer within the task timeout (${request.timeoutMs} ms)`, code: 'TIMEOUT', retryable: true, timedOut: true })
         req?.destroy()
       }, request.timeoutMs)
       onCancel(() => {
         if (settled) return
-        finish({ kind: 'aborted' })
+        watchSocket?.()
+        finish({ kind: 'aborted', sent })
         req?.destroy()
       })
 
-      const send = (mayResend: boolean) => {
+      const attempt = (resent: boolean) => {
         let answered = false
-        req = transport.request(requestOptions, (res) => {
+        let socket: net.Socket | undefined
+        let before = 0
+        let connected = false
+        // Bytes handed over on this request's socket since it got it, and whether that socket had
+        // connected (a connection that never came up carried nothing).
+        watchSocket = () => {
+          if (socket && connected && socket.bytesWritten > before) sent = true
+        }
+        const current = transport.request(requestOptions, (res) => {
           answered = true
+          sent = true
           const chunks: Buffer[] = []
           let size = 0
           res.on('data', (chunk: Buffer) => {
             size += chunk.length
             if (size > limit) {
               finish({ kind: 'failed', error: `the worker's answer is larger than ${limit} bytes`, code: 'RESPONSE_TOO_LARGE', retryable: false, timedOut: false })
-              req.destroy()
+              current.destroy()
               return
             }
             chunks.push(chunk)
@@ -168,22 +191,36 @@ export class Dispatcher {
             finish({ kind: 'failed', error: 'the worker closed the connection mid-answer', code: 'CONNECTION_DROPPED', retryable: true, timedOut: false })
           })
           res.on('error', (error: NodeJS.ErrnoException) => {
-            finish({ kind: 'failed', error: `reading the worker's answer failed: ${error.message}`, code: error.code ?? 'CONNECTION_DROPPED', retryable: true, timedOut: false })
+            finish({ kind: 'failed', error: `reading the worker's answer failed: ${error.message}`, code: 'CONNECTION_DROPPED', retryable: true, timedOut: false })
           })
           res.on('end', () => finish(classify(res.statusCode ?? 0, res.statusMessage ?? '', chunks.length === 1 ? chunks[0] : Buffer.concat(chunks))))
         })
-        req.on('error', (error: NodeJS.ErrnoException) => {
-          // A kept-alive socket the worker closed while idle, just as we reused it: the request
-          // never reached the worker. Send it again, once, on a new connection (Node's guidance).
-          if (mayResend && !answered && !settled && req.reusedSocket && (error.code === 'ECONNRESET' || error.code === 'EPIPE')) {
-            send(false)
+        req = current
+        current.on('socket', (s: net.Socket) => {
+          socket = s
+          before = s.bytesWritten ?? 0
+          connected = !s.connecting
+          if (!connected) s.once('connect', () => { connected = true })
+        })
+        current.on('error', (error: NodeJS.ErrnoException) => {
+          watchSocket?.()
+          if (settled) return
+          if (!sent && !answered && !resent && current.reusedSocket) {
+            // A kept-alive socket that failed before this request was written to it: the worker
+            // never saw it. Send it again, once (Node's guidance for reused sockets).
+            attempt(true)
+            return
+          }
+          if (sent) {
+            // The request may have reached the worker: this attempt is spent, never resent.
+            finish({ kind: 'failed', error: `the connection to ${url.origin} dropped after the request was sent (${error.message})`, code: 'CONNECTION_DROPPED', retryable: true, timedOut: false })
             return
           }
           finish({ kind: 'failed', error: `request to ${url.origin} failed: ${error.message}`, code: error.code ?? 'NETWORK_ERROR', retryable: true, timedOut: false })
         })
-        req.end(body)
+        current.end(body)
       }
-      send(true)
+      attempt(false)
     })
   }
 

@@ -1,10 +1,12 @@
 /**
- * LISTEN/NOTIFY for prompt pickup: enqueue and mode changes notify (migration 002), and the loop
+ * LISTEN/NOTIFY for prompt pickup: enqueues, follow-ups, retries due at once (src/sql/task-runs.ts)
+ * and mode changes (the trigger of migration 001) notify the schema's channel, and the loop
  * wakes at once instead of at its next poll. A dedicated session, reconnected after a loss; after
  * every (re)connect the loop is woken once, since notifications sent meanwhile are gone.
  */
 import type { Client } from 'pg'
 import type { Database } from '../db/database'
+import { escapeIdentifier } from '../db/pg'
 import type { Logger } from '../logger'
 import { delay } from './wakeup'
 
@@ -21,7 +23,8 @@ export class Listener {
   constructor(
     private readonly db: Database,
     private readonly channels: string[],
-    private readonly onNotify: (channel: string) => void,
+    /** A notification's payload; '' once after every (re)connect (anything may have been missed). */
+    private readonly onNotify: (payload: string) => void,
     private readonly log: Logger,
   ) {}
 
@@ -56,7 +59,7 @@ export class Listener {
       await client.end().catch(() => undefined)
       return
     }
-    client.on('notification', (message) => this.onNotify(message.channel))
+    client.on('notification', (message) => this.onNotify(message.payload ?? ''))
     const lost = (error?: Error) => {
       if (this.client !== client) return
       this.client = undefined
@@ -69,13 +72,13 @@ export class Listener {
     }
     client.on('error', lost)
     client.on('end', () => lost())
-    for (const channel of this.channels) await client.query(`LISTEN ${channel}`)
+    for (const channel of this.channels) await client.query(`LISTEN ${escapeIdentifier(channel)}`)
     if (this.stopped) {
       await client.end().catch(() => undefined)
       return
     }
     this.client = client
-    this.onNotify(this.channels[0])
+    this.onNotify('')
   }
 
   private async reconnect(): Promise<void> {

@@ -1,13 +1,18 @@
 /**
- * What the orchestrator loop asks of the database, as plain functions (graphile-worker's
- * getJob/completeJob/failJob): the loop holds no SQL.
+ * What the orchestrator asks of the database, as plain functions (graphile-worker's getJob,
+ * completeJob, failJob): the loop holds no SQL. Handed to createOrchestrator, so that a test can
+ * wrap it (a statement that fails on purpose, a claim held back) and drive the real loop against
+ * the real database; and built from a statement set, so that a test can run two binaries' claims
+ * side by side (a rolling deploy, SPEC §3).
  */
 import * as os from 'node:os'
-import type { Queryable } from '../db/database'
-import type { Mode } from '../maintenance/maintenance'
+import type { Database, SchemaStatement } from '../db/database'
+import { type DrainCheckResult, drainCheck, type Mode } from '../maintenance/maintenance'
+import * as migrations from '../sql/migrations'
 import * as orchestrators from '../sql/orchestrators'
 import * as runs from '../sql/task-runs'
 import { VERSION } from '../version'
+import type { RetrySettings } from './retry-policy'
 
 export interface ClaimedRun {
   id: string
@@ -26,13 +31,24 @@ export interface ClaimedRun {
   codeVersion: number
   codeHash: string | null
   timeoutSeconds: number
+  retry: RetrySettings
+  /** An unexpired idempotency entry holds this key: its output, and no dispatch. */
   cached: boolean
   cachedOutput: unknown
+}
+
+/** What the claim's gate answered: the mode, or that this orchestrator must register again first. */
+export type ClaimState = Mode | 'unregistered'
+
+export interface ClaimResult {
+  state: ClaimState
+  runs: ClaimedRun[]
 }
 
 /** One run's result as the loop hands it over to be written. */
 export interface Completion {
   runId: string
+  attempt: number
   output: unknown
   runNext: string[]
   /** Completed from the idempotency cache: do not write the cache again. */
@@ -40,18 +56,80 @@ export interface Completion {
 }
 
 export interface CompleteResult {
+  /** False: the run was not ours any more (handed to another orchestrator, or cancelled). */
   completed: boolean
   mode: Mode
   followUps: string[]
   ignoredNext: string[]
 }
 
-/** A failed attempt as the loop reports it. */
-export interface Failure {
+/** A failed attempt, with what the retry policy decided. */
+export interface FailureRecord {
+  runId: string
+  attempt: number
   error: string
   code: string
-  retryable: boolean
-  timedOut: boolean
+  retry: boolean
+  delayMs: number
+  /** The run's final status when it is not retried. */
+  status: 'failed' | 'timeout'
+}
+
+export type FailOutcome = 'retried' | 'failed' | 'timeout' | 'fenced'
+
+export interface FailResult {
+  outcome: FailOutcome
+  scheduledFor: Date | null
+  mode: Mode
+}
+
+export interface ReleasedRun {
+  id: string
+  taskId: string
+  attempt: number
+}
+
+export interface Repository {
+  readonly orchestratorId: string
+  /** Register, or heartbeat; `inserted` when the row had gone (this orchestrator was reaped). */
+  heartbeat(): Promise<{ inserted: boolean }>
+  deregister(): Promise<void>
+  /** Claim up to `limit` runs, if registered with a heartbeat within `leaseMs`. */
+  claim(limit: number, leaseMs: number): Promise<ClaimResult>
+  /** Complete several runs in one statement; one result per completion, in order. */
+  complete(completions: Completion[]): Promise<CompleteResult[]>
+  /** Record several failed attempts in one statement; one result per failure, in order. */
+  fail(failures: FailureRecord[]): Promise<FailResult[]>
+  /**
+   * Hand back to pending, attempt kept, the runs this orchestrator holds: all except `keep`, or
+   * with `only`, those alone.
+   */
+  release(keep: string[], only?: string[]): Promise<ReleasedRun[]>
+  /** Any due pending or running run (--until-idle). */
+  workRemains(): Promise<boolean>
+  /** Hand back runs of dead orchestrators, finish a drain (SPEC §4). */
+  drainCheck(staleMs: number, actor: string): Promise<DrainCheckResult>
+  /** The newest applied migration. */
+  schemaVersion(): Promise<number>
+  /** Move finished runs a runbook left in task_runs to the history; how many. */
+  sweep(): Promise<number>
+  /** VACUUM the live table (its dead claim-index entries), skipped when another vacuum runs. */
+  vacuum(): Promise<void>
+}
+
+/** The statements a repository runs; a test swaps one (another binary's claim). */
+export interface RunStatements {
+  claimRuns: SchemaStatement
+  completeRuns: SchemaStatement
+  failRuns: SchemaStatement
+  releaseHeld: SchemaStatement
+}
+
+export const STATEMENTS: RunStatements = {
+  claimRuns: runs.claimRuns,
+  completeRuns: runs.completeRuns,
+  failRuns: runs.failRuns,
+  releaseHeld: runs.releaseHeld,
 }
 
 /** Longest error text stored for one attempt (a worker may answer with megabytes). */
@@ -67,97 +145,75 @@ export function storableText(text: string, max = MAX_ERROR_CHARS): string {
   return clean.length > max ? `${clean.slice(0, max)}…` : clean
 }
 
-export type FailOutcome = 'retried' | 'failed' | 'timeout' | 'fenced'
+/** Finished rows a sweep moves at most per statement. */
+const SWEEP_BATCH = 1000
 
-export interface FailResult {
-  outcome: FailOutcome
-  attempt: number | null
-  scheduledFor: Date | null
-  mode: Mode
-}
-
-export interface Repository {
-  heartbeat(): Promise<{ inserted: boolean }>
-  deregister(): Promise<void>
-  claim(limit: number): Promise<ClaimedRun[]>
-  /** Complete several runs in one statement and transaction; one result per completion, in order. */
-  completeMany(completions: Completion[]): Promise<CompleteResult[]>
-  /** completeMany, then claim up to `limit` runs, in one statement and transaction. */
-  completeAndClaim(completions: Completion[], limit: number): Promise<{ results: CompleteResult[]; claimed: ClaimedRun[] }>
-  fail(runId: string, failure: Failure): Promise<FailResult>
-  /**
-   * Hand every run this orchestrator holds, except `keep`, back to pending keeping its attempt
-   * (graceful shutdown; a claim whose answer was lost).
-   */
-  releaseHeld(keep: string[]): Promise<Array<{ id: string; taskId: string; attempt: number }>>
-  workRemains(): Promise<boolean>
-}
-
-export function createRepository(db: Queryable, orchestratorId: string, concurrency: number): Repository {
+export function createRepository(db: Database, orchestratorId: string, options: { concurrency?: number; statements?: Partial<RunStatements> } = {}): Repository {
+  const sql = { ...STATEMENTS, ...options.statements }
   return {
+    orchestratorId,
     async heartbeat() {
       const { rows: [row] } = await db.query<{ inserted: boolean }>(orchestrators.heartbeat,
-        [orchestratorId, os.hostname(), process.pid, VERSION, concurrency])
+        [orchestratorId, os.hostname(), process.pid, VERSION, options.concurrency ?? 0])
       return { inserted: row.inserted }
     },
     async deregister() {
       await db.query(orchestrators.deregister, [orchestratorId])
     },
-    async claim(limit) {
-      const { rows } = await db.query<ClaimRow>(runs.claim, [orchestratorId, limit])
-      return rows.map(toClaimedRun)
+    async claim(limit, leaseMs) {
+      const { rows } = await db.query<ClaimRow>(sql.claimRuns, [orchestratorId, limit, Math.max(1, Math.floor(leaseMs))])
+      return { state: rows[0].state, runs: rows.filter((r) => r.id !== null).map(toClaimedRun) }
     },
-    async completeMany(completions) {
-      const { rows } = await db.query<CompleteRow>(runs.completeMany, [orchestratorId, completionsJson(completions)])
+    async complete(completions) {
+      const payload = JSON.stringify(completions.map((c) => ({
+        id: c.runId, attempt: c.attempt, output: c.output ?? null, next: c.runNext, cached: c.fromCache,
+      })))
+      const { rows } = await db.query<{ run_id: string; completed: boolean; mode: Mode; follow_ups: string[]; ignored_next: string[] }>(
+        sql.completeRuns, [orchestratorId, payload])
       if (rows.length !== completions.length) throw new Error(`completing ${completions.length} run(s) returned ${rows.length} row(s)`)
-      return rows.map(toCompleteResult)
+      return rows.map((r) => ({ completed: r.completed, mode: r.mode, followUps: r.follow_ups, ignoredNext: r.ignored_next }))
     },
-    async completeAndClaim(completions, limit) {
-      const { rows } = await db.query<CompleteRow & ClaimRow & { kind: 'completed' | 'claimed' }>(runs.completeAndClaim,
-        [orchestratorId, completionsJson(completions), limit])
-      const results: CompleteResult[] = []
-      const claimed: ClaimedRun[] = []
-      for (const row of rows) {
-        if (row.kind === 'completed') results.push(toCompleteResult(row))
-        else claimed.push(toClaimedRun({ ...row, id: row.run_id }))
-      }
-      if (results.length !== completions.length) throw new Error(`completing ${completions.length} run(s) returned ${results.length} row(s)`)
-      return { results, claimed }
+    async fail(failures) {
+      const payload = JSON.stringify(failures.map((f) => ({
+        id: f.runId, attempt: f.attempt, orchestrator: orchestratorId, error: storableText(f.error), code: storableText(f.code, 200),
+        retry: f.retry, delayMs: f.delayMs, status: f.status,
+      })))
+      const { rows } = await db.query<{ run_id: string; outcome: FailOutcome; scheduled_for: Date | null; mode: Mode }>(sql.failRuns, [payload])
+      if (rows.length !== failures.length) throw new Error(`failing ${failures.length} run(s) returned ${rows.length} row(s)`)
+      return rows.map((r) => ({ outcome: r.outcome, scheduledFor: r.scheduled_for, mode: r.mode }))
     },
-    async fail(runId, failure) {
-      const { rows: [row] } = await db.query<{ outcome: FailOutcome; attempt: number | null; scheduled_for: Date | null; mode: Mode }>(runs.fail,
-        [runId, orchestratorId, storableText(failure.error), storableText(failure.code, 200), failure.retryable, failure.timedOut])
-      return { outcome: row.outcome, attempt: row.attempt, scheduledFor: row.scheduled_for, mode: row.mode }
-    },
-    async releaseHeld(keep) {
-      const { rows } = await db.query<{ id: string; task_id: string; attempt: number }>(runs.releaseHeld, [orchestratorId, keep])
+    async release(keep, only) {
+      const { rows } = await db.query<{ id: string; task_id: string; attempt: number }>(sql.releaseHeld, [orchestratorId, keep, only ?? null])
       return rows.map((r) => ({ id: r.id, taskId: r.task_id, attempt: r.attempt }))
     },
     async workRemains() {
       const { rows: [row] } = await db.query<{ remains: boolean }>(runs.workRemains)
       return row.remains
     },
+    drainCheck(staleMs, actor) {
+      return drainCheck(db, { staleMs, actor })
+    },
+    async schemaVersion() {
+      const { rows: [row] } = await db.query<{ version: number | null }>(migrations.currentVersion)
+      return row.version ?? 0
+    },
+    async sweep() {
+      let moved = 0
+      for (;;) {
+        const { rows: [row] } = await db.query<{ moved: number }>(runs.sweepFinished, [SWEEP_BATCH])
+        moved += row.moved
+        if (row.moved < SWEEP_BATCH) return moved
+      }
+    },
+    async vacuum() {
+      await db.query({ name: 'vacuum_task_runs', text: `VACUUM (SKIP_LOCKED) ${db.schema.q}.task_runs` })
+    },
   }
 }
 
-function completionsJson(completions: Completion[]): string {
-  return JSON.stringify(completions.map((c) => ({ id: c.runId, output: c.output ?? null, runNext: c.runNext, fromCache: c.fromCache })))
-}
-
-interface CompleteRow {
-  run_id: string
-  completed: boolean
-  mode: Mode
-  follow_ups: string[]
-  ignored_next: string[]
-}
-
-function toCompleteResult(row: CompleteRow): CompleteResult {
-  return { completed: row.completed, mode: row.mode, followUps: row.follow_ups, ignoredNext: row.ignored_next }
-}
-
 interface ClaimRow {
-  id: string
+  state: ClaimState
+  id: string | null
   task_id: string
   pipeline_run_id: string | null
   attempt: number
@@ -173,16 +229,21 @@ interface ClaimRow {
   code_version: number
   code_hash: string | null
   timeout_seconds: number
+  retries: number
+  retry_backoff: 'fixed' | 'exponential'
+  retry_delay_ms: number
+  max_retry_delay_ms: number
   cached: boolean
   cached_output: unknown
 }
 
 function toClaimedRun(r: ClaimRow): ClaimedRun {
   return {
-    id: r.id, taskId: r.task_id, pipelineRunId: r.pipeline_run_id, attempt: r.attempt, priority: r.priority,
+    id: r.id!, taskId: r.task_id, pipelineRunId: r.pipeline_run_id, attempt: r.attempt, priority: r.priority,
     input: r.input, inputPath: r.input_path, previousAttempts: r.previous_attempts, idempotencyKey: r.idempotency_key,
     createdAt: r.created_at, startedAt: r.started_at, serviceId: r.service_id, baseUrl: r.base_url,
     codeVersion: r.code_version, codeHash: r.code_hash, timeoutSeconds: r.timeout_seconds,
+    retry: { retries: r.retries, retryBackoff: r.retry_backoff, retryDelayMs: r.retry_delay_ms, maxRetryDelayMs: r.max_retry_delay_ms },
     cached: r.cached, cachedOutput: r.cached_output,
   }
 }

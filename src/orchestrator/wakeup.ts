@@ -11,21 +11,22 @@ export class Wakeup {
     this.wake?.()
   }
 
-  wait(ms: number): Promise<void> {
+  /** Resolves on notify() (true), or after `ms` (false). */
+  wait(ms: number): Promise<boolean> {
     if (this.pending) {
       this.pending = false
-      return Promise.resolve()
+      return Promise.resolve(true)
     }
     return new Promise((resolve) => {
-      const timer = setTimeout(done, ms)
+      const timer = setTimeout(() => done(false), ms)
       const self = this
-      function done() {
+      function done(notified: boolean) {
         clearTimeout(timer)
         self.wake = undefined
         self.pending = false
-        resolve()
+        resolve(notified)
       }
-      this.wake = done
+      this.wake = () => done(true)
     })
   }
 }

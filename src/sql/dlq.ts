@@ -1,58 +1,46 @@
 /** SQL on `dlq`, the dead-letter queue. */
-import type { Statement } from '../db/database'
+import { statement } from './schema'
 
 /** db:cleanup: one batch of entries that failed before $1; dlq_failed_at_idx. */
-export const deleteOlderBatch: Statement = {
-  name: 'delete_old_dlq_batch',
-  text: `DELETE FROM dlq
+export const deleteOlderBatch = statement('delete_old_dlq_batch', (s) => `DELETE FROM ${s.q}.dlq
           WHERE ctid = ANY (ARRAY(
-            SELECT ctid FROM dlq WHERE failed_at < $1::timestamptz LIMIT $2::int))`,
-}
+            SELECT ctid FROM ${s.q}.dlq WHERE failed_at < $1::timestamptz LIMIT $2::int))`)
 
-export const countOlder: Statement = {
-  name: 'count_old_dlq',
-  text: `SELECT count(*)::int AS n FROM dlq WHERE failed_at < $1::timestamptz`,
-}
+export const countOlder = statement('count_old_dlq', (s) => `SELECT count(*)::int AS n FROM ${s.q}.dlq WHERE failed_at < $1::timestamptz`)
 
 const ENTRY_COLUMNS = `d.id, d.task_run_id, d.task_id, d.error, d.error_code, d.attempts, d.previous_attempts,
   d.failed_at, d.retried_at, d.retry_run_id`
 
 /** dlq:list, newest first ($1 task or null, $2 only not yet retried, $3 limit). */
-export const list: Statement = {
-  name: 'list_dlq',
-  text: `SELECT ${ENTRY_COLUMNS} FROM dlq d
+export const list = statement('list_dlq', (s) => `SELECT ${ENTRY_COLUMNS} FROM ${s.q}.dlq d
           WHERE ($1::text IS NULL OR d.task_id = $1::text)
             AND (NOT $2::boolean OR d.retried_at IS NULL)
           ORDER BY d.failed_at DESC
-          LIMIT $3::int`,
-}
+          LIMIT $3::int`)
 
-/** One entry with the failed run's input, locked for the retry. */
-export const lockForRetry: Statement = {
-  name: 'lock_dlq_entry',
-  text: `SELECT d.id, d.task_id, d.retried_at, d.retry_run_id, r.input, r.input_path, r.priority, r.idempotency_key, r.pipeline_run_id
-           FROM dlq d JOIN task_runs r ON r.id = d.task_run_id
+/**
+ * One entry with the failed run's input, locked for the retry. The run is in task_run_history
+ * (db:cleanup keeps it while the entry exists), or among the live rows until a sweep moves it
+ * there; `run_found` is false only if SQL removed it. Primary keys of both.
+ */
+export const lockForRetry = statement('lock_dlq_entry', (s) => `SELECT d.id, d.task_id, d.retried_at, d.retry_run_id,
+                (r.id IS NOT NULL) AS run_found, r.input, r.input_path, r.priority, r.idempotency_key, r.pipeline_run_id
+           FROM ${s.q}.dlq d
+           LEFT JOIN LATERAL (
+             SELECT h.id, h.input, h.input_path, h.priority, h.idempotency_key, h.pipeline_run_id
+               FROM ${s.q}.task_run_history h WHERE h.id = d.task_run_id
+             UNION ALL
+             SELECT l.id, l.input, l.input_path, l.priority, l.idempotency_key, l.pipeline_run_id
+               FROM ${s.q}.task_runs l WHERE l.id = d.task_run_id
+             LIMIT 1) AS r ON true
           WHERE d.id = $1
-            FOR UPDATE OF d`,
-}
+            FOR UPDATE OF d`)
 
-export const notRetriedIds: Statement = {
-  name: 'dlq_not_retried',
-  text: `SELECT id FROM dlq WHERE retried_at IS NULL ORDER BY failed_at`,
-}
+export const notRetriedIds = statement('dlq_not_retried', (s) => `SELECT id FROM ${s.q}.dlq WHERE retried_at IS NULL ORDER BY failed_at`)
 
-export const markRetried: Statement = {
-  name: 'mark_dlq_retried',
-  text: `UPDATE dlq SET retried_at = clock_timestamp(), retry_run_id = $2 WHERE id = $1 RETURNING retried_at`,
-}
+export const markRetried = statement('mark_dlq_retried', (s) => `UPDATE ${s.q}.dlq SET retried_at = clock_timestamp(), retry_run_id = $2 WHERE id = $1 RETURNING retried_at`)
 
 /** pipeweave_dlq_entries: entries not yet retried. */
-export const countNotRetried: Statement = {
-  name: 'count_dlq_not_retried',
-  text: `SELECT count(*)::int AS n FROM dlq WHERE retried_at IS NULL`,
-}
+export const countNotRetried = statement('count_dlq_not_retried', (s) => `SELECT count(*)::int AS n FROM ${s.q}.dlq WHERE retried_at IS NULL`)
 
-export const existingIds: Statement = {
-  name: 'dlq_existing_ids',
-  text: `SELECT id FROM dlq WHERE id = ANY ($1::text[])`,
-}
+export const existingIds = statement('dlq_existing_ids', (s) => `SELECT id FROM ${s.q}.dlq WHERE id = ANY ($1::text[])`)

@@ -1,18 +1,12 @@
 /** SQL on `services`, `tasks` and `task_code_history`. */
-import type { Statement } from '../db/database'
+import { statement } from './schema'
 
-export const upsertService: Statement = {
-  name: 'upsert_service',
-  text: `INSERT INTO services (id, version, base_url) VALUES ($1, $2, $3)
+export const upsertService = statement('upsert_service', (s) => `INSERT INTO ${s.q}.services (id, version, base_url) VALUES ($1, $2, $3)
          ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, base_url = EXCLUDED.base_url, updated_at = now()
-         RETURNING (xmax = 0) AS created`,
-}
+         RETURNING (xmax = 0) AS created`)
 
 /** The tasks of other services among $2 (a task id belongs to one service). */
-export const tasksOwnedElsewhere: Statement = {
-  name: 'tasks_owned_elsewhere',
-  text: `SELECT id, service_id FROM tasks WHERE id = ANY ($2::text[]) AND service_id <> $1 ORDER BY id`,
-}
+export const tasksOwnedElsewhere = statement('tasks_owned_elsewhere', (s) => `SELECT id, service_id FROM ${s.q}.tasks WHERE id = ANY ($2::text[]) AND service_id <> $1 ORDER BY id`)
 
 /**
  * Lock the existing rows of the tasks $1 (in id order, so two registrations cannot deadlock) and
@@ -21,20 +15,13 @@ export const tasksOwnedElsewhere: Statement = {
  * RETURNING first reads it, after the upsert has updated the row, and FOR UPDATE then skips a row
  * that the same command updated, so it read nothing and every task looked new.
  */
-export const lockTasks: Statement = {
-  name: 'lock_tasks',
-  // NO KEY UPDATE: serialises registrations, and waits out enqueues reading the task's limit (FOR
-  // SHARE, migration 002), without blocking the foreign-key checks of every other insert.
-  text: `SELECT id, code_hash, code_version FROM tasks WHERE id = ANY ($1::text[]) ORDER BY id FOR NO KEY UPDATE`,
-}
+export const lockTasks = statement('lock_tasks', (s) => `SELECT id, code_hash, code_version FROM ${s.q}.tasks WHERE id = ANY ($1::text[]) ORDER BY id FOR NO KEY UPDATE`)
 
 /**
  * Upsert one task; a changed code_hash bumps code_version. Returns the version and whether the row
  * was inserted (xmax = 0, as upsertService); the caller appends task_code_history on a change.
  */
-export const upsertTask: Statement = {
-  name: 'upsert_task',
-  text: `INSERT INTO tasks (id, service_id, code_hash, code_version, timeout_seconds, retries, retry_backoff,
+export const upsertTask = statement('upsert_task', (s) => `INSERT INTO ${s.q}.tasks (id, service_id, code_hash, code_version, timeout_seconds, retries, retry_backoff,
                             retry_delay_ms, max_retry_delay_ms, heartbeat_interval_ms, concurrency, priority,
                             idempotency_ttl_seconds, allowed_next, description)
          VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text[], $14)
@@ -49,18 +36,12 @@ export const upsertTask: Statement = {
            concurrency = EXCLUDED.concurrency, priority = EXCLUDED.priority,
            idempotency_ttl_seconds = EXCLUDED.idempotency_ttl_seconds, allowed_next = EXCLUDED.allowed_next,
            description = EXCLUDED.description, updated_at = now()
-         RETURNING code_version, (xmax = 0) AS created`,
-}
+         RETURNING code_version, (xmax = 0) AS created`)
 
-export const recordCodeVersion: Statement = {
-  name: 'record_code_version',
-  text: `INSERT INTO task_code_history (task_id, code_version, code_hash) VALUES ($1, $2, $3)
-         ON CONFLICT (task_id, code_version) DO NOTHING`,
-}
+export const recordCodeVersion = statement('record_code_version', (s) => `INSERT INTO ${s.q}.task_code_history (task_id, code_version, code_hash) VALUES ($1, $2, $3)
+         ON CONFLICT (task_id, code_version) DO NOTHING`)
 
-export const listServices: Statement = {
-  name: 'list_services',
-  text: `SELECT s.id, s.version, s.base_url, s.registered_at, s.updated_at,
+export const listServices = statement('list_services', (s) => `SELECT s.id, s.version, s.base_url, s.registered_at, s.updated_at,
                 COALESCE(json_agg(json_build_object(
                   'id', t.id, 'codeHash', t.code_hash, 'codeVersion', t.code_version,
                   'timeout', t.timeout_seconds, 'retries', t.retries, 'retryBackoff', t.retry_backoff,
@@ -69,6 +50,5 @@ export const listServices: Statement = {
                   'priority', t.priority, 'idempotencyTTL', t.idempotency_ttl_seconds,
                   'allowedNext', t.allowed_next, 'description', t.description) ORDER BY t.id)
                   FILTER (WHERE t.id IS NOT NULL), '[]') AS tasks
-           FROM services s LEFT JOIN tasks t ON t.service_id = s.id
-          GROUP BY s.id ORDER BY s.id`,
-}
+           FROM ${s.q}.services s LEFT JOIN ${s.q}.tasks t ON t.service_id = s.id
+          GROUP BY s.id ORDER BY s.id`)

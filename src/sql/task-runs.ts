@@ -1,5 +1,16 @@
-/** SQL on `task_runs`. Every statement names the index that serves it (migrations/). */
-import type { Statement } from '../db/database'
+/**
+ * The run life cycle (SPEC §3, §5) as plain statements, one per operation (graphile-worker's
+ * src/sql, River's river_job.sql): enqueue, claim, complete, fail, hand back, sweep, and what
+ * reads runs. `task_runs` holds live work only (pending, running, waiting); a run that finishes
+ * moves to `task_run_history` in the statement that finishes it. Every statement names the index
+ * that serves it (migrations/001). Only the rules every writer must obey are database functions
+ * (migrations/002: pipeweave_gate_v1, pipeweave_claim_gate_v1, pipeweave_task_room_v1).
+ *
+ * Batches are JSON arrays unnested with jsonb_to_recordset (one round trip and one commit for many
+ * runs), and every write to a run is fenced in its WHERE: still `running`, by this orchestrator,
+ * on this attempt. A late answer from a lost attempt changes nothing.
+ */
+import { type Schema, statement } from './schema'
 
 export const RunStatus = Object.freeze({
   PENDING: 'pending',
@@ -12,110 +23,374 @@ export const RunStatus = Object.freeze({
 } as const)
 export type RunStatus = (typeof RunStatus)[keyof typeof RunStatus]
 
+/** Every column of task_runs and task_run_history, in one order. */
+const COLUMNS = `id, task_id, pipeline_run_id, parent_run_id, status, attempt, priority, input, output,
+  input_path, output_path, error, error_code, idempotency_key, previous_attempts, scheduled_for,
+  created_at, started_at, completed_at, heartbeat_at, orchestrator_id, due_at`
 
 /**
- * db:cleanup: one batch of finished runs that completed before $1, walked in (completed_at, id)
- * order from the cursor ($2, $3) on task_runs_finished_idx. Runs a DLQ entry still points to are
- * stepped over, not deleted, and the cursor moves past them so no batch reads them twice.
+ * The elements of a JSON array parameter as rows with these typed fields, numbered from 1 in
+ * array order (`ord`): how every batch reaches SQL.
  */
-export const deleteFinishedBatch: Statement = {
-  name: 'delete_finished_runs_batch',
-  text: `WITH batch AS (
-           SELECT r.id, r.completed_at,
-                  EXISTS (SELECT 1 FROM dlq d WHERE d.task_run_id = r.id) AS held
-             FROM task_runs r
-            WHERE r.status IN ('completed', 'failed', 'timeout', 'cancelled')
-              AND r.completed_at < $1::timestamptz
-              AND (r.completed_at, r.id) > ($2::timestamptz, $3::text)
-            ORDER BY r.completed_at, r.id
-            LIMIT $4::int),
-         deleted AS (
-           DELETE FROM task_runs t USING batch b
-            WHERE t.id = b.id AND NOT b.held
-              AND t.status IN ('completed', 'failed', 'timeout', 'cancelled')
-           RETURNING 1)
-         SELECT (SELECT count(*) FROM deleted)::int AS deleted,
-                (SELECT count(*) FROM batch)::int AS scanned,
-                -- as text: a Date would drop the microseconds and the cursor could stall
-                last.completed_at::text AS last_completed_at, last.id AS last_id
-           FROM (SELECT NULL) AS one
-           LEFT JOIN LATERAL (SELECT completed_at, id FROM batch ORDER BY completed_at DESC, id DESC LIMIT 1) last ON true`,
+function records(param: string, fields: Array<[string, string]>): string {
+  const defs = fields.map(([name, type]) => `${name} ${type}`).join(', ')
+  const names = fields.map(([name]) => name).join(', ')
+  return `ROWS FROM (jsonb_to_recordset(${param}::jsonb) AS (${defs})) WITH ORDINALITY AS x(${names}, ord)`
 }
+
+/** A notification on the schema's channel: due work was added. */
+const notify = (s: Schema) => `pg_notify('${s.channel}', 'runs')`
+
+// ---------------------------------------------------------------------------------------------
+// Enqueue
 
 /**
- * db:cleanup --dry-run: the finished runs a real cleanup would delete. The real one deletes the
- * DLQ entries older than the DLQ cutoff ($2) first, so only entries that survive it hold a run.
+ * Enqueue runs of task $1, one per element of $2 (a JSON array of
+ * { input, priority, key, delayMs }), with input_path $3 and pipeline_run_id $4 for all.
+ * One row per element, in order: `run_id` is the new run, or the run that the idempotency cache
+ * names (`cached`); null with neither means an active run holds the key (resolveActiveKeys).
+ * `known`: the task exists; `mode`: the mode read through the gate (nothing is inserted unless it
+ * is `running`). The gate is held until the transaction ends (SPEC §4).
+ * Inserts: task_runs_pkey, task_runs_claim_idx; task_runs_idempotency_active_uidx decides between
+ * concurrent enqueues of one key (ON CONFLICT), never a read-then-insert.
  */
-export const countFinishedDeletable: Statement = {
-  name: 'count_finished_deletable',
-  text: `SELECT count(*)::int AS n
-           FROM task_runs r
-          WHERE r.status IN ('completed', 'failed', 'timeout', 'cancelled')
-            AND r.completed_at < $1::timestamptz
-            AND NOT EXISTS (SELECT 1 FROM dlq d WHERE d.task_run_id = r.id AND d.failed_at >= $2::timestamptz)`,
-}
+export const enqueueRuns = statement('enqueue_runs', (s) => `
+  WITH gate AS MATERIALIZED (
+    SELECT ${s.q}.pipeweave_gate_v1() AS mode
+  ), task AS MATERIALIZED (
+    SELECT t.id, t.priority FROM ${s.q}.tasks t WHERE t.id = $1::text
+  ), items AS MATERIALIZED (
+    SELECT x.ord, x.input, x.priority, x.key, COALESCE(x."delayMs", 0) AS delay_ms,
+           c.task_run_id AS cached_run, (c.task_id IS NOT NULL) AS cached
+      FROM ${records('$2', [['input', 'jsonb'], ['priority', 'integer'], ['key', 'text'], ['"delayMs"', 'bigint']])}
+      LEFT JOIN ${s.q}.idempotency_cache c                          -- idempotency_cache_pkey
+        ON c.task_id = $1::text AND c.idempotency_key = x.key AND c.expires_at > now()
+  ), fresh AS MATERIALIZED (
+    SELECT ${s.q}.pipeweave_new_id() AS id, i.ord, i.input, COALESCE(i.priority, t.priority) AS priority, i.key, i.delay_ms
+      FROM items i CROSS JOIN task t
+     WHERE NOT i.cached AND (SELECT g.mode FROM gate g) = 'running'
+     ORDER BY i.ord
+  ), inserted AS (
+    INSERT INTO ${s.q}.task_runs (id, task_id, input, priority, idempotency_key, scheduled_for, input_path, pipeline_run_id)
+    SELECT f.id, $1::text, f.input, f.priority, f.key,
+           CASE WHEN f.delay_ms > 0 THEN clock_timestamp() + f.delay_ms * interval '1 millisecond' END,
+           $3::text, $4::text
+      FROM fresh f ORDER BY f.ord
+    ON CONFLICT (task_id, idempotency_key) WHERE idempotency_key IS NOT NULL AND status IN ('pending', 'running')
+    DO NOTHING
+    RETURNING id, scheduled_for
+  ), woken AS (
+    SELECT ${notify(s)} FROM (SELECT 1 FROM inserted n WHERE n.scheduled_for IS NULL LIMIT 1) AS any_due
+  )
+  SELECT (SELECT g.mode FROM gate g) AS mode, EXISTS (SELECT 1 FROM task) AS known,
+         i.ord::int AS ord, i.cached,
+         CASE WHEN i.cached THEN i.cached_run ELSE n.id END AS run_id,
+         (SELECT count(*) FROM woken)::int AS notified
+    FROM items i
+    LEFT JOIN fresh f ON f.ord = i.ord
+    LEFT JOIN inserted n ON n.id = f.id
+   ORDER BY i.ord`)
 
-/** Enqueue one run through the gate (migration 002 pipeweave_enqueue). */
-export const enqueue: Statement = {
-  name: 'enqueue_run',
-  text: `SELECT run_id, deduplicated
-           FROM pipeweave_enqueue($1::text, $2::jsonb, $3::int, $4::text, $5::bigint, $6::text, $7::text)`,
-}
+/** The active (pending or running) runs of task $1 holding the keys $2; task_runs_idempotency_active_uidx. */
+export const resolveActiveKeys = statement('resolve_active_keys', (s) => `
+  SELECT r.idempotency_key AS key, r.id FROM ${s.q}.task_runs r
+   WHERE r.task_id = $1::text AND r.idempotency_key = ANY ($2::text[]) AND r.status IN ('pending', 'running')`)
 
-/** Claim up to $2 due runs for orchestrator $1 (migration 002 pipeweave_claim_runs; task_runs_claim_idx). */
-export const claim: Statement = {
-  name: 'claim_due_runs',
-  text: `SELECT * FROM pipeweave_claim_runs($1::text, $2::int)`,
-}
+// ---------------------------------------------------------------------------------------------
+// Claim
 
 /**
- * Complete runs held by orchestrator $1 in one transaction: output, idempotency cache, follow-ups
- * (migration 002 pipeweave_complete_runs; task_runs_pkey). $2 is a JSON array of
- * { id, output, runNext, fromCache }; one row per element, in its order.
+ * Claim up to $2 due runs for orchestrator $1 (SPEC §5), whose registration must have heartbeated
+ * within $3 ms. One row always: `state` is pipeweave_claim_gate_v1's answer ('unregistered', or
+ * the mode), and the claimed runs follow, one per row (id null when none), with what dispatch
+ * needs of their task and service, and the idempotency cache's output for a key that has one.
+ *
+ * How (task_runs_claim_idx, (task_id, priority, due_at, id) WHERE pending):
+ *   groups      the (task, priority) pairs with pending runs, by a skip scan: one index descent
+ *               per pair, however many runs each holds;
+ *   room        per task: no limit (null), or its room under its concurrency limit, counted under
+ *               the task's lock (pipeweave_task_room_v1; 0 when another claim holds it);
+ *   candidates  the head of each group a task with room has, due now (a range scan: runs due
+ *               later sit after them and are never read), locked SKIP LOCKED so orchestrators
+ *               claiming side by side take different runs;
+ *   chosen      in claim order (priority, due time, id), no task beyond its room, at most $2.
+ * The rows locked and not chosen are free again at commit.
  */
-export const completeMany: Statement = {
-  name: 'complete_runs',
-  text: `SELECT run_id, completed, mode, follow_ups, ignored_next
-           FROM pipeweave_complete_runs($1::text, $2::jsonb)`,
-}
+export const claimRuns = statement('claim_runs', (s) => `
+  WITH RECURSIVE gate AS MATERIALIZED (
+    SELECT ${s.q}.pipeweave_claim_gate_v1($1::text, $3::int) AS state
+  ), groups AS (
+    (SELECT r.task_id, r.priority FROM ${s.q}.task_runs r
+      WHERE r.status = 'pending' AND (SELECT g.state FROM gate g) IN ('running', 'waiting_for_maintenance')
+      ORDER BY r.task_id, r.priority LIMIT 1)
+    UNION ALL
+    SELECT n.task_id, n.priority FROM groups g CROSS JOIN LATERAL (
+      SELECT r.task_id, r.priority FROM ${s.q}.task_runs r
+       WHERE r.status = 'pending' AND (r.task_id, r.priority) > (g.task_id, g.priority)
+       ORDER BY r.task_id, r.priority LIMIT 1) AS n
+  ), room AS MATERIALIZED (
+    SELECT t.id AS task_id, CASE WHEN t.concurrency > 0 THEN ${s.q}.pipeweave_task_room_v1(t.id) END AS room
+      FROM ${s.q}.tasks t WHERE t.id IN (SELECT g.task_id FROM groups g)
+  ), candidates AS (
+    SELECT c.id, c.task_id, c.priority, c.due_at, rm.room
+      FROM groups g
+      JOIN room rm ON rm.task_id = g.task_id AND (rm.room IS NULL OR rm.room > 0)
+     CROSS JOIN LATERAL (
+       SELECT r.id, r.task_id, r.priority, r.due_at FROM ${s.q}.task_runs r
+        WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()
+        ORDER BY r.due_at, r.id
+        LIMIT LEAST(COALESCE(rm.room, $2::int), $2::int)
+          FOR UPDATE SKIP LOCKED) AS c
+  ), chosen AS (
+    SELECT c.id FROM (
+      SELECT c.*, row_number() OVER (PARTITION BY c.task_id ORDER BY c.priority, c.due_at, c.id) AS nth FROM candidates c
+    ) AS c
+     WHERE c.room IS NULL OR c.nth <= c.room
+     ORDER BY c.priority, c.due_at, c.id
+     LIMIT $2::int
+  ), claimed AS (
+    UPDATE ${s.q}.task_runs r                                        -- task_runs_pkey
+       SET status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(), orchestrator_id = $1::text
+     WHERE r.id = ANY (ARRAY(SELECT c.id FROM chosen c))
+    RETURNING r.id, r.task_id, r.pipeline_run_id, r.attempt, r.priority, r.input, r.input_path,
+              r.previous_attempts, r.idempotency_key, r.created_at, r.started_at, r.due_at
+  )
+  SELECT g.state, c.*, t.service_id, sv.base_url, t.code_version, t.code_hash, t.timeout_seconds,
+         t.retries, t.retry_backoff, t.retry_delay_ms, t.max_retry_delay_ms,
+         (ic.task_id IS NOT NULL) AS cached, ic.output AS cached_output
+    FROM gate g
+    LEFT JOIN (claimed c
+      JOIN ${s.q}.tasks t ON t.id = c.task_id
+      JOIN ${s.q}.services sv ON sv.id = t.service_id
+      LEFT JOIN ${s.q}.idempotency_cache ic                          -- idempotency_cache_pkey
+        ON ic.task_id = c.task_id AND ic.idempotency_key = c.idempotency_key AND ic.expires_at > now()
+    ) ON true
+   ORDER BY c.priority, c.due_at, c.id`)
+
+// ---------------------------------------------------------------------------------------------
+// Finish
 
 /**
- * completeMany, then claim up to $3 due runs, in one transaction (migration 002
- * pipeweave_complete_and_claim): rows of kind 'completed' (in the order of $2), then 'claimed'.
+ * Complete runs held by orchestrator $1 (SPEC §5): $2 is a JSON array of
+ * { id, attempt, output, next: [task ids], cached }. In one statement: the runs leave task_runs
+ * for task_run_history as `completed`, the idempotency cache is filled (a key, a task TTL, and the
+ * output not itself from the cache), and the follow-ups that the finished task allows are created
+ * with its output as input (in any mode: they belong to the work in flight, SPEC §5). One row per
+ * element, in order: `completed` false when the run was not ours any more (fenced); the ids of its
+ * follow-ups in runNext order, and the names it asked for that its task does not allow.
  */
-export const completeAndClaim: Statement = {
-  name: 'complete_and_claim_runs',
-  text: `SELECT * FROM pipeweave_complete_and_claim($1::text, $2::jsonb, $3::int)`,
-}
-
-/** A failed attempt of a run held by orchestrator $2: retry with backoff, or fail into the DLQ. */
-export const fail: Statement = {
-  name: 'fail_run',
-  text: `SELECT outcome, attempt, scheduled_for, mode
-           FROM pipeweave_fail_run($1::text, $2::text, $3::text, $4::text, $5::boolean, $6::boolean)`,
-}
+export const completeRuns = statement('complete_runs', (s) => `
+  WITH input AS (
+    SELECT x.* FROM ${records('$2', [['id', 'text'], ['attempt', 'integer'], ['output', 'jsonb'], ['next', 'text[]'], ['cached', 'boolean']])}
+  ), done AS (
+    DELETE FROM ${s.q}.task_runs r USING input i                    -- task_runs_pkey
+     WHERE r.id = i.id AND r.attempt = i.attempt AND r.status = 'running' AND r.orchestrator_id = $1::text
+    RETURNING r.*, i.output AS result, i.next, i.cached AS from_cache
+  ), history AS (
+    INSERT INTO ${s.q}.task_run_history (${COLUMNS})
+    SELECT d.id, d.task_id, d.pipeline_run_id, d.parent_run_id, 'completed', d.attempt, d.priority, d.input, d.result,
+           d.input_path, d.output_path, NULL, NULL, d.idempotency_key, d.previous_attempts, d.scheduled_for,
+           d.created_at, d.started_at, clock_timestamp(), clock_timestamp(), d.orchestrator_id, d.due_at
+      FROM done d
+  ), cache AS (
+    INSERT INTO ${s.q}.idempotency_cache (task_id, idempotency_key, task_run_id, output, cached_at, expires_at)
+    SELECT d.task_id, d.idempotency_key, d.id, d.result, now(), now() + t.idempotency_ttl_seconds * interval '1 second'
+      FROM done d JOIN ${s.q}.tasks t ON t.id = d.task_id
+     WHERE d.idempotency_key IS NOT NULL AND NOT COALESCE(d.from_cache, false) AND t.idempotency_ttl_seconds > 0
+    ON CONFLICT (task_id, idempotency_key) DO UPDATE
+      SET task_run_id = EXCLUDED.task_run_id, output = EXCLUDED.output, cached_at = EXCLUDED.cached_at, expires_at = EXCLUDED.expires_at
+  ), wanted AS MATERIALIZED (
+    SELECT d.id AS parent_id, n.name, n.pos, d.result, d.pipeline_run_id, nt.priority,
+           (nt.id IS NOT NULL AND n.name = ANY (t.allowed_next)) AS allowed
+      FROM done d
+      JOIN ${s.q}.tasks t ON t.id = d.task_id
+     CROSS JOIN LATERAL unnest(d.next) WITH ORDINALITY AS n(name, pos)
+      LEFT JOIN ${s.q}.tasks nt ON nt.id = n.name
+  ), follow AS MATERIALIZED (
+    SELECT ${s.q}.pipeweave_new_id() AS id, w.* FROM wanted w WHERE w.allowed ORDER BY w.parent_id, w.pos
+  ), created AS (
+    INSERT INTO ${s.q}.task_runs (id, task_id, input, priority, pipeline_run_id, parent_run_id)
+    SELECT f.id, f.name, f.result, f.priority, f.pipeline_run_id, f.parent_id FROM follow f ORDER BY f.parent_id, f.pos
+  ), woken AS (
+    SELECT ${notify(s)} FROM (SELECT 1 FROM follow LIMIT 1) AS any_follow_up
+  )
+  SELECT i.id AS run_id, (d.id IS NOT NULL) AS completed,
+         COALESCE((SELECT array_agg(f.id ORDER BY f.pos) FROM follow f WHERE f.parent_id = i.id), '{}') AS follow_ups,
+         COALESCE((SELECT array_agg(w.name ORDER BY w.pos) FROM wanted w WHERE w.parent_id = i.id AND NOT w.allowed), '{}') AS ignored_next,
+         (SELECT st.mode FROM ${s.q}.orchestrator_state st WHERE st.id = 'singleton') AS mode,
+         (SELECT count(*) FROM woken)::int AS notified
+    FROM input i LEFT JOIN done d ON d.id = i.id
+   ORDER BY i.ord`)
 
 /**
- * Hand back to pending, keeping their attempt, the runs orchestrator $1 holds, except those in $2:
- * at graceful shutdown everything it still holds, and after a claim whose answer was lost (the
- * connection broke after the claim committed) those it holds without knowing it. Never
- * dispatched, or stopped by us: not the run's failure. task_runs_active_idx (status = 'running').
+ * Record failed attempts (SPEC §5). $1 is a JSON array of { id, attempt, orchestrator, error,
+ * code, retry, delayMs, status }, each decided by the retry policy (src/orchestrator/retry-policy.ts):
+ *   retry   the same row back to `pending` with attempt + 1, the failure appended to
+ *           previous_attempts, due after delayMs;
+ *   final   the run leaves for task_run_history as `status` (failed or timeout) with a dlq row,
+ *           in the same statement.
+ * Fenced per element on (running, orchestrator, attempt): the reaper passes the dead
+ * orchestrator's id. One row per element, in order: outcome retried | failed | timeout | fenced.
  */
-export const releaseHeld: Statement = {
-  name: 'release_held_runs',
-  text: `UPDATE task_runs
-            SET status = 'pending', started_at = NULL, heartbeat_at = NULL, orchestrator_id = NULL
-          WHERE status = 'running' AND orchestrator_id = $1::text AND NOT (id = ANY ($2::text[]))
-          RETURNING id, task_id, attempt`,
-}
+export const failRuns = statement('fail_runs', (s) => `
+  WITH clock AS MATERIALIZED (
+    SELECT clock_timestamp() AS at
+  ), input AS (
+    SELECT x.* FROM ${records('$1', [['id', 'text'], ['attempt', 'integer'], ['orchestrator', 'text'], ['error', 'text'],
+      ['code', 'text'], ['retry', 'boolean'], ['"delayMs"', 'bigint'], ['status', 'text']])}
+  ), retried AS (
+    UPDATE ${s.q}.task_runs r                                        -- task_runs_pkey
+       SET status = 'pending', attempt = r.attempt + 1,
+           previous_attempts = r.previous_attempts || jsonb_build_array(jsonb_build_object(
+             'attempt', r.attempt, 'error', i.error, 'errorCode', i.code, 'at', (SELECT c.at FROM clock c))),
+           error = i.error, error_code = i.code,
+           scheduled_for = (SELECT c.at FROM clock c) + GREATEST(i."delayMs", 0) * interval '1 millisecond',
+           started_at = NULL, heartbeat_at = NULL, orchestrator_id = NULL
+      FROM input i
+     WHERE r.id = i.id AND i.retry AND r.attempt = i.attempt AND r.status = 'running'
+       AND r.orchestrator_id IS NOT DISTINCT FROM i.orchestrator
+    RETURNING r.id, r.scheduled_for, i."delayMs" AS delay_ms
+  ), dead AS (
+    DELETE FROM ${s.q}.task_runs r USING input i                    -- task_runs_pkey
+     WHERE r.id = i.id AND NOT i.retry AND r.attempt = i.attempt AND r.status = 'running'
+       AND r.orchestrator_id IS NOT DISTINCT FROM i.orchestrator
+    RETURNING r.*, i.error AS failure, i.code AS failure_code, i.status AS final_status,
+              r.previous_attempts || jsonb_build_array(jsonb_build_object(
+                'attempt', r.attempt, 'error', i.error, 'errorCode', i.code, 'at', (SELECT c.at FROM clock c))) AS attempts
+  ), history AS (
+    INSERT INTO ${s.q}.task_run_history (${COLUMNS})
+    SELECT d.id, d.task_id, d.pipeline_run_id, d.parent_run_id, d.final_status, d.attempt, d.priority, d.input, d.output,
+           d.input_path, d.output_path, d.failure, d.failure_code, d.idempotency_key, d.previous_attempts, d.scheduled_for,
+           d.created_at, d.started_at, c.at, c.at, d.orchestrator_id, d.due_at
+      FROM dead d CROSS JOIN clock c
+  ), dead_letters AS (
+    INSERT INTO ${s.q}.dlq (task_run_id, task_id, error, error_code, attempts, previous_attempts, failed_at)
+    SELECT d.id, d.task_id, d.failure, d.failure_code, d.attempt, d.attempts, c.at
+      FROM dead d CROSS JOIN clock c
+  ), woken AS (
+    SELECT ${notify(s)} FROM (SELECT 1 FROM retried t WHERE t.delay_ms <= 0 LIMIT 1) AS any_due
+  )
+  SELECT i.id AS run_id,
+         CASE WHEN t.id IS NOT NULL THEN 'retried' WHEN d.id IS NOT NULL THEN d.final_status ELSE 'fenced' END AS outcome,
+         t.scheduled_for,
+         (SELECT st.mode FROM ${s.q}.orchestrator_state st WHERE st.id = 'singleton') AS mode,
+         (SELECT count(*) FROM woken)::int AS notified
+    FROM input i
+    LEFT JOIN retried t ON t.id = i.id
+    LEFT JOIN dead d ON d.id = i.id
+   ORDER BY i.ord`)
 
-/** Is there anything left to do: a due pending or a running run (--until-idle); task_runs_active_idx. */
-export const workRemains: Statement = {
-  name: 'work_remains',
-  text: `SELECT EXISTS (SELECT 1 FROM task_runs r
-                         WHERE r.status = 'running'
-                            OR (r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now()))) AS remains`,
-}
+/**
+ * Hand runs back to pending keeping their attempt and their place in the queue: they were never
+ * sent, or stopped by us, which is not the run's failure. Runs orchestrator $1 holds: all but $2
+ * (graceful shutdown; a claim whose answer was lost), or with $3 only those (a lapsed lease).
+ * task_runs_running_idx: a scan of all running runs, bounded by the fleet's concurrency.
+ */
+export const releaseHeld = statement('release_held_runs', (s) => `
+  UPDATE ${s.q}.task_runs r
+     SET status = 'pending', started_at = NULL, heartbeat_at = NULL, orchestrator_id = NULL
+   WHERE r.status = 'running' AND r.orchestrator_id = $1::text
+     AND NOT (r.id = ANY ($2::text[]))
+     AND ($3::text[] IS NULL OR r.id = ANY ($3::text[]))
+  RETURNING r.id, r.task_id, r.attempt`)
+
+/**
+ * Running runs whose orchestrator has no row (it died, and its row was reaped): what a drain check
+ * hands back (SPEC §5 crash safety), with its task's retry policy. task_runs_running_idx.
+ */
+export const lostRuns = statement('lost_runs', (s) => `
+  SELECT r.id, r.task_id, r.attempt, r.orchestrator_id,
+         t.retries, t.retry_backoff, t.retry_delay_ms, t.max_retry_delay_ms
+    FROM ${s.q}.task_runs r
+    LEFT JOIN ${s.q}.tasks t ON t.id = r.task_id
+   WHERE r.status = 'running'
+     AND NOT EXISTS (SELECT 1 FROM ${s.q}.orchestrators o WHERE o.id = r.orchestrator_id)`)
+
+/**
+ * Finished runs found in task_runs (a runbook's `UPDATE task_runs SET status = 'cancelled' …`):
+ * moved to task_run_history, at most $1 at a time. task_runs_stray_finished_idx.
+ */
+export const sweepFinished = statement('sweep_finished_runs', (s) => `
+  WITH moved AS (
+    DELETE FROM ${s.q}.task_runs r
+     WHERE r.id = ANY (ARRAY(
+       SELECT x.id FROM ${s.q}.task_runs x
+        WHERE x.status IN ('completed', 'failed', 'timeout', 'cancelled') LIMIT $1::int))
+       AND r.status IN ('completed', 'failed', 'timeout', 'cancelled')
+    RETURNING r.*
+  ), history AS (
+    INSERT INTO ${s.q}.task_run_history (${COLUMNS})
+    SELECT m.id, m.task_id, m.pipeline_run_id, m.parent_run_id, m.status, m.attempt, m.priority, m.input, m.output,
+           m.input_path, m.output_path, m.error, m.error_code, m.idempotency_key, m.previous_attempts, m.scheduled_for,
+           m.created_at, m.started_at, COALESCE(m.completed_at, clock_timestamp()), m.heartbeat_at, m.orchestrator_id, m.due_at
+      FROM moved m
+    ON CONFLICT (id) DO NOTHING
+  )
+  SELECT count(*)::int AS moved FROM moved`)
+
+/**
+ * runs:cancel, all or nothing: the runs $1 become `cancelled` (and move to task_run_history) only
+ * when every one of them is pending now. One row per distinct id: its status before (null:
+ * unknown), and whether it was cancelled.
+ */
+export const cancelRuns = statement('cancel_runs', (s) => `
+  WITH wanted AS (
+    SELECT DISTINCT unnest($1::text[]) AS id
+  ), found AS MATERIALIZED (
+    SELECT w.id, COALESCE(l.status, h.status) AS status
+      FROM wanted w
+      LEFT JOIN ${s.q}.task_runs l ON l.id = w.id
+      LEFT JOIN ${s.q}.task_run_history h ON h.id = w.id
+  ), cancelled AS (
+    DELETE FROM ${s.q}.task_runs r
+     WHERE r.id = ANY (ARRAY(SELECT w.id FROM wanted w)) AND r.status = 'pending'
+       AND NOT EXISTS (SELECT 1 FROM found f WHERE f.status IS DISTINCT FROM 'pending')
+    RETURNING r.*
+  ), history AS (
+    INSERT INTO ${s.q}.task_run_history (${COLUMNS})
+    SELECT c.id, c.task_id, c.pipeline_run_id, c.parent_run_id, 'cancelled', c.attempt, c.priority, c.input, c.output,
+           c.input_path, c.output_path, 'cancelled', 'CANCELLED', c.idempotency_key, c.previous_attempts, c.scheduled_for,
+           c.created_at, c.started_at, clock_timestamp(), c.heartbeat_at, c.orchestrator_id, c.due_at
+      FROM cancelled c
+  )
+  SELECT f.id, f.status, EXISTS (SELECT 1 FROM cancelled c WHERE c.id = f.id) AS cancelled FROM found f`)
+
+// ---------------------------------------------------------------------------------------------
+// Counts
+
+/**
+ * The (task, priority) groups of pending runs (skip scan of task_runs_claim_idx), and whether
+ * one of them has a run due now (a range scan per group): bounded by groups, not by the runs
+ * scheduled for later. Used by the drain and --until-idle.
+ */
+const dueExists = (s: Schema) => `
+  WITH RECURSIVE groups AS (
+    (SELECT r.task_id, r.priority FROM ${s.q}.task_runs r WHERE r.status = 'pending' ORDER BY r.task_id, r.priority LIMIT 1)
+    UNION ALL
+    SELECT n.task_id, n.priority FROM groups g CROSS JOIN LATERAL (
+      SELECT r.task_id, r.priority FROM ${s.q}.task_runs r
+       WHERE r.status = 'pending' AND (r.task_id, r.priority) > (g.task_id, g.priority)
+       ORDER BY r.task_id, r.priority LIMIT 1) AS n
+  )
+  SELECT EXISTS (
+    SELECT 1 FROM groups g WHERE EXISTS (
+      SELECT 1 FROM ${s.q}.task_runs r
+       WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()))`
+
+/** Is anything due pending or running (--until-idle, the drain)? task_runs_claim_idx, task_runs_running_idx. */
+export const workRemains = statement('work_remains', (s) => `
+  SELECT EXISTS (SELECT 1 FROM ${s.q}.task_runs r WHERE r.status = 'running')
+      OR (${dueExists(s)}) AS remains`)
+
+/** pipeweave_queue_depth and pipeweave_queue_oldest_age_seconds: due pending runs (task_runs_claim_idx). */
+export const queueStats = statement('queue_stats', (s) => `
+  SELECT count(*)::int AS depth,
+         COALESCE(extract(epoch FROM now() - min(r.due_at)), 0)::float8 AS oldest_age_seconds
+    FROM ${s.q}.task_runs r
+   WHERE r.status = 'pending' AND r.due_at <= now()`)
+
+// ---------------------------------------------------------------------------------------------
+// Reading runs, live and finished
 
 const RUN_COLUMNS = `r.id, r.task_id, r.pipeline_run_id, r.parent_run_id, r.status, r.attempt, r.priority,
   r.input, r.output, r.input_path, r.output_path, r.error, r.error_code, r.idempotency_key,
@@ -123,61 +398,95 @@ const RUN_COLUMNS = `r.id, r.task_id, r.pipeline_run_id, r.parent_run_id, r.stat
   r.orchestrator_id`
 
 /**
- * runs:list, newest first, optionally by status ($1) and task ($2). Served by
- * task_runs_task_created_idx with a task, task_runs_created_at_idx without (the LIMIT stops the walk).
+ * runs:list, newest first (ids are time-ordered), live and finished, optionally by status ($1)
+ * and task ($2), at most $3. Each table gives its newest $3 by its primary key walked backwards
+ * (task_run_history_task_idx with a task; task_run_history_unsuccessful_idx for failed, timeout
+ * or cancelled), then the two are merged.
  */
-export const list: Statement = {
-  name: 'list_runs',
-  text: `SELECT ${RUN_COLUMNS} FROM task_runs r
-          WHERE ($1::text IS NULL OR r.status = $1::text)
-            AND ($2::text IS NULL OR r.task_id = $2::text)
-          ORDER BY r.created_at DESC
-          LIMIT $3::int`,
-}
+export const listRuns = statement('list_runs', (s) => `
+  SELECT * FROM (
+    (SELECT ${RUN_COLUMNS} FROM ${s.q}.task_runs r
+      WHERE ($1::text IS NULL OR r.status = $1::text) AND ($2::text IS NULL OR r.task_id = $2::text)
+      ORDER BY r.id DESC LIMIT $3::int)
+    UNION ALL
+    (SELECT ${RUN_COLUMNS} FROM ${s.q}.task_run_history r
+      WHERE ($1::text IS NULL OR r.status = $1::text) AND ($2::text IS NULL OR r.task_id = $2::text)
+        AND ($1::text IS NULL OR $1::text = 'completed' OR r.status <> 'completed')
+      ORDER BY r.id DESC LIMIT $3::int)
+  ) AS r
+  ORDER BY r.id DESC LIMIT $3::int`)
 
-export const show: Statement = {
-  name: 'show_run',
-  text: `SELECT ${RUN_COLUMNS} FROM task_runs r WHERE r.id = $1`,
-}
+/** runs:show: one run, live or finished (one snapshot: a run moving between them is seen once). */
+export const showRun = statement('show_run', (s) => `
+  (SELECT ${RUN_COLUMNS} FROM ${s.q}.task_runs r WHERE r.id = $1::text)
+  UNION ALL
+  (SELECT ${RUN_COLUMNS} FROM ${s.q}.task_run_history r WHERE r.id = $1::text)
+  LIMIT 1`)
 
-/** runs:cancel: pending runs become cancelled; anything else is reported with its status (null: unknown). */
-export const cancel: Statement = {
-  name: 'cancel_runs',
-  text: `WITH wanted AS (SELECT unnest($1::text[]) AS id),
-         cancelled AS (
-           UPDATE task_runs r SET status = 'cancelled', completed_at = clock_timestamp(), error = 'cancelled', error_code = 'CANCELLED'
-            WHERE r.id IN (SELECT id FROM wanted) AND r.status = 'pending'
-              -- all or nothing on unknown ids: an id that does not exist cancels nothing
-              AND (SELECT count(*) FROM task_runs k WHERE k.id IN (SELECT id FROM wanted))
-                  = (SELECT count(DISTINCT id) FROM wanted)
-           RETURNING r.id)
-         SELECT w.id, (c.id IS NOT NULL) AS cancelled, r.status
-           FROM wanted w
-           LEFT JOIN cancelled c ON c.id = w.id
-           LEFT JOIN task_runs r ON r.id = w.id`,
-}
+// ---------------------------------------------------------------------------------------------
+// db:cleanup of finished runs
 
-/** pipeweave_queue_depth and pipeweave_queue_oldest_age_seconds: due pending runs (task_runs_active_idx). */
-export const queueStats: Statement = {
-  name: 'queue_stats',
-  text: `SELECT count(*)::int AS depth,
-                COALESCE(extract(epoch FROM now() - min(COALESCE(r.scheduled_for, r.created_at))), 0)::float8 AS oldest_age_seconds
-           FROM task_runs r
-          WHERE r.status = 'pending' AND (r.scheduled_for IS NULL OR r.scheduled_for <= now())`,
-}
+/**
+ * The id below which every run created before $1 lies: ids begin with their creation time in
+ * hex milliseconds (pipeweave_new_id), and 'g' sorts after every hex digit.
+ */
+const idBound = (param: string) =>
+  `lpad(to_hex((extract(epoch FROM ${param}::timestamptz) * 1000)::bigint), 12, '0') || 'g'`
 
-/** run --demo: the demo's runs not finished yet ($1 its tasks, $2 since the demo began); task_runs_active_idx. */
-export const unfinishedOfTasks: Statement = {
-  name: 'demo_unfinished',
-  text: `SELECT count(*)::int AS n FROM task_runs
-          WHERE task_id = ANY ($1::text[]) AND status IN ('pending', 'running') AND created_at >= $2`,
-}
+/**
+ * One batch of finished runs that completed before $1, walked in id (creation) order from the
+ * cursor $2 on task_run_history_pkey. A run completed before $1 was created before it, so the walk
+ * stops at the id bound of $1. Runs a DLQ entry still points to are stepped over, not deleted
+ * (dlq_task_run_id_idx); the cache entries of deleted runs lose their run id
+ * (idempotency_cache_task_run_id_idx). The cursor moves past everything read.
+ */
+export const deleteFinishedBatch = statement('delete_finished_runs_batch', (s) => `
+  WITH batch AS MATERIALIZED (
+    SELECT h.id, h.completed_at < $1::timestamptz
+             AND NOT EXISTS (SELECT 1 FROM ${s.q}.dlq d WHERE d.task_run_id = h.id) AS deletable
+      FROM ${s.q}.task_run_history h
+     WHERE h.id > $2::text AND h.id < ${idBound('$1')}
+     ORDER BY h.id
+     LIMIT $3::int
+  ), deleted AS (
+    DELETE FROM ${s.q}.task_run_history h
+     WHERE h.id = ANY (ARRAY(SELECT b.id FROM batch b WHERE b.deletable))
+    RETURNING h.id
+  ), uncached AS (
+    UPDATE ${s.q}.idempotency_cache c SET task_run_id = NULL
+     WHERE c.task_run_id = ANY (ARRAY(SELECT d.id FROM deleted d))
+  )
+  SELECT (SELECT count(*) FROM deleted)::int AS deleted,
+         (SELECT count(*) FROM batch)::int AS scanned,
+         (SELECT max(b.id) FROM batch b) AS last_id`)
 
-/** run --demo: the demo's runs, oldest first, with what happened to each; task_runs_task_created_idx. */
-export const summaryOfTasks: Statement = {
-  name: 'demo_summary',
-  text: `SELECT r.id, r.task_id, r.status, r.attempt, r.output, r.error, r.error_code, p.task_id AS parent_task_id,
-                EXISTS (SELECT 1 FROM dlq d WHERE d.task_run_id = r.id) AS dead_lettered
-           FROM task_runs r LEFT JOIN task_runs p ON p.id = r.parent_run_id
-          WHERE r.task_id = ANY ($1::text[]) AND r.created_at >= $2 ORDER BY r.created_at`,
-}
+/**
+ * db:cleanup --dry-run: the finished runs a real cleanup would delete. The real one deletes the
+ * DLQ entries older than the DLQ cutoff ($2) first, so only entries that survive it hold a run.
+ */
+export const countFinishedDeletable = statement('count_finished_deletable', (s) => `
+  SELECT count(*)::int AS n
+    FROM ${s.q}.task_run_history h
+   WHERE h.id < ${idBound('$1')} AND h.completed_at < $1::timestamptz
+     AND NOT EXISTS (SELECT 1 FROM ${s.q}.dlq d WHERE d.task_run_id = h.id AND d.failed_at >= $2::timestamptz)`)
+
+// ---------------------------------------------------------------------------------------------
+// run --demo
+
+/** The demo's runs not finished yet ($1 its tasks); task_runs_claim_idx, task_runs_running_idx. */
+export const unfinishedOfTasks = statement('demo_unfinished', (s) => `
+  SELECT count(*)::int AS n FROM ${s.q}.task_runs
+   WHERE task_id = ANY ($1::text[]) AND status IN ('pending', 'running')`)
+
+/** The demo's runs created since $2, oldest first, with what happened to each. */
+export const summaryOfTasks = statement('demo_summary', (s) => `
+  WITH runs AS (
+    SELECT ${RUN_COLUMNS} FROM ${s.q}.task_runs r WHERE r.task_id = ANY ($1::text[]) AND r.created_at >= $2::timestamptz
+    UNION ALL
+    SELECT ${RUN_COLUMNS} FROM ${s.q}.task_run_history r                 -- task_run_history_task_idx
+     WHERE r.task_id = ANY ($1::text[]) AND r.created_at >= $2::timestamptz
+  )
+  SELECT r.id, r.task_id, r.status, r.attempt, r.output, r.error, r.error_code,
+         (SELECT p.task_id FROM ${s.q}.task_run_history p WHERE p.id = r.parent_run_id) AS parent_task_id,
+         EXISTS (SELECT 1 FROM ${s.q}.dlq d WHERE d.task_run_id = r.id) AS dead_lettered
+    FROM runs r ORDER BY r.id`)

@@ -20,6 +20,9 @@ export function cleanEnv(extra: Record<string, string | undefined> = {}): NodeJS
   env.NO_COLOR = '1'
   // An accidental embedded start must never touch the repository's .pipeweave.
   env.PIPEWEAVE_HOME = scratchHome()
+  // The suite's schema (helpers/db.ts TEST_SCHEMA) follows every command, as an operator's
+  // environment would carry it; a test that means another schema says so in `extra`.
+  if (process.env.PIPEWEAVE_TEST_SCHEMA) env.PIPEWEAVE_SCHEMA = process.env.PIPEWEAVE_TEST_SCHEMA
   for (const [key, value] of Object.entries(extra)) {
     if (value === undefined) delete env[key]
     else env[key] = value

@@ -5,7 +5,22 @@
 import * as crypto from 'node:crypto'
 import { Pool, escapeIdentifier } from 'pg'
 import { runMigrations } from '../../src/api/migrations'
-import { createDatabase } from '../../src/db/database'
+import { type Database, type DatabaseConfig, createDatabase } from '../../src/db/database'
+
+/**
+ * The schema the suite puts pipeweave in: `public`, or PIPEWEAVE_TEST_SCHEMA (one of CI's two
+ * passes runs the whole suite in a schema of its own). The test pools have it on their
+ * search_path, so the SQL of the tests reads like an operator's runbook, unqualified.
+ */
+export const TEST_SCHEMA = process.env.PIPEWEAVE_TEST_SCHEMA || 'public'
+
+/** Every run, live and finished: the tests' view of "the runs". */
+export const ALL_RUNS = '(SELECT * FROM task_runs UNION ALL SELECT * FROM task_run_history)'
+
+/** The programmatic API on a test database, in the suite's schema. */
+export function apiDatabase(url: string, config: Omit<DatabaseConfig, 'flags'> = {}): Promise<Database> {
+  return createDatabase({ env: {}, command: 'test', schema: TEST_SCHEMA, ...config, flags: { url } })
+}
 
 export function adminUrl(): string {
   const url = process.env.PIPEWEAVE_TEST_ADMIN_URL
@@ -41,14 +56,14 @@ export async function createTestDatabase(options: { migrated?: boolean; prefix?:
     await server.end()
   }
   const url = urlFor(name)
-  const pool = new Pool({ connectionString: url, max: 5 })
+  const pool = new Pool({ connectionString: url, max: 5, options: `-c search_path=${TEST_SCHEMA}` })
   pool.on('error', () => undefined)
   if (options.migrated) await migrate(url)
   return {
     name,
     url,
     pool,
-    env: { DATABASE_URL: url },
+    env: { DATABASE_URL: url, PIPEWEAVE_SCHEMA: TEST_SCHEMA },
     drop: async () => {
       await pool.end().catch(() => undefined)
       const admin = serverPool()
@@ -62,7 +77,7 @@ export async function createTestDatabase(options: { migrated?: boolean; prefix?:
 }
 
 async function migrate(url: string): Promise<void> {
-  const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
+  const db = await apiDatabase(url)
   try {
     await runMigrations(db)
   } finally {

@@ -1,9 +1,22 @@
 /**
  * Arranging task runs and orchestrators directly in the database, for the maintenance, enqueue and
- * services tests. Runs go through migration 002's own functions (claim, complete), the way `run`
+ * services tests. Runs go through pipeweave's own statements (claim, complete), the way `run`
  * drives them, so the rows look exactly like the ones an orchestrator leaves.
  */
 import type { Pool } from 'pg'
+import { createRepository } from '../../src/orchestrator/repository'
+import { decideFailure, retrySettingsOf } from '../../src/orchestrator/retry-policy'
+import type { Database } from '../../src/db/database'
+import { ALL_RUNS } from './db'
+import { queryable } from './orchestrator'
+
+/** A repository on a test pool: the orchestrator's own statements, for `orchestratorId`. */
+function repository(pool: Pool, orchestratorId: string) {
+  return createRepository(queryable(pool) as unknown as Database, orchestratorId)
+}
+
+/** Claims by fixtures do not test the lease: any registered orchestrator may claim. */
+const ANY_LEASE_MS = 2_000_000_000
 
 export type Mode = 'running' | 'waiting_for_maintenance' | 'maintenance'
 
@@ -50,8 +63,8 @@ export async function heartbeat(pool: Pool, orchestratorId: string, ageMs = 0): 
 
 /** Claim up to `limit` due runs for `orchestratorId`, as `run` does. Returns the claimed ids. */
 export async function claim(pool: Pool, orchestratorId: string, limit = 1): Promise<string[]> {
-  const { rows } = await pool.query<{ id: string }>('SELECT id FROM pipeweave_claim_runs($1, $2)', [orchestratorId, limit])
-  return rows.map((r) => r.id)
+  const { runs } = await repository(pool, orchestratorId).claim(limit, ANY_LEASE_MS)
+  return runs.map((r) => r.id)
 }
 
 /** Put one run in `running`: a live orchestrator row, then the claim. */
@@ -63,10 +76,27 @@ export async function startRun(pool: Pool, taskId: string, orchestratorId = 'tes
   return id
 }
 
-export async function complete(pool: Pool, runId: string, orchestratorId = 'test-orchestrator'): Promise<boolean> {
-  const { rows: [row] } = await pool.query<{ completed: boolean }>(
-    `SELECT completed FROM pipeweave_complete_run($1, $2, '{"ok":true}'::jsonb, '{}', false)`, [runId, orchestratorId])
-  return row.completed
+/** Complete a run held by `orchestratorId` with `output`, as its orchestrator would. */
+export async function complete(pool: Pool, runId: string, orchestratorId = 'test-orchestrator', output: unknown = { ok: true }): Promise<boolean> {
+  const { rows: [run] } = await pool.query<{ attempt: number }>('SELECT attempt FROM task_runs WHERE id = $1', [runId])
+  const [result] = await repository(pool, orchestratorId).complete([{ runId, attempt: run?.attempt ?? 1, output, runNext: [], fromCache: false }])
+  return result.completed
+}
+
+/**
+ * Record a failed attempt of a run held by `orchestratorId`, decided by the task's retry policy
+ * as its orchestrator would. Returns the outcome and when a retry is due.
+ */
+export async function fail(pool: Pool, runId: string, orchestratorId: string, failure: { error: string; code: string; retryable: boolean; timedOut?: boolean }): Promise<{ outcome: string; scheduledFor: Date | null }> {
+  const { rows: [run] } = await pool.query(
+    `SELECT r.attempt, t.retries, t.retry_backoff, t.retry_delay_ms, t.max_retry_delay_ms
+       FROM task_runs r JOIN tasks t ON t.id = r.task_id WHERE r.id = $1`, [runId])
+  const decision = run ? decideFailure(retrySettingsOf(run), run.attempt, { retryable: failure.retryable, timedOut: Boolean(failure.timedOut) }) : { retry: false as const, status: 'failed' as const }
+  const [result] = await repository(pool, orchestratorId).fail([{
+    runId, attempt: run?.attempt ?? 1, error: failure.error, code: failure.code,
+    retry: decision.retry, delayMs: decision.retry ? decision.delayMs : 0, status: decision.retry ? 'failed' : decision.status,
+  }])
+  return { outcome: result.outcome, scheduledFor: result.scheduledFor }
 }
 
 export async function mode(pool: Pool): Promise<{ mode: Mode; modeChangedAt: Date; reason: string | null }> {
@@ -96,11 +126,12 @@ export async function resetTo(pool: Pool, target: Mode): Promise<void> {
   await pool.query(`DELETE FROM dlq`)
   await pool.query(`DELETE FROM idempotency_cache`)
   await pool.query(`DELETE FROM task_runs`)
+  await pool.query(`DELETE FROM task_run_history`)
   await pool.query(`DELETE FROM orchestrators`)
   await pool.query(`UPDATE orchestrator_state SET mode = $1 WHERE id = 'singleton'`, [target])
 }
 
 export async function countRuns(pool: Pool, where = 'true', values: unknown[] = []): Promise<number> {
-  const { rows: [row] } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM task_runs WHERE ${where}`, values)
+  const { rows: [row] } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${ALL_RUNS} AS r WHERE ${where}`, values)
   return row.n
 }

@@ -4,9 +4,12 @@
  * Also the arranging helpers those tests share: register a stub worker's tasks, enqueue in bulk,
  * read runs back.
  */
-import type { Pool } from 'pg'
+import type { Pool, PoolClient, QueryResultRow } from 'pg'
+import { enqueueTask, enqueueTasks } from '../../src/api/enqueue'
 import { registerService, type TaskManifest } from '../../src/api/services'
-import { createDatabase } from '../../src/db/database'
+import { type AnyStatement, type Queryable, bind } from '../../src/db/database'
+import { schemaOf } from '../../src/sql/schema'
+import { ALL_RUNS, TEST_SCHEMA, apiDatabase } from './db'
 import { type CliResult, type RunningCli, startCli } from './cli'
 import { waitFor } from './wait'
 
@@ -126,7 +129,7 @@ export function quickEnv(extra: Record<string, string | undefined> = {}): Record
 
 /** Register one service at `baseUrl` with these tasks, through the programmatic API. */
 export async function registerTasks(url: string, baseUrl: string, tasks: TaskManifest[], serviceId = 'stub'): Promise<void> {
-  const db = await createDatabase({ flags: { url }, env: {}, command: 'test' })
+  const db = await apiDatabase(url)
   try {
     await registerService(db, { id: serviceId, version: '1.0.0', baseUrl, tasks })
   } finally {
@@ -135,15 +138,56 @@ export async function registerTasks(url: string, baseUrl: string, tasks: TaskMan
 }
 
 /**
- * Enqueue `count` runs of a task through pipeweave_enqueue in one statement (so in one
- * transaction, created_at in order); input `{ n }`. Returns the run ids in creation order.
+ * A plain pg pool or client of the tests seen as the API's Queryable, its statements bound to the
+ * suite's schema: the tests enqueue through pipeweave's own statement, gate and all.
+ */
+export function queryable(runner: Pick<Pool, 'query'>): Queryable {
+  const schema = schemaOf(TEST_SCHEMA)
+  return {
+    schema,
+    query: (<R extends QueryResultRow>(statement: AnyStatement, values?: unknown[]) => {
+      const bound = bind(statement, schema)
+      return runner.query<R>(typeof bound === 'string' ? bound : bound.text, values)
+    }) as Queryable['query'],
+  }
+}
+
+/**
+ * One pg client of the tests as the API's database: its statements bound to the suite's schema,
+ * and transactions on that same client (maintenance transitions, bulk enqueue).
+ */
+export function clientDatabase(client: Pick<PoolClient, 'query'>): Queryable & { withTransaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> } {
+  const q = queryable(client)
+  return {
+    ...q,
+    async withTransaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+      await client.query('BEGIN')
+      try {
+        const result = await fn(q)
+        await client.query('COMMIT')
+        return result
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => undefined)
+        throw error
+      }
+    },
+  }
+}
+
+/**
+ * Enqueue `count` runs of a task in one transaction (created_at in order); input `{ n }`.
+ * Returns the run ids in creation order.
  */
 export async function enqueueMany(pool: Pool, taskId: string, count: number, options: { priority?: number; delayMs?: number } = {}): Promise<string[]> {
-  const { rows } = await pool.query<{ run_id: string }>(
-    `SELECT e.run_id FROM generate_series(1, $2::int) AS g(n)
-       CROSS JOIN LATERAL pipeweave_enqueue($1::text, jsonb_build_object('n', g.n), $3::int, NULL, $4::bigint, NULL, NULL) AS e
-      ORDER BY g.n`, [taskId, count, options.priority ?? null, options.delayMs ?? 0])
-  return rows.map((r) => r.run_id)
+  const client = await pool.connect()
+  try {
+    const db = clientDatabase(client)
+    const items = Array.from({ length: count }, (_, i) => ({ input: { n: i + 1 }, priority: options.priority, delayMs: options.delayMs }))
+    const { runIds } = await enqueueTasks(db as never, taskId, items)
+    return runIds as string[]
+  } finally {
+    client.release()
+  }
 }
 
 export interface RunRow {
@@ -168,20 +212,20 @@ export interface RunRow {
 }
 
 export async function getRun(pool: Pool, id: string): Promise<RunRow> {
-  const { rows: [row] } = await pool.query<RunRow>('SELECT * FROM task_runs WHERE id = $1', [id])
+  const { rows: [row] } = await pool.query<RunRow>(`SELECT * FROM ${ALL_RUNS} AS r WHERE id = $1`, [id])
   if (!row) throw new Error(`no task run ${id}`)
   return row
 }
 
 export async function statusCounts(pool: Pool): Promise<Record<string, number>> {
-  const { rows } = await pool.query<{ status: string; n: number }>('SELECT status, count(*)::int AS n FROM task_runs GROUP BY status')
+  const { rows } = await pool.query<{ status: string; n: number }>(`SELECT status, count(*)::int AS n FROM ${ALL_RUNS} AS r GROUP BY status`)
   return Object.fromEntries(rows.map((r) => [r.status, r.n]))
 }
 
 /** Resolve once every listed run (or every run) has one of `statuses`. */
 export async function allIn(pool: Pool, statuses: string[], ids?: string[]): Promise<boolean> {
   const { rows: [row] } = await pool.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM task_runs WHERE status <> ALL ($1::text[]) AND ($2::text[] IS NULL OR id = ANY ($2::text[]))`,
+    `SELECT count(*)::int AS n FROM ${ALL_RUNS} AS r WHERE status <> ALL ($1::text[]) AND ($2::text[] IS NULL OR id = ANY ($2::text[]))`,
     [statuses, ids ?? null])
   return row.n === 0
 }
@@ -195,13 +239,10 @@ export interface EnqueueArgs {
   pipelineRunId?: string
 }
 
-/** Enqueue one run through pipeweave_enqueue (the gate of SPEC §4 applies). */
+/** Enqueue one run through pipeweave's enqueue statement (the gate of SPEC §4 applies). */
 export async function enqueueOne(pool: Pick<Pool, 'query'>, taskId: string, args: EnqueueArgs = {}): Promise<{ runId: string; deduplicated: boolean }> {
-  const { rows: [row] } = await pool.query<{ run_id: string; deduplicated: boolean }>(
-    'SELECT run_id, deduplicated FROM pipeweave_enqueue($1::text, $2::jsonb, $3::int, $4::text, $5::bigint, $6::text, $7::text)',
-    [taskId, args.input === undefined ? null : JSON.stringify(args.input), args.priority ?? null, args.idempotencyKey ?? null,
-      args.delayMs ?? 0, args.inputPath ?? null, args.pipelineRunId ?? null])
-  return { runId: row.run_id, deduplicated: row.deduplicated }
+  const { runId, deduplicated } = await enqueueTask(queryable(pool), { taskId, ...args })
+  return { runId: runId!, deduplicated }
 }
 
 export const FINAL = ['completed', 'failed', 'timeout', 'cancelled']

@@ -9,9 +9,8 @@ import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import * as path from 'node:path'
 import { runMigrations } from '../../src/api/migrations'
-import { createDatabase } from '../../src/db/database'
 import { type CliOptions, type RunningCli, startCli } from './cli'
-import { createTestDatabase, type TestDatabase } from './db'
+import { apiDatabase, createTestDatabase, type TestDatabase } from './db'
 import { waitFor } from './wait'
 
 // ---------------------------------------------------------------------------------------------
@@ -22,7 +21,7 @@ import { waitFor } from './wait'
 
 export async function migratedTestDatabase(prefix: string): Promise<TestDatabase> {
   const testDb = await createTestDatabase({ prefix })
-  const db = await createDatabase({ flags: { url: testDb.url }, env: {}, command: 'test' })
+  const db = await apiDatabase(testDb.url)
   try {
     await runMigrations(db)
   } finally {

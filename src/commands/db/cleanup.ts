@@ -18,7 +18,7 @@ until that entry goes. Two cleanups never run at once: the second says so and ex
   }
 
   protected async execute(): Promise<CleanupResult> {
-    const result = await runCleanup(await this.database(), {
+    const result = await runCleanup(await this.migratedDatabase(), {
       dlqRetentionDays: this.flags['dlq-retention-days'],
       runsRetentionDays: this.flags['runs-retention-days'],
       dryRun: this.flags['dry-run'],
