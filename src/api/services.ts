@@ -5,6 +5,7 @@
 import type { Database, Queryable } from '../db/database'
 import { SQLSTATE } from '../db/errors'
 import { UsageError } from '../errors'
+import { MASK } from '../redact'
 import * as sql from '../sql/services'
 
 export interface TaskManifest {
@@ -74,6 +75,28 @@ function invalid(field: string, problem: string): UsageError {
   })
 }
 
+/**
+ * A service's baseUrl is an http(s) origin with an optional path (SPEC §5): the dispatcher appends
+ * `/tasks/<id>`, so a query or a fragment would swallow the task path, and credentials would be
+ * stored and shown in clear (services:list, dashboards). The message masks the password.
+ */
+export function baseUrlProblem(text: string): string | undefined {
+  let url: URL
+  try {
+    url = new URL(text)
+  } catch {
+    return 'must be an http:// or https:// URL'
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return 'must be an http:// or https:// URL'
+  if (url.username !== '' || url.password !== '') {
+    const shown = `${url.protocol}//${url.username}${url.password ? `:${MASK}` : ''}@${url.host}${url.pathname === '/' ? '' : url.pathname}`
+    return `must not carry credentials (${shown}): give the worker its secret with PIPEWEAVE_SECRET_KEY, or put credentials in a proxy`
+  }
+  if (url.search !== '' || text.includes('?')) return 'must not have a query (?…): the task path /tasks/<id> is appended to it'
+  if (url.hash !== '' || text.includes('#')) return 'must not have a fragment (#…): the task path /tasks/<id> is appended to it'
+  return undefined
+}
+
 /** Validate a parsed manifest; throws UsageError naming the first bad field. */
 export function validateManifest(value: unknown): ServiceManifest {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid('the manifest', 'must be a JSON object')
@@ -86,13 +109,8 @@ export function validateManifest(value: unknown): ServiceManifest {
     const problem = check(m[field])
     if (problem) throw invalid(field, problem)
   }
-  let url: URL
-  try {
-    url = new URL(m.baseUrl as string)
-  } catch {
-    throw invalid('baseUrl', 'must be an http:// or https:// URL')
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw invalid('baseUrl', 'must be an http:// or https:// URL')
+  const urlProblem = baseUrlProblem(m.baseUrl as string)
+  if (urlProblem) throw invalid('baseUrl', urlProblem)
   if (!Array.isArray(m.tasks)) throw invalid('tasks', 'must be an array')
   const seen = new Set<string>()
   m.tasks.forEach((task, index) => {
