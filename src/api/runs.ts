@@ -1,5 +1,5 @@
 /** runs:list, runs:show, runs:cancel (SPEC §5). */
-import type { Queryable } from '../db/database'
+import type { Database, Queryable } from '../db/database'
 import { RefusedError, UsageError } from '../errors'
 import * as sql from '../sql/task-runs'
 import { RunStatus } from '../sql/task-runs'
@@ -94,21 +94,27 @@ export interface CancelResult {
   refused: Array<{ id: string; status: string }>
 }
 
-/** Cancel pending runs. Unknown ids are exit 2; running or finished ones are refused (exit 4) after the others are cancelled. */
-export async function cancelRuns(db: Queryable, runIds: string[]): Promise<CancelResult> {
-  const { rows } = await db.query<{ id: string; cancelled: boolean; status: string | null }>(sql.cancel, [runIds])
-  const unknown = rows.filter((r) => r.status === null).map((r) => r.id)
-  if (unknown.length > 0) {
-    throw new UsageError('UNKNOWN_RUN', `no task run with id ${unknown.map((id) => `"${id}"`).join(', ')}; nothing was cancelled`, { hint: 'runs:list shows recent runs' })
-  }
-  return {
-    cancelled: rows.filter((r) => r.cancelled).map((r) => r.id),
-    refused: rows.filter((r) => !r.cancelled).map((r) => ({ id: r.id, status: r.status! })),
-  }
-}
-
-export function assertNothingRefused(result: CancelResult): void {
-  if (result.refused.length === 0) return
-  const list = result.refused.map((r) => `${r.id} is ${r.status}`).join(', ')
-  throw new RefusedError('NOT_CANCELLABLE', `only pending runs can be cancelled: ${list}${result.cancelled.length ? ` (cancelled ${result.cancelled.length} other run(s))` : ''}`)
+/**
+ * Cancel pending runs, all or nothing: if any id is unknown (UsageError, exit 2) or names a run that
+ * is not pending (RefusedError, exit 4), nothing is cancelled. One transaction: the cancel statement
+ * runs, and a refusal rolls it back, so a run claimed meanwhile cannot leave the others cancelled.
+ * `refused` is always empty in a result (kept for the shape of --json).
+ */
+export async function cancelRuns(db: Pick<Database, 'withTransaction'>, runIds: string[]): Promise<CancelResult> {
+  const ids = [...new Set(runIds)]
+  return db.withTransaction(async (tx) => {
+    const { rows } = await tx.query<{ id: string; cancelled: boolean; status: string | null }>(sql.cancel, [ids])
+    const unknown = rows.filter((r) => r.status === null).map((r) => r.id)
+    if (unknown.length > 0) {
+      throw new UsageError('UNKNOWN_RUN', `no task run with id ${unknown.map((id) => `"${id}"`).join(', ')}; nothing was cancelled`, { hint: 'runs:list shows recent runs' })
+    }
+    const refused = rows.filter((r) => !r.cancelled)
+    if (refused.length > 0) {
+      const list = refused.map((r) => `${r.id} is ${r.status}`).join(', ')
+      throw new RefusedError('NOT_CANCELLABLE', `only pending runs can be cancelled: ${list}; nothing was cancelled`, {
+        hint: 'cancel the pending ones alone (runs:list --status pending)',
+      })
+    }
+    return { cancelled: rows.map((r) => r.id), refused: [] }
+  })
 }
