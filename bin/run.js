@@ -7,6 +7,10 @@ if (!require('node:fs').existsSync(require('node:path').join(__dirname, '..', 'd
 // - '@oclif/core/execute', not the '@oclif/core' index: the index loads all of oclif and semver first.
 // - The root and its package.json are handed over, so oclif need not search the disk for them.
 require('../dist/startup').answerWslProbe()
+// - With DEBUG set, oclif's debug lines go through a logger that masks passwords (they print argv).
 require('@oclif/core/execute').execute({
-  loadOptions: { root: require('node:path').join(__dirname, '..'), pjson: require('../package.json') },
+  loadOptions: {
+    root: require('node:path').join(__dirname, '..'), pjson: require('../package.json'),
+    ...(process.env.DEBUG ? { logger: require('../dist/debug-log').maskingLogger() } : {}),
+  },
 })

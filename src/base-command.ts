@@ -16,6 +16,7 @@ import { Output, stderrLogger } from './output'
 import type { Logger } from './logger'
 import { redact } from './redact'
 import { SQLSTATE } from './db/errors'
+import { troubleshootingLink } from './troubleshooting'
 
 export { Args, Flags }
 
@@ -156,6 +157,8 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
 
   public async catch(error: Error & { oclif?: { exit?: number }; exitCode?: number }): Promise<void> {
     const failure = classify(error)
+    const guide = troubleshootingLink(failure.code, this.id)
+    if (guide) failure.hint = failure.hint ? `${failure.hint}; see ${guide}` : `see ${guide}`
     process.exitCode = failure.exitCode
     if (this.jsonEnabled()) {
       const body: Record<string, unknown> = { code: failure.code, message: failure.message }

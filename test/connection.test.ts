@@ -287,6 +287,17 @@ describe('connection', () => {
       }
     })
 
+    it('a missing password fails at once: exit 3 naming it, not after the server gives up on the login', async () => {
+      // The server waits (authentication_timeout, 60 s) for the password pg could not send; the
+      // half-open login kept the process alive until the command's 3 s exit timer.
+      const url = urlOf({ ...good, password: undefined })
+      const human = await runCli(['db:ping', '--url', url])
+      expectOneLineFailure(human, 3, new RegExp(`asks user "${role}" for a password and none was given`))
+      const machine = await runCli(['db:ping', '--json'], { env: { DATABASE_URL: url } })
+      expectJsonFailure(machine, 3, 'PASSWORD_REQUIRED')
+      for (const result of [human, machine]) expect(result.ms).toBeLessThan(2500)
+    })
+
     it('a server that never answers: exit 3 once DB_CONNECT_TIMEOUT_MS has passed', async () => {
       const env = { DATABASE_URL: urlOf({ ...good, port: blackHole.port }), DB_CONNECT_TIMEOUT_MS: '1000' }
       const human = await runCli(['db:ping'], { env })

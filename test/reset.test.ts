@@ -59,6 +59,12 @@ describe('db:reset', () => {
     expect(await survivors()).toEqual(['keep-me'])
   })
 
+  it.each(['Production', 'PRODUCTION', ' production '])('is refused under NODE_ENV=%p too: the value is normalised before comparing', async (value) => {
+    const result = await runCli(['db:reset', '--yes', '--force'], { env: { ...db.env, NODE_ENV: value } })
+    expectRefused(result, /never allowed with NODE_ENV=production/)
+    expect(await survivors()).toEqual(['keep-me'])
+  })
+
   it('is refused without --yes when there is no terminal', async () => {
     const result = await runCli(['db:reset'], { env: db.env, input: `${db.name}\n` })
     expectRefused(result, /needs confirmation.*--yes/)
@@ -74,6 +80,10 @@ describe('db:reset', () => {
       ['a database name containing "prod"', (port: number) => `postgres://app:pw@127.0.0.1:${port}/orders_prod`, /database "orders_prod" contains "prod"/],
       ['a host containing "prod"', () => 'postgres://app:pw@db-prod.internal:5432/orders', /host "db-prod.internal" contains "prod"/],
       ['a host ending in .com', () => 'postgres://app:pw@db.example.com:5432/orders', /ends in \.com/],
+      ['a host ending in .com with a trailing dot', () => 'postgres://app:pw@db.example.com.:5432/orders', /ends in \.com/],
+      ['a host ending in .COM', () => 'postgres://app:pw@DB.EXAMPLE.COM:5432/orders', /ends in \.com/],
+      ['a host containing "prod" with a trailing dot, in capitals', () => 'postgres://app:pw@DB-PROD.INTERNAL.:5432/orders', /contains "prod"/],
+      ['an RDS endpoint with a trailing dot', () => 'postgres://app:pw@x.abc.eu-west-1.rds.amazonaws.com.:5432/orders', /rds\.amazonaws|ends in \.com/],
       ['an RDS endpoint', () => 'postgres://app:pw@x.abc.eu-west-1.rds.amazonaws.com:5432/orders', /rds\.amazonaws/],
     ] as Array<[string, (port: number) => string, RegExp]>)('refuses %s without --force, before connecting', async (_what, url, says) => {
       const before = fake.connections()

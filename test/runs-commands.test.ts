@@ -233,13 +233,29 @@ describe('runs:list, runs:show, runs:cancel', () => {
       }
     })
 
-    it('with a pending and a running run, cancels the pending one and exits 4 naming the other', async () => {
-      const pending = await pendingRun()
-      const result = await cli(['runs:cancel', pending, 'run-running'])
-      expect(result.code).toBe(4)
-      expect(result.stderr).toMatch(/run-running is running/)
-      expect((await statusOf(pending)).status).toBe('cancelled')
+    it('all or nothing: with a pending run and a running or finished one, cancels nothing and exits 4 naming the others', async () => {
+      for (const other of ['run-running', 'run-completed']) {
+        const pending = await pendingRun()
+        const result = await cli(['runs:cancel', pending, other])
+        expect({ other, code: result.code }).toEqual({ other, code: 4 })
+        expect(result.stderr).toMatch(new RegExp(`${other} is ${other.slice(4)}.*nothing was cancelled`))
+        expect((await statusOf(pending)).status).toBe('pending')
+      }
       expect((await statusOf('run-running')).status).toBe('running')
+    })
+
+    it('all or nothing: an unknown id is exit 2 even beside a running one (input before state), and cancels nothing', async () => {
+      const pending = await pendingRun()
+      const result = await cli(['runs:cancel', pending, 'run-running', 'no-such-run', '--json'])
+      expect(result.code).toBe(2)
+      expect(json(result)).toMatchObject({ error: { code: 'UNKNOWN_RUN' }, exitCode: 2 })
+      expect((await statusOf(pending)).status).toBe('pending')
+    })
+
+    it('says the rule in --help', async () => {
+      const result = await runCli(['runs:cancel', '--help'])
+      expect(result.code).toBe(0)
+      expect(result.stdout.replace(/\s+/g, ' ')).toMatch(/all or nothing/i)
     })
 
     it('exits 2 for an unknown id and then cancels nothing at all', async () => {

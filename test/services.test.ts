@@ -146,6 +146,11 @@ describe('services:register', () => {
       ['a baseUrl that is not a URL', imageService({ baseUrl: 'images.internal:8080' }), /baseUrl/, true],
       ['a baseUrl that is not http', imageService({ baseUrl: 'ftp://images.internal' }), /baseUrl/, false],
       ['tasks that are not an array', imageService({ tasks: { id: 'a' } }), /\btasks\b/, false],
+      ['a baseUrl with a user and password', imageService({ baseUrl: 'http://admin:pw@images.internal:8080' }), /baseUrl must not carry credentials/, true],
+      ['a baseUrl with a user only', imageService({ baseUrl: 'https://admin@images.internal' }), /baseUrl must not carry credentials/, false],
+      ['a baseUrl with a query', imageService({ baseUrl: 'http://images.internal/api?key=1' }), /baseUrl must not have a query/, true],
+      ['a baseUrl with an empty query', imageService({ baseUrl: 'http://images.internal/api?' }), /baseUrl must not have a query/, false],
+      ['a baseUrl with a fragment', imageService({ baseUrl: 'http://images.internal/api#v2' }), /baseUrl must not have a fragment/, false],
       ['a task of another service', { id: 'other', version: '1', baseUrl: 'http://x', tasks: [{ id: 'new-one' }, { id: 'resize' }] }, /resize.*images/, true],
     ]
 
@@ -159,6 +164,48 @@ describe('services:register', () => {
       const result = await register(manifest, '--json')
       expect(result.code).toBe(2)
       expect(json(result)).toMatchObject({ error: { message: expect.stringMatching(field) }, exitCode: 2 })
+      expect(await snapshot()).toEqual(before)
+    })
+
+    it('a baseUrl with credentials: the message masks the password, for a person and in --json', async () => {
+      const before = await snapshot()
+      const manifest = imageService({ baseUrl: 'http://admin:hunter2@images.internal:8080/api' })
+      const human = await register(manifest)
+      expect(human.code).toBe(2)
+      expect(human.stderr).toMatch(/^error: invalid service manifest: baseUrl must not carry credentials \(http:\/\/admin:\*\*\*\*@images\.internal:8080\/api\)/)
+      const machine = await register(manifest, '--json')
+      expect(machine.code).toBe(2)
+      for (const result of [human, machine]) expect(result.stdout + result.stderr).not.toContain('hunter2')
+      expect(await snapshot()).toEqual(before)
+    })
+
+    it('reports every problem of the manifest at once, and writes nothing', async () => {
+      const before = await snapshot()
+      const manifest = imageService({ version: 2, baseUrl: 'http://u:p@images.internal', owner: 'team-a' }, { retries: '3', retryBackoff: 'linear' })
+      ;(manifest.tasks as Array<Record<string, unknown>>).push({ id: 'resize' }, { codeHash: 'x' })
+      const problems = [/"owner" is not a manifest field/, /\bversion must be a string/, /baseUrl must not carry credentials/,
+        /tasks\[0\]\.retries must be/, /tasks\[0\]\.retryBackoff must be/, /tasks\[2\]\.id repeats/, /tasks\[3\]\.id is required/]
+      const error = await registerService(api, manifest).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(UsageError)
+      for (const problem of problems) expect((error as UsageError).message).toMatch(problem)
+
+      const human = await register(manifest)
+      expect(human.code).toBe(2)
+      expect(human.stdout).toBe('')
+      expect(human.stderr.trim().split('\n')).toHaveLength(1)
+      for (const problem of problems) expect(human.stderr).toMatch(problem)
+      const machine = await register(manifest, '--json')
+      expect(machine.code).toBe(2)
+      for (const problem of problems) expect(json<{ error: { message: string } }>(machine).error.message).toMatch(problem)
+      expect(await snapshot()).toEqual(before)
+    })
+
+    it('names every task owned by another service', async () => {
+      const before = await snapshot()
+      const error = await registerService(api, { id: 'other', version: '1', baseUrl: 'http://x', tasks: [{ id: 'resize' }, { id: 'thumbnail' }] }).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(UsageError)
+      expect((error as UsageError).message).toMatch(/"resize".*"images"/)
+      expect((error as UsageError).message).toMatch(/"thumbnail".*"images"/)
       expect(await snapshot()).toEqual(before)
     })
 

@@ -18,9 +18,22 @@ export interface ResetGuardInput {
   force?: boolean
 }
 
+/**
+ * A host as DNS compares it: case-insensitive, and a trailing dot (the fully qualified form) names
+ * the same host, so `DB.Example.COM.` must meet the same guard as `db.example.com`.
+ */
+export function normaliseHost(host: string): string {
+  return host.trim().toLowerCase().replace(/\.+$/, '')
+}
+
+/** NODE_ENV as the guard compares it: `Production` and ` production ` mean production too. */
+export function isProductionEnv(env: Record<string, string | undefined>): boolean {
+  return (env.NODE_ENV ?? '').trim().toLowerCase() === 'production'
+}
+
 /** Why a target looks like production, or undefined. */
 export function productionLooking(host: string, database: string): string | undefined {
-  const h = host.toLowerCase()
+  const h = normaliseHost(host)
   const d = database.toLowerCase()
   if (h.includes('prod')) return `the host "${host}" contains "prod"`
   if (d.includes('prod')) return `the database "${database}" contains "prod"`
@@ -31,8 +44,8 @@ export function productionLooking(host: string, database: string): string | unde
 
 /** Refuse under NODE_ENV=production always, and for a production-looking target without --force. */
 export function checkResetGuards(input: ResetGuardInput): { database: string } {
-  if (input.env.NODE_ENV === 'production') {
-    throw new RefusedError('RESET_REFUSED_PRODUCTION', 'db:reset is never allowed with NODE_ENV=production', {
+  if (isProductionEnv(input.env)) {
+    throw new RefusedError('RESET_REFUSED_PRODUCTION', `db:reset is never allowed with NODE_ENV=production${input.env.NODE_ENV === 'production' ? '' : ` (NODE_ENV is "${input.env.NODE_ENV}")`}`, {
       hint: 'unset NODE_ENV on a machine where dropping the data is intended',
     })
   }

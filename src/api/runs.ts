@@ -1,5 +1,5 @@
 /** runs:list, runs:show, runs:cancel (SPEC §5). */
-import type { Queryable } from '../db/database'
+import type { Database, Queryable } from '../db/database'
 import { RefusedError, UsageError } from '../errors'
 import * as sql from '../sql/task-runs'
 import { RunStatus } from '../sql/task-runs'
@@ -95,25 +95,26 @@ export interface CancelResult {
 }
 
 /**
- * Cancel pending runs, all or nothing: an unknown id is exit 2 and a run that is not pending
- * (running or finished) exit 4, and then nothing is cancelled.
+ * Cancel pending runs, all or nothing: if any id is unknown (UsageError, exit 2) or names a run that
+ * is not pending (RefusedError, exit 4), nothing is cancelled. The statement itself cancels only
+ * when every run is pending (src/sql/task-runs.ts cancelRuns); it runs in a transaction that a
+ * refusal rolls back all the same. `refused` is always empty in a result (kept for the shape of --json).
  */
-export async function cancelRuns(db: Queryable, runIds: string[]): Promise<CancelResult> {
-  const { rows } = await db.query<{ id: string; cancelled: boolean; status: string | null }>(sql.cancelRuns, [runIds])
-  const unknown = rows.filter((r) => r.status === null).map((r) => r.id)
-  if (unknown.length > 0) {
-    throw new UsageError('UNKNOWN_RUN', `no task run with id ${unknown.map((id) => `"${id}"`).join(', ')}; nothing was cancelled`, { hint: 'runs:list shows recent runs' })
-  }
-  return {
-    cancelled: rows.filter((r) => r.cancelled).map((r) => r.id),
-    refused: rows.filter((r) => !r.cancelled).map((r) => ({ id: r.id, status: r.status! })),
-  }
-}
-
-export function assertNothingRefused(result: CancelResult): void {
-  if (result.refused.length === 0) return
-  const list = result.refused.filter((r) => r.status !== 'pending').map((r) => `${r.id} is ${r.status}`).join(', ')
-  throw new RefusedError('NOT_CANCELLABLE', `only pending runs can be cancelled, and ${list}; nothing was cancelled`, {
-    hint: 'cancel the pending runs alone (runs:list --status pending)',
+export async function cancelRuns(db: Pick<Database, 'withTransaction'>, runIds: string[]): Promise<CancelResult> {
+  const ids = [...new Set(runIds)]
+  return db.withTransaction(async (tx) => {
+    const { rows } = await tx.query<{ id: string; cancelled: boolean; status: string | null }>(sql.cancelRuns, [ids])
+    const unknown = rows.filter((r) => r.status === null).map((r) => r.id)
+    if (unknown.length > 0) {
+      throw new UsageError('UNKNOWN_RUN', `no task run with id ${unknown.map((id) => `"${id}"`).join(', ')}; nothing was cancelled`, { hint: 'runs:list shows recent runs' })
+    }
+    const refused = rows.filter((r) => r.status !== 'pending')
+    if (refused.length > 0) {
+      const list = refused.map((r) => `${r.id} is ${r.status}`).join(', ')
+      throw new RefusedError('NOT_CANCELLABLE', `only pending runs can be cancelled: ${list}; nothing was cancelled`, {
+        hint: 'cancel the pending ones alone (runs:list --status pending)',
+      })
+    }
+    return { cancelled: ids.filter((id) => rows.some((r) => r.id === id && r.cancelled)), refused: [] }
   })
 }

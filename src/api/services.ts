@@ -5,6 +5,7 @@
 import type { Database, Queryable } from '../db/database'
 import { SQLSTATE } from '../db/errors'
 import { UsageError } from '../errors'
+import { MASK } from '../redact'
 import * as sql from '../sql/services'
 
 export interface TaskManifest {
@@ -68,48 +69,87 @@ const TASK_FIELDS: Record<keyof TaskManifest, Check> = {
   description: text,
 }
 
-function invalid(field: string, problem: string): UsageError {
-  return new UsageError('INVALID_MANIFEST', `invalid service manifest: ${field} ${problem}`, {
+/** At most this many problems are named in the one-line message; the rest are counted. */
+const MAX_PROBLEMS_SHOWN = 20
+
+function invalid(problems: string[]): UsageError {
+  const shown = problems.slice(0, MAX_PROBLEMS_SHOWN)
+  const more = problems.length - shown.length
+  return new UsageError('INVALID_MANIFEST', `invalid service manifest: ${shown.join('; ')}${more > 0 ? `; and ${more} more problem(s)` : ''}`, {
     hint: 'fix the manifest (see the README for its fields); nothing was written',
   })
 }
 
-/** Validate a parsed manifest; throws UsageError naming the first bad field. */
-export function validateManifest(value: unknown): ServiceManifest {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid('the manifest', 'must be a JSON object')
-  const m = value as Record<string, unknown>
-  for (const key of Object.keys(m)) {
-    if (!['id', 'version', 'baseUrl', 'tasks'].includes(key)) throw invalid(`"${key}"`, 'is not a manifest field (id, version, baseUrl, tasks)')
-  }
-  for (const [field, check] of [['id', identifier], ['version', text], ['baseUrl', text]] as const) {
-    if (m[field] === undefined) throw invalid(field, 'is required')
-    const problem = check(m[field])
-    if (problem) throw invalid(field, problem)
-  }
+/**
+ * A service's baseUrl is an http(s) origin with an optional path (SPEC §5): the dispatcher appends
+ * `/tasks/<id>`, so a query or a fragment would swallow the task path, and credentials would be
+ * stored and shown in clear (services:list, dashboards). The message masks the password.
+ */
+export function baseUrlProblem(text: string): string | undefined {
   let url: URL
   try {
-    url = new URL(m.baseUrl as string)
+    url = new URL(text)
   } catch {
-    throw invalid('baseUrl', 'must be an http:// or https:// URL')
+    return 'must be an http:// or https:// URL'
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw invalid('baseUrl', 'must be an http:// or https:// URL')
-  if (!Array.isArray(m.tasks)) throw invalid('tasks', 'must be an array')
-  const seen = new Set<string>()
-  m.tasks.forEach((task, index) => {
-    const where = `tasks[${index}]`
-    if (typeof task !== 'object' || task === null || Array.isArray(task)) throw invalid(where, 'must be an object')
-    const t = task as Record<string, unknown>
-    if (t.id === undefined || t.id === null) throw invalid(`${where}.id`, 'is required')
-    for (const [key, v] of Object.entries(t)) {
-      const check = TASK_FIELDS[key as keyof TaskManifest]
-      if (!check) throw invalid(`${where}.${key}`, `is not a task field (${Object.keys(TASK_FIELDS).join(', ')})`)
-      if (v === null) continue
-      const problem = check(v)
-      if (problem) throw invalid(`${where}.${key}`, problem)
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return 'must be an http:// or https:// URL'
+  if (url.username !== '' || url.password !== '') {
+    const shown = `${url.protocol}//${url.username}${url.password ? `:${MASK}` : ''}@${url.host}${url.pathname === '/' ? '' : url.pathname}`
+    return `must not carry credentials (${shown}): give the worker its secret with PIPEWEAVE_SECRET_KEY, or put credentials in a proxy`
+  }
+  if (url.search !== '' || text.includes('?')) return 'must not have a query (?…): the task path /tasks/<id> is appended to it'
+  if (url.hash !== '' || text.includes('#')) return 'must not have a fragment (#…): the task path /tasks/<id> is appended to it'
+  return undefined
+}
+
+/** Validate a parsed manifest; throws one UsageError naming every bad field. */
+export function validateManifest(value: unknown): ServiceManifest {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid(['the manifest must be a JSON object'])
+  const m = value as Record<string, unknown>
+  const problems: string[] = []
+  const problem = (field: string, what: string) => { problems.push(`${field} ${what}`) }
+  for (const key of Object.keys(m)) {
+    if (!['id', 'version', 'baseUrl', 'tasks'].includes(key)) problem(`"${key}"`, 'is not a manifest field (id, version, baseUrl, tasks)')
+  }
+  for (const [field, check] of [['id', identifier], ['version', text], ['baseUrl', text]] as const) {
+    if (m[field] === undefined) problem(field, 'is required')
+    else {
+      const bad = check(m[field])
+      if (bad) problem(field, bad)
+      else if (field === 'baseUrl') {
+        const urlBad = baseUrlProblem(m.baseUrl as string)
+        if (urlBad) problem(field, urlBad)
+      }
     }
-    if (seen.has(t.id as string)) throw invalid(`${where}.id`, `repeats the task id "${t.id}"`)
-    seen.add(t.id as string)
-  })
+  }
+  if (!Array.isArray(m.tasks)) problem('tasks', 'must be an array')
+  else {
+    const seen = new Set<string>()
+    m.tasks.forEach((task, index) => {
+      const where = `tasks[${index}]`
+      if (typeof task !== 'object' || task === null || Array.isArray(task)) {
+        problem(where, 'must be an object')
+        return
+      }
+      const t = task as Record<string, unknown>
+      if (t.id === undefined || t.id === null) problem(`${where}.id`, 'is required')
+      for (const [key, v] of Object.entries(t)) {
+        // Own fields only: a key such as "hasOwnProperty" or "__proto__" is not a task field.
+        if (!Object.hasOwn(TASK_FIELDS, key)) {
+          problem(`${where}.${key}`, `is not a task field (${Object.keys(TASK_FIELDS).join(', ')})`)
+          continue
+        }
+        if (v === null) continue
+        const bad = TASK_FIELDS[key as keyof TaskManifest](v)
+        if (bad) problem(`${where}.${key}`, bad)
+      }
+      if (typeof t.id === 'string') {
+        if (seen.has(t.id)) problem(`${where}.id`, `repeats the task id "${t.id}"`)
+        seen.add(t.id)
+      }
+    })
+  }
+  if (problems.length > 0) throw invalid(problems)
   return m as unknown as ServiceManifest
 }
 
@@ -131,7 +171,8 @@ export async function registerService(db: Database, manifest: unknown): Promise<
   return retryOnConflict(() => db.withTransaction(async (tx) => {
     const { rows: taken } = await tx.query<{ id: string; service_id: string }>(sql.tasksOwnedElsewhere, [m.id, m.tasks.map((t) => t.id)])
     if (taken.length > 0) {
-      throw new UsageError('TASK_OWNED_ELSEWHERE', `invalid service manifest: task "${taken[0].id}" belongs to service "${taken[0].service_id}"`, {
+      const owned = taken.map((t) => `task "${t.id}" belongs to service "${t.service_id}"`).join('; ')
+      throw new UsageError('TASK_OWNED_ELSEWHERE', `invalid service manifest: ${owned}`, {
         hint: 'task ids are global: rename the task, or register it from its own service; nothing was written',
       })
     }

@@ -6,7 +6,6 @@ import { isIP } from 'node:net'
 import type { ConnectionOptions } from 'node:tls'
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
 import { type Logger, silentLogger } from '../logger'
-import { registerSecret } from '../redact'
 import { VERSION } from '../version'
 import {
   type ConnectionFlags, type ExternalTarget, type PoolSettings, type SslSettings,
@@ -134,7 +133,6 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
   } else {
     target = resolved
   }
-  registerSecret(target.password)
   if (config.database) target = { ...target, database: config.database }
 
   try {

@@ -30,8 +30,37 @@ function loadPg(): typeof PgModule {
 
 const pg = loadPg()
 
-export const Client: typeof PgModule.Client = pg.Client
+type ConnectCallback = (error: Error | null, client?: PgModule.Client) => void
+
+/**
+ * A client that closes its socket when connecting fails. node-postgres leaves it open after a
+ * failure it finds itself during the login (no password to answer the server's SCRAM challenge):
+ * the server then waits out its authentication_timeout (60 s) with the socket open, which kept a
+ * failed command alive until its exit timer. pg-pool does not end a client whose connect failed.
+ */
+class ClosingClient extends pg.Client {
+  connect(): Promise<PgModule.Client>
+  connect(callback: ConnectCallback): void
+  connect(callback?: ConnectCallback): Promise<PgModule.Client> | void {
+    if (!callback) {
+      return new Promise<PgModule.Client>((resolve, reject) => { this.connect((error) => (error ? reject(error) : resolve(this))) })
+    }
+    super.connect((error: Error | null) => {
+      if (error) (this as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy()
+      callback(error, this)
+    })
+  }
+}
+
+/** Every pool's clients are ClosingClients too. */
+class ClosingPool extends pg.Pool {
+  constructor(config?: PgModule.PoolConfig) {
+    super({ Client: ClosingClient, ...config } as PgModule.PoolConfig)
+  }
+}
+
+export const Client: typeof PgModule.Client = ClosingClient
 export type Client = PgModule.Client
-export const Pool: typeof PgModule.Pool = pg.Pool
+export const Pool: typeof PgModule.Pool = ClosingPool
 export type Pool = PgModule.Pool
 export const escapeIdentifier: typeof PgModule.escapeIdentifier = pg.escapeIdentifier

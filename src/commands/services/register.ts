@@ -7,8 +7,9 @@ export default class ServicesRegister extends BaseCommand<typeof ServicesRegiste
   static summary = 'Register (or update) a worker service and its tasks from a JSON manifest.'
   static description = `Manifest: { "id", "version", "baseUrl", "tasks": [{ "id", "codeHash", "timeout" (s), "retries", "retryBackoff",
 "retryDelayMs", "maxRetryDelayMs", "heartbeatIntervalMs", "concurrency", "priority", "idempotencyTTL" (s), "allowedNext",
-"description" }] }. A changed codeHash increments the task's code version. An invalid manifest exits 2 naming the
-field, and nothing is written.`
+"description" }] }. baseUrl is an http:// or https:// origin with an optional path; credentials, a query or a
+fragment are refused. A changed codeHash increments the task's code version. An invalid manifest exits 2 naming
+every bad field at once, and nothing is written.`
   static examples = [
     { command: '<%= config.bin %> <%= command.id %> examples/worker/service.json', description: 'Register the example worker.' },
   ]
