@@ -185,7 +185,7 @@ describe('pipeweave run: worker answers, retries and the DLQ', () => {
     await db.pool.query(`INSERT INTO pipeline_runs (id) VALUES ('pr-shape')`)
     worker.behave('shape', (r) => {
       const ts = String(r.headers['x-pipeweave-timestamp'])
-      const expected = `sha256=${crypto.createHmac('sha256', SECRET).update(`${ts}.`).update(r.rawBody).digest('hex')}`
+      const expected = `sha256=${crypto.createHmac('sha256', SECRET).update(`${ts}./tasks/shape.`).update(r.rawBody).digest('hex')}`
       return r.headers['x-pipeweave-signature'] === expected ? ok('verified') : fail(401, { error: 'bad signature' })
     })
     const { runId } = await enqueueOne(db.pool, 'shape', {
