@@ -12,7 +12,8 @@ import * as Flags from '@oclif/core/flags'
 import type { Interfaces } from '@oclif/core'
 import type { Database, DatabaseConfig } from './db/database'
 import { ExitCode, PipeweaveError, RefusedError, UsageError, firstLine } from './errors'
-import { Output, stderrLogger } from './output'
+import { type FailureReport, Output, stderrLogger } from './output'
+import { nearest } from './suggest'
 import type { Logger } from './logger'
 import { redact } from './redact'
 import { SQLSTATE } from './db/errors'
@@ -153,20 +154,20 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
   }
 
   public async catch(error: Error & { oclif?: { exit?: number }; exitCode?: number }): Promise<void> {
-    const failure = classify(error)
+    const failure = classify(error, { flags: this.flagNames(), command: `${this.config.bin} ${this.id}` })
     process.exitCode = failure.exitCode
-    if (this.jsonEnabled()) {
-      const body: Record<string, unknown> = { code: failure.code, message: failure.message }
-      if (failure.hint) body.hint = failure.hint
-      this.out.json({ error: body, exitCode: failure.exitCode })
-    } else {
-      const style = this.out.errStyle
-      const hint = failure.hint ? `: ${failure.hint}` : ''
-      this.out.note(`${style.red('error:')} ${failure.message}${hint}`)
-    }
+    this.out.failure(failure, this.jsonEnabled())
     if (this.flags?.verbose || /pipeweave/.test(process.env.DEBUG ?? '')) {
       this.out.note(redact(String(error.stack ?? error)))
     }
+  }
+
+  /** This command's flags as typed: `--name` (and `--no-name` where a boolean allows it). */
+  private flagNames(): string[] {
+    const ctor = this.ctor as typeof BaseCommand
+    const flags: Record<string, { type?: string; allowNo?: boolean }> = { ...ctor.baseFlags, ...ctor.flags }
+    const names = Object.entries(flags).flatMap(([name, flag]) => (flag.type === 'boolean' && flag.allowNo ? [`--${name}`, `--no-${name}`] : [`--${name}`]))
+    return ctor.enableJsonFlag ? [...names, '--json'] : names
   }
 
   public async finally(error: Error | undefined): Promise<void> {
@@ -177,19 +178,24 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
   }
 }
 
-interface Failure {
-  exitCode: number
-  code: string
-  message: string
-  hint?: string
+/** What the failing command knows of itself, for "did you mean" (SPEC §2). */
+export interface FailureContext {
+  /** Its flags, as typed (`--limit`). */
+  flags?: string[]
+  /** `pipeweave runs:list`, for the hint that points at its --help. */
+  command?: string
 }
 
 /** One mapping from any error to an exit code and a one-line message (SPEC §2). */
-export function classify(error: unknown): Failure {
+export function classify(error: unknown, context: FailureContext = {}): FailureReport {
   if (error instanceof PipeweaveError) {
     return { exitCode: error.exitCode, code: error.code, message: error.message, ...(error.hint ? { hint: error.hint } : {}) }
   }
-  const e = error as Error & { oclif?: { exit?: number }; parse?: unknown; code?: string }
+  const e = error as Error & { oclif?: { exit?: number }; parse?: unknown; code?: string; flags?: unknown }
+  // oclif's NonExistentFlagsError: each flag as typed (`--limt`, `--limt=5`).
+  if (e?.constructor?.name === 'NonExistentFlagsError' && Array.isArray(e.flags) && e.flags.length > 0) {
+    return unknownFlags(e.flags.map((f) => String(f).replace(/=.*$/s, '')), context)
+  }
   // oclif's parser errors (unknown flag, missing argument, bad value) are bad usage. A bad flag
   // value is a plain CLIError with exit 2 whose reason is on its second line: keep every line.
   if (e && (e.parse !== undefined || /Flag|Arg|Parse|Validation/.test(e.constructor?.name ?? '') || e.oclif?.exit === 2)) {
@@ -219,6 +225,15 @@ export function classify(error: unknown): Failure {
   }
 }
 
+
+function unknownFlags(typed: string[], context: FailureContext): FailureReport {
+  const suggestions = typed.map((flag) => [flag, nearest(flag, context.flags ?? [])] as const).filter(([, near]) => near)
+  const listed = context.command ? `\`${context.command} --help\` lists its flags` : 'see --help'
+  const hint = suggestions.length === 0 ? listed
+    : `did you mean ${suggestions.map(([flag, near]) => (typed.length > 1 ? `${near} (for ${flag})` : near)).join(', ')}? (${listed})`
+  const usage = new UsageError('BAD_USAGE', `unknown flag${typed.length > 1 ? 's' : ''} ${typed.join(', ')}`, { hint })
+  return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
+}
 
 /** oclif's "Parsing --flag \n\tExpected …\nSee more help with --help" as one line (the hint says --help). */
 function usageMessage(text: string): string {

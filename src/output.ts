@@ -34,6 +34,14 @@ export function styleFor(stream: Stream, env: Record<string, string | undefined>
   return { bold: c.bold, dim: c.dim, green: c.green, yellow: c.yellow, red: c.red, cyan: c.cyan }
 }
 
+export interface FailureReport {
+  exitCode: number
+  /** Stable UPPER_SNAKE code. */
+  code: string
+  message: string
+  hint?: string
+}
+
 export interface Spinner {
   update(text: string): void
   stop(): void
@@ -68,6 +76,21 @@ export class Output {
   note(text: string): void {
     flushLogLines(this.stderr)
     this.stderr.write(`${redact(text)}\n`)
+  }
+
+  /**
+   * A failure, as SPEC §2 prints it: with --json the one error document on stdout
+   * (`{ "error": { "code", "message", "hint"? }, "exitCode" }`), otherwise one line on stderr.
+   */
+  failure(failure: FailureReport, json: boolean): void {
+    if (json) {
+      const error: Record<string, unknown> = { code: failure.code, message: failure.message }
+      if (failure.hint) error.hint = failure.hint
+      this.json({ error, exitCode: failure.exitCode })
+    } else {
+      const hint = failure.hint ? `: ${failure.hint}` : ''
+      this.note(`${this.errStyle.red('error:')} ${failure.message}${hint}`)
+    }
   }
 
   table(head: string[], rows: Array<Array<string | number | null | undefined>>): void {
