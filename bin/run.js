@@ -7,6 +7,10 @@ if (!require('node:fs').existsSync(require('node:path').join(__dirname, '..', 'd
 // - '@oclif/core/execute', not the '@oclif/core' index: the index loads all of oclif and semver first.
 // - The root and its package.json are handed over, so oclif need not search the disk for them.
 require('../dist/startup').answerWslProbe()
+// --version and -v are the `version` command, so that `--version --json` prints JSON (SPEC §2).
+const args = process.argv.slice(2)
+if (args[0] === '--version' || args[0] === '-v') args[0] = 'version'
 require('@oclif/core/execute').execute({
+  args,
   loadOptions: { root: require('node:path').join(__dirname, '..'), pjson: require('../package.json') },
 })

@@ -1,9 +1,13 @@
 /**
  * The conventions of SPEC §2 that every command shares, before any database is involved: unknown
  * commands and flags suggest the nearest one and, with --json, print the error document like every
- * other failure.
+ * other failure; -h and -v are --help and --version; --version --json is a JSON document.
  */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
 import { json, runCli } from './helpers/cli'
+
+const pkg = JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', 'package.json'), 'utf8')) as { version: string }
 
 interface ErrorDocument {
   error: { code: string; message: string; hint?: string }
@@ -67,5 +71,32 @@ describe('unknown flags', () => {
     expect(result.code).toBe(2)
     expect(result.stderr).not.toContain('did you mean')
     expect(result.stderr).toContain('`pipeweave runs:list --help`')
+  })
+})
+
+describe('-h, -v and --version --json', () => {
+  it('-h is --help, for the root and for a command', async () => {
+    const [short, long] = await Promise.all([runCli(['-h']), runCli(['--help'])])
+    expect(short.code).toBe(0)
+    expect(short.stdout).toBe(long.stdout)
+    const [commandShort, commandLong] = await Promise.all([runCli(['runs:list', '-h']), runCli(['runs:list', '--help'])])
+    expect(commandShort.code).toBe(0)
+    expect(commandShort.stdout).toContain('USAGE')
+    expect(commandShort.stdout).toBe(commandLong.stdout)
+  })
+
+  it('-v is --version', async () => {
+    const [short, long] = await Promise.all([runCli(['-v']), runCli(['--version'])])
+    expect(short.code).toBe(0)
+    expect(short.stdout).toMatch(new RegExp(`^pipeweave/${pkg.version.replace(/\./g, '\\.')} `))
+    expect(short.stdout).toBe(long.stdout)
+  })
+
+  it('--version --json (and -v --json) print { version, node, platform }', async () => {
+    for (const flag of ['--version', '-v']) {
+      const result = await runCli([flag, '--json'])
+      expect({ flag, code: result.code, stderr: result.stderr }).toEqual({ flag, code: 0, stderr: '' })
+      expect(json(result)).toEqual({ version: pkg.version, node: process.versions.node, platform: `${process.platform}-${process.arch}` })
+    }
   })
 })
