@@ -106,10 +106,27 @@ export class Output {
     this.line(table.toString())
   }
 
-  /** Progress on stderr: an ora spinner on a TTY, nothing otherwise. */
-  spinner(text: string): Spinner {
-    // A spinner is progress, not colour: NO_COLOR keeps it, uncoloured; off a TTY there is none.
-    if (!this.stderr.isTTY || this.env.TERM === 'dumb') return { update: () => undefined, stop: () => undefined }
+  /**
+   * Progress on stderr: an ora spinner on a TTY. Off a TTY (a CI log, a pipe) the text of an
+   * update() is written as a plain line at most every `everyMs` (10 s), the first at once, so a
+   * long wait shows it is alive without flooding the log (SPEC §2).
+   */
+  spinner(text: string, options: { everyMs?: number; now?: () => number } = {}): Spinner {
+    // A spinner is progress, not colour: NO_COLOR keeps it, uncoloured.
+    if (!this.stderr.isTTY || this.env.TERM === 'dumb') {
+      const everyMs = options.everyMs ?? PROGRESS_EVERY_MS
+      const now = options.now ?? Date.now
+      let last = -Infinity
+      let stopped = false
+      return {
+        update: (t) => {
+          if (stopped || now() - last < everyMs) return
+          last = now()
+          this.note(t)
+        },
+        stop: () => { stopped = true },
+      }
+    }
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const ora = require('ora') as typeof import('ora')
     const spinner = ora({
@@ -122,6 +139,9 @@ export class Output {
     }
   }
 }
+
+/** Progress lines off a terminal: at most one per this interval. */
+const PROGRESS_EVERY_MS = 10_000
 
 const ASCII_TABLE = {
   top: '-', 'top-mid': '+', 'top-left': '+', 'top-right': '+',

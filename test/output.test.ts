@@ -53,3 +53,25 @@ describe('masking', () => {
     expect(line).toMatchObject({ level: 'info', msg: 'migrated with ****', applied: true, durationMs: 1234 })
   })
 })
+
+describe('progress', () => {
+  it('off a terminal writes an update as a plain line at most every 10 s, the first at once', () => {
+    const err = capture()
+    let now = 1_000_000
+    const progress = new Output(capture().stream, err.stream, {}).spinner('Draining…', { now: () => now })
+    progress.update('Draining: 2 running')
+    for (let i = 1; i < 40; i++) { // polls every 250 ms for 9.75 s
+      now += 250
+      progress.update(`Draining: 1 running (${i})`)
+    }
+    expect(err.text()).toBe('Draining: 2 running\n')
+    now = 1_000_000 + 10_000
+    progress.update('Draining: 1 running')
+    now += 5_000
+    progress.update('Draining: 0 running')
+    progress.stop()
+    now += 60_000
+    progress.update('after stop')
+    expect(err.text()).toBe('Draining: 2 running\nDraining: 1 running\n')
+  })
+})
