@@ -60,6 +60,13 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
   /** Short commands release what they opened on Ctrl-C; `run` installs its own handling. */
   protected handlesSignals = true
 
+  /**
+   * What the command would leave behind if Ctrl-C ended it now, said when it does (SPEC §2): set
+   * while waiting (maintenance:request --wait leaves its request standing).
+   */
+  protected leftBehind?: { message: string; hint?: string }
+  private interrupted = false
+
   public async init(): Promise<void> {
     await super.init()
     const { args, argv, flags } = await this.parse({
@@ -75,7 +82,18 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     if (this.handlesSignals) {
       const onSignal = (signal: NodeJS.Signals) => {
         const code = signal === 'SIGINT' ? 130 : 143
-        void this.releaseAll().finally(() => process.exit(code))
+        // Closing the pool fails what is in flight: catch() must not report that as the error.
+        this.interrupted = true
+        void this.releaseAll().finally(() => {
+          // After the release: a spinner has cleared its line by then.
+          const left = this.leftBehind
+          this.out.failure({
+            exitCode: code, code: 'INTERRUPTED',
+            message: left ? `interrupted: ${left.message}` : `interrupted by ${signal}`,
+            ...(left?.hint ? { hint: left.hint } : {}),
+          }, this.jsonEnabled())
+          process.exit(code)
+        })
       }
       process.once('SIGINT', onSignal)
       process.once('SIGTERM', onSignal)
@@ -154,6 +172,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
   }
 
   public async catch(error: Error & { oclif?: { exit?: number }; exitCode?: number }): Promise<void> {
+    if (this.interrupted) return // the signal handler reports and exits
     const failure = classify(error, { flags: this.flagNames(), command: `${this.config.bin} ${this.id}` })
     process.exitCode = failure.exitCode
     this.out.failure(failure, this.jsonEnabled())

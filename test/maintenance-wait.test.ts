@@ -144,6 +144,33 @@ describe('maintenance:request --wait', () => {
     expect(result.out.slice(0, error)).toMatch(/(\x1b\[2K\x1b\[1G|\n)(\x1b\[[0-9;?]*[A-Za-z])*$/)
   })
 
+  it('on Ctrl-C exits 130 and says that the request stands until maintenance:exit', async () => {
+    await runningRunWithLiveHolder()
+    for (const json of [false, true]) {
+      const cli = startCli(['maintenance:request', '--wait', ...(json ? ['--json'] : [])], { env: { ...db.env, ORCHESTRATOR_STALE_MS: STALE_MS } })
+      await waitFor(async () => (await mode(db.pool)).mode === 'waiting_for_maintenance' && await connected('maintenance:request'),
+        { what: 'the request to be waiting' })
+      await waitFor(() => cli.stderr().includes('Draining:'), { what: 'a progress line' })
+      cli.child.kill('SIGINT')
+      const result = await cli.done
+      expect({ json, code: result.code, signal: result.signal }).toEqual({ json, code: 130, signal: null })
+      if (json) {
+        expect(JSON.parse(result.stdout)).toEqual({
+          error: { code: 'INTERRUPTED', message: expect.stringMatching(/request stands/), hint: expect.stringMatching(/maintenance:exit/) },
+          exitCode: 130,
+        })
+      } else {
+        expect(result.stdout).toBe('')
+        const lines = result.stderr.trim().split('\n')
+        expect(lines.slice(0, -1).every((l) => l.startsWith('Draining: '))).toBe(true)
+        expect(lines[lines.length - 1]).toMatch(/^error: interrupted: the maintenance request stands .*: `pipeweave maintenance:exit` withdraws it/)
+      }
+      expect((await mode(db.pool)).mode).toBe('waiting_for_maintenance')
+      // Its connections are closed, not left to time out.
+      await waitFor(async () => !(await connected('maintenance:request')), { what: 'the interrupted command\'s connections to close' })
+    }
+  })
+
   it('stops waiting (exit 4) when someone withdraws the request', async () => {
     await runningRunWithLiveHolder()
     const cli = startCli(['maintenance:request', '--wait', '--timeout', '60'], { env: { ...db.env, ORCHESTRATOR_STALE_MS: STALE_MS } })
