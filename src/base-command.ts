@@ -12,13 +12,28 @@ import * as Flags from '@oclif/core/flags'
 import type { Interfaces } from '@oclif/core'
 import type { Database, DatabaseConfig } from './db/database'
 import { ExitCode, PipeweaveError, RefusedError, UsageError, firstLine } from './errors'
-import { type FailureReport, Output, stderrLogger } from './output'
+import { type Column, type FailureReport, Output, selectColumns, stderrLogger } from './output'
 import { nearest } from './suggest'
 import type { Logger } from './logger'
 import { redact } from './redact'
 import { SQLSTATE } from './db/errors'
 
 export { Args, Flags }
+
+/**
+ * The flags of a list command (SPEC §2, issue 11): a table fitted to the terminal by default,
+ * `--wide` for everything, `--columns` to choose, `--output csv|json` (json is --json).
+ */
+export function listFlags(columnKeys: string[]) {
+  return {
+    wide: Flags.boolean({ summary: 'Every column, each value whole (ids, ISO times, errors), however wide the table gets.' }),
+    columns: Flags.string({ summary: `Only these columns, in this order, comma-separated: ${columnKeys.join(', ')}.` }),
+    output: Flags.string({
+      summary: 'table (fitted to the terminal; default), csv (every value whole, for spreadsheets) or json (the same as --json).',
+      options: ['table', 'csv', 'json'],
+    }),
+  }
+}
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 export type BaseArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
@@ -107,6 +122,31 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     if (this.resultExitCode !== undefined) process.exitCode = this.resultExitCode
     // The result is printed here; returning nothing keeps oclif from printing it again.
     return undefined
+  }
+
+  /** --json, or `--output json` on the list commands (the same document). */
+  public jsonEnabled(): boolean {
+    return super.jsonEnabled() || this.asksForJsonOutput()
+  }
+
+  private asksForJsonOutput(): boolean {
+    if (!this.ctor.flags || !('output' in this.ctor.flags)) return false
+    if (this.flags) return (this.flags as { output?: string }).output === 'json'
+    // Not parsed (a parse error is being reported): read the arguments as oclif reads --json.
+    const end = this.argv.indexOf('--')
+    const argv = end === -1 ? this.argv : this.argv.slice(0, end)
+    return argv.some((arg, i) => arg === '--output=json' || (arg === '--output' && argv[i + 1] === 'json'))
+  }
+
+  /** The columns a list command shows: its --columns checked (exit 2) before anything connects. */
+  protected listColumns<Row>(columns: Array<Column<Row>>): string[] | undefined {
+    return selectColumns(columns, (this.flags as { columns?: string }).columns)
+  }
+
+  /** A list result as the table, --wide, --columns or --output csv ask (listFlags). */
+  protected printList<Row>(columns: Array<Column<Row>>, rows: Row[]): void {
+    const flags = this.flags as { wide?: boolean; columns?: string; output?: string }
+    this.out.grid(columns, rows, { wide: flags.wide, columns: this.listColumns(columns), format: flags.output === 'csv' ? 'csv' : 'table' })
   }
 
   protected get logger(): Logger {

@@ -3,7 +3,7 @@
  * masking never mangles what is shown — the URL scheme, JSON keys, numbers and booleans — even
  * when the password is a common word ("postgres", "true", "applied", "1234").
  */
-import { Output, processLogger } from '../src/output'
+import { type Column, fitWidths, Output, processLogger, relativeTime, shortId } from '../src/output'
 import { redact, registerSecret } from '../src/redact'
 
 function capture(): { stream: { write(text: string): boolean; isTTY: boolean }; text(): string } {
@@ -73,5 +73,39 @@ describe('progress', () => {
     now += 60_000
     progress.update('after stop')
     expect(err.text()).toBe('Draining: 2 running\nDraining: 1 running\n')
+  })
+})
+
+describe('lists fitted to the terminal', () => {
+  interface Row { id: string; error: string; at: string }
+  const columns: Array<Column<Row>> = [
+    { key: 'id', header: 'Id', full: (r) => r.id, short: (r) => shortId(r.id) },
+    { key: 'at', header: 'At', full: (r) => r.at, short: (r, now) => relativeTime(r.at, now) },
+    { key: 'error', header: 'Error', full: (r) => r.error, shrinkTo: 10 },
+  ]
+  const rows: Row[] = [{ id: 'f3c1a9e4-5b6d-4c7e-8f90-a1b2c3d4e5f6', error: `boom ${'x'.repeat(200)}`, at: '2026-01-01T00:00:00.000Z' }]
+  const now = Date.parse('2026-01-01T00:05:30.000Z')
+
+  it('takes the width of a terminal', () => {
+    let text = ''
+    const tty = { write: (chunk: string) => { text += chunk; return true }, isTTY: true, columns: 40 }
+    new Output(tty, capture().stream, { NO_COLOR: '1' }).grid(columns, rows, { now })
+    expect(text.trimEnd().split('\n')).toEqual([
+      'Id         At      Error',
+      `f3c1a9e4…  5m ago  boom ${'x'.repeat(15)}…`,
+    ])
+  })
+
+  it('relative times, short ids, widths', () => {
+    expect(relativeTime('2026-01-01T00:00:00.000Z', now)).toBe('5m ago')
+    expect(relativeTime('2026-01-01T00:10:00.000Z', now)).toBe('in 4m')
+    expect(relativeTime('2025-12-25T00:00:00.000Z', now)).toBe('7d ago')
+    expect(relativeTime('2026-01-01T00:05:30.000Z', now)).toBe('now')
+    expect(relativeTime(null, now)).toBe('')
+    expect(shortId('0193a1b2c3d4e5f60718')).toBe('0193a1b2c3d4e5f60718')
+    expect(shortId('f3c1a9e4-5b6d-4c7e-8f90-a1b2c3d4e5f6')).toBe('f3c1a9e4…')
+    // The widest shrinkable column gives way first, never below its minimum.
+    expect(fitWidths([10, 30, 50], [undefined, 8, 10], 60)).toEqual([10, 23, 23])
+    expect(fitWidths([10, 30, 50], [undefined, 8, 10], 30)).toEqual([10, 8, 10])
   })
 })
