@@ -43,14 +43,17 @@ const CONNECTION = 'CONNECTION'
 export abstract class BaseCommand<T extends typeof Command, R = unknown> extends Command {
   static enableJsonFlag = true
 
+  // Each connection flag names its environment twin in its help. Not oclif's `env:` option: that
+  // would make DB_HOST a value of --host, outranking DATABASE_URL (SPEC §1: the first source
+  // given wins whole — flags, DATABASE_URL, DB_*, then PG*).
   static baseFlags = {
-    url: Flags.string({ helpGroup: CONNECTION, summary: 'PostgreSQL connection string (postgres://user:password@host:5432/db).' }),
-    host: Flags.string({ helpGroup: CONNECTION, summary: 'Database host, or a Unix socket directory starting with /.' }),
-    port: Flags.integer({ helpGroup: CONNECTION, summary: 'Database port.', min: 1, max: 65535 }),
-    database: Flags.string({ helpGroup: CONNECTION, summary: 'Database name.' }),
-    user: Flags.string({ helpGroup: CONNECTION, summary: 'Database user.' }),
-    password: Flags.string({ helpGroup: CONNECTION, summary: 'Database password (prefer DB_PASS or PGPASSWORD: flags show in ps).' }),
-    ssl: Flags.boolean({ helpGroup: CONNECTION, summary: 'Require TLS with certificate verification.' }),
+    url: Flags.string({ helpGroup: CONNECTION, summary: '[env: DATABASE_URL] PostgreSQL connection string (postgres://user:password@host:5432/db). The first source given wins whole: --url, the other flags, DATABASE_URL, DB_*, PG*.' }),
+    host: Flags.string({ helpGroup: CONNECTION, summary: '[env: DB_HOST, PGHOST] Database host, or a Unix socket directory starting with /.' }),
+    port: Flags.integer({ helpGroup: CONNECTION, summary: '[env: DB_PORT, PGPORT] Database port.', min: 1, max: 65535 }),
+    database: Flags.string({ helpGroup: CONNECTION, summary: '[env: DB_NAME, PGDATABASE] Database name.' }),
+    user: Flags.string({ helpGroup: CONNECTION, summary: '[env: DB_USER, PGUSER] Database user.' }),
+    password: Flags.string({ helpGroup: CONNECTION, summary: '[env: DB_PASS, PGPASSWORD] Database password (prefer the environment: flags show in ps).' }),
+    ssl: Flags.boolean({ helpGroup: CONNECTION, summary: '[env: DB_SSL=true, PGSSLMODE=verify-full] Require TLS with certificate verification.' }),
     verbose: Flags.boolean({ summary: 'Print debugging detail and stack traces.' }),
   }
 
