@@ -12,13 +12,29 @@ import * as Flags from '@oclif/core/flags'
 import type { Interfaces } from '@oclif/core'
 import type { Database, DatabaseConfig } from './db/database'
 import { ExitCode, PipeweaveError, RefusedError, UsageError, firstLine } from './errors'
-import { Output, stderrLogger } from './output'
+import { type Column, type FailureReport, Output, selectColumns, stderrLogger } from './output'
+import { nearest } from './suggest'
 import type { Logger } from './logger'
 import { redact } from './redact'
 import { SQLSTATE } from './db/errors'
 import { troubleshootingLink } from './troubleshooting'
 
 export { Args, Flags }
+
+/**
+ * The flags of a list command (SPEC §2, issue 11): a table fitted to the terminal by default,
+ * `--wide` for everything, `--columns` to choose, `--output csv|json` (json is --json).
+ */
+export function listFlags(columnKeys: string[]) {
+  return {
+    wide: Flags.boolean({ summary: 'Every column, each value whole (ids, ISO times, errors), however wide the table gets.' }),
+    columns: Flags.string({ summary: `Only these columns, in this order, comma-separated: ${columnKeys.join(', ')}.` }),
+    output: Flags.string({
+      summary: 'table (fitted to the terminal; default), csv (every value whole, for spreadsheets) or json (the same as --json).',
+      options: ['table', 'csv', 'json'],
+    }),
+  }
+}
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 export type BaseArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
@@ -28,15 +44,18 @@ const CONNECTION = 'CONNECTION'
 export abstract class BaseCommand<T extends typeof Command, R = unknown> extends Command {
   static enableJsonFlag = true
 
+  // Each connection flag names its environment twin in its help. Not oclif's `env:` option: that
+  // would make DB_HOST a value of --host, outranking DATABASE_URL (SPEC §1: the first source
+  // given wins whole — flags, DATABASE_URL, DB_*, then PG*).
   static baseFlags = {
-    url: Flags.string({ helpGroup: CONNECTION, summary: 'PostgreSQL connection string (postgres://user:password@host:5432/db).' }),
-    host: Flags.string({ helpGroup: CONNECTION, summary: 'Database host, or a Unix socket directory starting with /.' }),
-    port: Flags.integer({ helpGroup: CONNECTION, summary: 'Database port.', min: 1, max: 65535 }),
-    database: Flags.string({ helpGroup: CONNECTION, summary: 'Database name.' }),
-    user: Flags.string({ helpGroup: CONNECTION, summary: 'Database user.' }),
-    password: Flags.string({ helpGroup: CONNECTION, summary: 'Database password (prefer DB_PASS or PGPASSWORD: flags show in ps).' }),
-    ssl: Flags.boolean({ helpGroup: CONNECTION, summary: 'Require TLS with certificate verification.' }),
-    schema: Flags.string({ helpGroup: CONNECTION, summary: 'Schema that holds pipeweave\'s tables (env PIPEWEAVE_SCHEMA; default public).' }),
+    url: Flags.string({ helpGroup: CONNECTION, summary: '[env: DATABASE_URL] PostgreSQL connection string (postgres://user:password@host:5432/db). The first source given wins whole: --url, the other flags, DATABASE_URL, DB_*, PG*.' }),
+    host: Flags.string({ helpGroup: CONNECTION, summary: '[env: DB_HOST, PGHOST] Database host, or a Unix socket directory starting with /.' }),
+    port: Flags.integer({ helpGroup: CONNECTION, summary: '[env: DB_PORT, PGPORT] Database port.', min: 1, max: 65535 }),
+    database: Flags.string({ helpGroup: CONNECTION, summary: '[env: DB_NAME, PGDATABASE] Database name.' }),
+    user: Flags.string({ helpGroup: CONNECTION, summary: '[env: DB_USER, PGUSER] Database user.' }),
+    password: Flags.string({ helpGroup: CONNECTION, summary: '[env: DB_PASS, PGPASSWORD] Database password (prefer the environment: flags show in ps).' }),
+    ssl: Flags.boolean({ helpGroup: CONNECTION, summary: '[env: DB_SSL=true, PGSSLMODE=verify-full] Require TLS with certificate verification.' }),
+    schema: Flags.string({ helpGroup: CONNECTION, summary: '[env: PIPEWEAVE_SCHEMA] Schema that holds pipeweave\'s tables (default public).' }),
     verbose: Flags.boolean({ summary: 'Print debugging detail and stack traces.' }),
   }
 
@@ -61,6 +80,13 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
   /** Short commands release what they opened on Ctrl-C; `run` installs its own handling. */
   protected handlesSignals = true
 
+  /**
+   * What the command would leave behind if Ctrl-C ended it now, said when it does (SPEC §2): set
+   * while waiting (maintenance:request --wait leaves its request standing).
+   */
+  protected leftBehind?: { message: string; hint?: string }
+  private interrupted = false
+
   public async init(): Promise<void> {
     await super.init()
     const { args, argv, flags } = await this.parse({
@@ -76,7 +102,18 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     if (this.handlesSignals) {
       const onSignal = (signal: NodeJS.Signals) => {
         const code = signal === 'SIGINT' ? 130 : 143
-        void this.releaseAll().finally(() => process.exit(code))
+        // Closing the pool fails what is in flight: catch() must not report that as the error.
+        this.interrupted = true
+        void this.releaseAll().finally(() => {
+          // After the release: a spinner has cleared its line by then.
+          const left = this.leftBehind
+          this.out.failure({
+            exitCode: code, code: 'INTERRUPTED',
+            message: left ? `interrupted: ${left.message}` : `interrupted by ${signal}`,
+            ...(left?.hint ? { hint: left.hint } : {}),
+          }, this.jsonEnabled())
+          process.exit(code)
+        })
       }
       process.once('SIGINT', onSignal)
       process.once('SIGTERM', onSignal)
@@ -90,6 +127,31 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     if (this.resultExitCode !== undefined) process.exitCode = this.resultExitCode
     // The result is printed here; returning nothing keeps oclif from printing it again.
     return undefined
+  }
+
+  /** --json, or `--output json` on the list commands (the same document). */
+  public jsonEnabled(): boolean {
+    return super.jsonEnabled() || this.asksForJsonOutput()
+  }
+
+  private asksForJsonOutput(): boolean {
+    if (!this.ctor.flags || !('output' in this.ctor.flags)) return false
+    if (this.flags) return (this.flags as { output?: string }).output === 'json'
+    // Not parsed (a parse error is being reported): read the arguments as oclif reads --json.
+    const end = this.argv.indexOf('--')
+    const argv = end === -1 ? this.argv : this.argv.slice(0, end)
+    return argv.some((arg, i) => arg === '--output=json' || (arg === '--output' && argv[i + 1] === 'json'))
+  }
+
+  /** The columns a list command shows: its --columns checked (exit 2) before anything connects. */
+  protected listColumns<Row>(columns: Array<Column<Row>>): string[] | undefined {
+    return selectColumns(columns, (this.flags as { columns?: string }).columns)
+  }
+
+  /** A list result as the table, --wide, --columns or --output csv ask (listFlags). */
+  protected printList<Row>(columns: Array<Column<Row>>, rows: Row[]): void {
+    const flags = this.flags as { wide?: boolean; columns?: string; output?: string }
+    this.out.grid(columns, rows, { wide: flags.wide, columns: this.listColumns(columns), format: flags.output === 'csv' ? 'csv' : 'table' })
   }
 
   protected get logger(): Logger {
@@ -156,22 +218,23 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
   }
 
   public async catch(error: Error & { oclif?: { exit?: number }; exitCode?: number }): Promise<void> {
-    const failure = classify(error)
+    if (this.interrupted) return // the signal handler reports and exits
+    const failure = classify(error, { flags: this.flagNames(), command: `${this.config.bin} ${this.id}` })
     const guide = troubleshootingLink(failure.code, this.id)
     if (guide) failure.hint = failure.hint ? `${failure.hint}; see ${guide}` : `see ${guide}`
     process.exitCode = failure.exitCode
-    if (this.jsonEnabled()) {
-      const body: Record<string, unknown> = { code: failure.code, message: failure.message }
-      if (failure.hint) body.hint = failure.hint
-      this.out.json({ error: body, exitCode: failure.exitCode })
-    } else {
-      const style = this.out.errStyle
-      const hint = failure.hint ? `: ${failure.hint}` : ''
-      this.out.note(`${style.red('error:')} ${failure.message}${hint}`)
-    }
+    this.out.failure(failure, this.jsonEnabled())
     if (this.flags?.verbose || /pipeweave/.test(process.env.DEBUG ?? '')) {
       this.out.note(redact(String(error.stack ?? error)))
     }
+  }
+
+  /** This command's flags as typed: `--name` (and `--no-name` where a boolean allows it). */
+  private flagNames(): string[] {
+    const ctor = this.ctor as typeof BaseCommand
+    const flags: Record<string, { type?: string; allowNo?: boolean }> = { ...ctor.baseFlags, ...ctor.flags }
+    const names = Object.entries(flags).flatMap(([name, flag]) => (flag.type === 'boolean' && flag.allowNo ? [`--${name}`, `--no-${name}`] : [`--${name}`]))
+    return ctor.enableJsonFlag ? [...names, '--json'] : names
   }
 
   public async finally(error: Error | undefined): Promise<void> {
@@ -182,19 +245,24 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
   }
 }
 
-interface Failure {
-  exitCode: number
-  code: string
-  message: string
-  hint?: string
+/** What the failing command knows of itself, for "did you mean" (SPEC §2). */
+export interface FailureContext {
+  /** Its flags, as typed (`--limit`). */
+  flags?: string[]
+  /** `pipeweave runs:list`, for the hint that points at its --help. */
+  command?: string
 }
 
 /** One mapping from any error to an exit code and a one-line message (SPEC §2). */
-export function classify(error: unknown): Failure {
+export function classify(error: unknown, context: FailureContext = {}): FailureReport {
   if (error instanceof PipeweaveError) {
     return { exitCode: error.exitCode, code: error.code, message: error.message, ...(error.hint ? { hint: error.hint } : {}) }
   }
-  const e = error as Error & { oclif?: { exit?: number }; parse?: unknown; code?: string }
+  const e = error as Error & { oclif?: { exit?: number }; parse?: unknown; code?: string; flags?: unknown }
+  // oclif's NonExistentFlagsError: each flag as typed (`--limt`, `--limt=5`).
+  if (e?.constructor?.name === 'NonExistentFlagsError' && Array.isArray(e.flags) && e.flags.length > 0) {
+    return unknownFlags(e.flags.map((f) => String(f).replace(/=.*$/s, '')), context)
+  }
   // oclif's parser errors (unknown flag, missing argument, bad value) are bad usage. A bad flag
   // value is a plain CLIError with exit 2 whose reason is on its second line: keep every line.
   if (e && (e.parse !== undefined || /Flag|Arg|Parse|Validation/.test(e.constructor?.name ?? '') || e.oclif?.exit === 2)) {
@@ -224,6 +292,15 @@ export function classify(error: unknown): Failure {
   }
 }
 
+
+function unknownFlags(typed: string[], context: FailureContext): FailureReport {
+  const suggestions = typed.map((flag) => [flag, nearest(flag, context.flags ?? [])] as const).filter(([, near]) => near)
+  const listed = context.command ? `\`${context.command} --help\` lists its flags` : 'see --help'
+  const hint = suggestions.length === 0 ? listed
+    : `did you mean ${suggestions.map(([flag, near]) => (typed.length > 1 ? `${near} (for ${flag})` : near)).join(', ')}? (${listed})`
+  const usage = new UsageError('BAD_USAGE', `unknown flag${typed.length > 1 ? 's' : ''} ${typed.join(', ')}`, { hint })
+  return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
+}
 
 /** oclif's "Parsing --flag \n\tExpected …\nSee more help with --help" as one line (the hint says --help). */
 function usageMessage(text: string): string {

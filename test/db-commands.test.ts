@@ -134,6 +134,6 @@ describe('help and usage', () => {
 
     const bad = await runCli([command, '--no-such-flag', '--json'])
     expect(bad.code).toBe(2)
-    expect(json(bad)).toEqual({ error: { code: 'BAD_USAGE', message: expect.stringContaining('--no-such-flag'), hint: 'see --help' }, exitCode: 2 })
+    expect(json(bad)).toEqual({ error: { code: 'BAD_USAGE', message: expect.stringContaining('--no-such-flag'), hint: expect.stringContaining('--help` lists its flags') }, exitCode: 2 })
   })
 })

@@ -120,16 +120,21 @@ describe('Dispatcher against a worker', () => {
     }
   })
 
-  it('signs "<timestamp>.<body>" with HMAC-SHA256 when given a secret', async () => {
+  it('signs "<timestamp>./tasks/<taskId>.<body>" with HMAC-SHA256 when given a secret, without the baseUrl prefix', async () => {
     const signed = new Dispatcher({ secretKey: 'k3y' })
     try {
-      await signed.dispatch(worker.url, request({ input: { unicode: 'é ✓', n: 1.5 } }))
+      await signed.dispatch(`${worker.url}/prefix/`, request({ taskId: 'resize image/v2', input: { unicode: 'é ✓', n: 1.5 } }))
       const [seen] = worker.requests
+      expect(seen.path).toBe('/prefix/tasks/resize%20image%2Fv2')
       const timestamp = String(seen.headers['x-pipeweave-timestamp'])
       expect(timestamp).toMatch(/^\d{13}$/)
-      const hmac = crypto.createHmac('sha256', 'k3y').update(`${timestamp}.${seen.rawBody.toString('utf8')}`).digest('hex')
+      // The task path as SPEC §5 writes it, without the service's /prefix (a proxy may strip it).
+      const signedString = `${timestamp}./tasks/resize%20image%2Fv2.${seen.rawBody.toString('utf8')}`
+      const hmac = crypto.createHmac('sha256', 'k3y').update(signedString).digest('hex')
       expect(seen.headers['x-pipeweave-signature']).toBe(`sha256=${hmac}`)
-      expect(sign('k3y', timestamp, seen.rawBody)).toBe(`sha256=${hmac}`)
+      expect(sign('k3y', timestamp, 'resize image/v2', seen.rawBody)).toBe(`sha256=${hmac}`)
+      // The same body and timestamp signed for another task do not verify: the path is bound.
+      expect(sign('k3y', timestamp, 'other', seen.rawBody)).not.toBe(`sha256=${hmac}`)
     } finally {
       signed.close()
     }

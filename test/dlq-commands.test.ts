@@ -109,12 +109,26 @@ describe('dlq:list and dlq:retry', () => {
       expect(await ids(['--limit', '1'])).toEqual([entries[2]])
     })
 
-    it('shows a table, or says the DLQ is empty', async () => {
+    it('shows a table fitted to 80 columns, or says the DLQ is empty', async () => {
       const table = await cli(['dlq:list'])
       expect(table.code).toBe(0)
-      expect(table.stdout).toMatch(new RegExp(`\\| ${entries[0]} +\\| mail +\\| failed-run-\\d+ +\\| 2 +\\| 2026-03-01T10:00:00.000Z \\| E2: gave up \\d+ +\\| +\\|`))
+      const lines = table.stdout.trimEnd().split('\n')
+      expect(Math.max(...lines.map((l) => [...l].length))).toBeLessThanOrEqual(80)
+      expect(lines[0].split(/\s{2,}/)).toEqual(['Entry', 'Task', 'Run', 'Tries', 'Failed', 'Error', 'Retried as'])
+      expect(lines[3]).toMatch(new RegExp(`^${entries[0]} +mail +failed-run-\\d+ +2 +\\d+d ago +E2: gave up \\d+$`))
       const empty = await cli(['dlq:list', '--task', 'nothing-here'])
       expect(empty.stdout.trim()).toBe('The DLQ is empty.')
+    })
+
+    it('--wide shows every column whole; --columns picks; --output csv and json', async () => {
+      const wide = await cli(['dlq:list', '--wide'])
+      expect(wide.stdout).toMatch(new RegExp(`\\| ${entries[0]} +\\| mail +\\| failed-run-\\d+ +\\| 2 +\\| 2026-03-01T10:00:00.000Z \\| E2: gave up \\d+ +\\| +\\| +\\|`))
+      expect(wide.stdout).toMatch(new RegExp(`\\| ${entries[1]} +\\| resize .*\\| 2026-03-01T12:00:00.000Z \\| +\\|`))
+      const picked = await cli(['dlq:list', '--columns', 'task,id'])
+      expect(picked.stdout.trim().split('\n')).toEqual(['Task    Entry', `mail    ${entries[2]}`, `resize  ${entries[1]}`, `mail    ${entries[0]}`])
+      const csv = await cli(['dlq:list', '--output', 'csv', '--limit', '1'])
+      expect(csv.stdout.trim()).toBe(`id,task,run,attempts,failed,error,retried,retry-run\r\n${entries[2]},mail,failed-run-3,2,2026-03-01T12:30:00.000Z,E2: gave up 3,,`)
+      expect(JSON.parse((await cli(['dlq:list', '--output', 'json'])).stdout)).toEqual(JSON.parse((await cli(['dlq:list', '--json'])).stdout))
     })
   })
 

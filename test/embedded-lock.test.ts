@@ -8,6 +8,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { withLock } from '../src/db/embedded'
+import { waitFor } from './helpers/wait'
 
 const DIST_EMBEDDED = path.resolve(__dirname, '..', 'dist', 'db', 'embedded.js')
 
@@ -56,15 +57,25 @@ describe('the embedded lock', () => {
     fs.utimesSync(lock, old, old)
     await expect(withLock(dir, async () => 'in')).resolves.toBe('in')
 
-    // A live holder's lock is waited for, and released by its holder only.
+    // A live holder's lock is waited for, and released by its holder only. Not a sleep: each try
+    // to take the lock writes a file beside it (tryLock), seen here through inotify, so the test
+    // waits until the waiter has tried and been refused three times while the holder lives.
     fs.writeFileSync(lock, `${process.ppid}\n`)
-    let entered = false
-    const waiting = withLock(dir, async () => { entered = true })
-    await new Promise((resolve) => setTimeout(resolve, 200))
-    expect(entered).toBe(false)
-    expect(fs.readFileSync(lock, 'utf8')).toBe(`${process.ppid}\n`)
-    fs.rmSync(lock)
-    await waiting
-    expect(entered).toBe(true)
+    const tries = new Set<string>()
+    const watcher = fs.watch(dir, (_event, name) => {
+      if (name && /^embedded\.lock\.\d+\.[0-9a-f]{8}$/.test(name)) tries.add(name)
+    })
+    try {
+      let entered = false
+      const waiting = withLock(dir, async () => { entered = true })
+      await waitFor(() => entered || tries.size >= 3, { what: 'three refused tries to take the lock' })
+      expect(entered).toBe(false)
+      expect(fs.readFileSync(lock, 'utf8')).toBe(`${process.ppid}\n`)
+      fs.rmSync(lock)
+      await waiting
+      expect(entered).toBe(true)
+    } finally {
+      watcher.close()
+    }
   })
 })

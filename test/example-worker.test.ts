@@ -24,6 +24,7 @@ import { waitFor } from './helpers/wait'
 const ROOT = path.resolve(__dirname, '..')
 const WORKER = path.join(ROOT, 'examples', 'worker', 'worker.js')
 const MANIFEST = path.join(ROOT, 'examples', 'worker', 'service.json')
+const KEY = 'correct horse battery staple'
 
 /** The README's walkthrough: the worker command, the CLI steps, and the output it promises. */
 function readWalkthrough(): { workerLine: string; steps: string[]; promisedOutput: string } {
@@ -161,10 +162,10 @@ describe('the example worker and the README walkthrough', () => {
     (await db.pool.query(`SELECT status, attempt, output, error_code, previous_attempts FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [id])).rows[0]
 
   it('accepts signed requests when PIPEWEAVE_SECRET_KEY is the same on both sides', async () => {
-    const worker = await startExampleWorker(scratch, { PIPEWEAVE_SECRET_KEY: 'correct horse battery staple' })
+    const worker = await startExampleWorker(scratch, { PIPEWEAVE_SECRET_KEY: KEY })
     expect(worker.output()).toContain('(signatures required)')
     const { db, runId } = await registerAndEnqueue(worker)
-    const run = await runCli(['run', '--until-idle'], { env: { ...db.env, PIPEWEAVE_SECRET_KEY: 'correct horse battery staple' } })
+    const run = await runCli(['run', '--until-idle'], { env: { ...db.env, PIPEWEAVE_SECRET_KEY: KEY } })
     expect(run.code).toBe(0)
     expect(await runRow(db, runId)).toMatchObject({ status: 'completed', attempt: 1, output: { words: 3, longest: 'pipeweave' } })
     const { rows } = await db.pool.query(`SELECT status, output FROM ${ALL_RUNS} AS task_runs WHERE task_id = 'example.shout'`)
@@ -173,21 +174,66 @@ describe('the example worker and the README walkthrough', () => {
     // A replayed request — correctly signed, but not from the last five minutes — is refused,
     // and so is a timestamp that is not a number (it must not slip past the window check).
     const body = JSON.stringify({ runId: 'replayed', taskId: 'example.word-count', attempt: 1, input: { text: 'a' } })
-    const signed = (timestamp: string) => fetch(`${worker.baseUrl}/tasks/example.word-count`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        'x-pipeweave-timestamp': timestamp,
-        'x-pipeweave-signature': `sha256=${crypto.createHmac('sha256', 'correct horse battery staple').update(`${timestamp}.${body}`).digest('hex')}`,
-      },
-      body,
-    })
-    const fresh = await signed(String(Date.now()))
+    const fresh = await signedPost(worker, 'example.word-count', body, String(Date.now()))
     expect(fresh.status).toBe(200)
     for (const stale of [String(Date.now() - 6 * 60_000), String(Date.now() + 6 * 60_000), 'yesterday']) {
-      const response = await signed(stale)
+      const response = await signedPost(worker, 'example.word-count', body, stale)
       expect({ stale, status: response.status, body: await response.json() }).toEqual({ stale, status: 401, body: expect.objectContaining({ code: 'STALE_REQUEST', retryable: false }) })
     }
+    await worker.stop()
+  })
+
+  /** POST `body` to /tasks/<path>, signed as SPEC §5 says: "<timestamp>./tasks/<encoded task id>.<body>". */
+  function signedPost(worker: ExampleWorker, pathTask: string, body: string, timestamp: string, options: { signFor?: string; key?: string } = {}) {
+    const signedPath = `/tasks/${encodeURIComponent(options.signFor ?? pathTask)}`
+    const hmac = crypto.createHmac('sha256', options.key ?? KEY).update(`${timestamp}.${signedPath}.${body}`).digest('hex')
+    return fetch(`${worker.baseUrl}/tasks/${encodeURIComponent(pathTask)}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-pipeweave-timestamp': timestamp, 'x-pipeweave-signature': `sha256=${hmac}` },
+      body,
+    })
+  }
+
+  it('binds a signature to its task, checks the body\'s taskId against the path, and runs a (runId, attempt) once (409 for a replay)', async () => {
+    const worker = await startExampleWorker(scratch, { PIPEWEAVE_SECRET_KEY: KEY })
+    const ran = (runId: string) => worker.output().split('\n').filter((l) => l.startsWith(`run ${runId} `))
+    const body = JSON.stringify({ runId: 'r-1', taskId: 'example.word-count', attempt: 1, input: { text: 'signed words' } })
+    const timestamp = String(Date.now())
+
+    // The issue's repro: the signed word-count request sent to example.shout instead. The path is
+    // part of the signed string, so the signature does not hold there.
+    const moved = await signedPost(worker, 'example.shout', body, timestamp, { signFor: 'example.word-count' })
+    expect({ status: moved.status, body: await moved.json() }).toEqual({ status: 401, body: expect.objectContaining({ code: 'BAD_SIGNATURE', retryable: false }) })
+    // Signed for the path it was sent to, but the body names another task: refused for good.
+    const mismatched = await signedPost(worker, 'example.shout', body, timestamp)
+    expect({ status: mismatched.status, body: await mismatched.json() }).toEqual({ status: 400, body: expect.objectContaining({ code: 'TASK_MISMATCH', retryable: false }) })
+    expect(ran('r-1')).toEqual([])
+
+    const first = await signedPost(worker, 'example.word-count', body, timestamp)
+    expect({ status: first.status, body: await first.json() }).toEqual({ status: 200, body: { output: { words: 2, longest: 'signed' }, runNext: ['example.shout'] } })
+    // The identical request again, within the window: answered 409, retryable, and not run again.
+    const replay = await signedPost(worker, 'example.word-count', body, timestamp)
+    expect({ status: replay.status, body: await replay.json() }).toEqual({ status: 409, body: expect.objectContaining({ code: 'ALREADY_ACCEPTED', retryable: true }) })
+    // A fresh timestamp does not make it a new request: the (runId, attempt) was accepted.
+    const resigned = await signedPost(worker, 'example.word-count', body, String(Date.now() + 1))
+    expect(resigned.status).toBe(409)
+    expect(ran('r-1')).toEqual(['run r-1 example.word-count attempt 1'])
+    // The next attempt of the same run is new work.
+    const next = await signedPost(worker, 'example.word-count', body.replace('"attempt":1', '"attempt":2'), timestamp)
+    expect(next.status).toBe(200)
+    expect(ran('r-1')).toEqual(['run r-1 example.word-count attempt 1', 'run r-1 example.word-count attempt 2'])
+    await worker.stop()
+  })
+
+  it('without a key, still checks the body\'s taskId against the path and answers a replay with 409', async () => {
+    const worker = await startExampleWorker(scratch)
+    const post = (pathTask: string, body: string) => fetch(`${worker.baseUrl}/tasks/${pathTask}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+    const body = JSON.stringify({ runId: 'r-2', taskId: 'example.word-count', attempt: 1, input: { text: 'x' } })
+    expect((await post('example.shout', body)).status).toBe(400)
+    expect((await post('example.word-count', body)).status).toBe(200)
+    const replay = await post('example.word-count', body)
+    expect({ status: replay.status, body: await replay.json() }).toEqual({ status: 409, body: expect.objectContaining({ retryable: true }) })
+    expect(worker.output().split('\n').filter((l) => l.startsWith('run r-2 '))).toHaveLength(1)
     await worker.stop()
   })
 

@@ -3,9 +3,10 @@
  * least one example, `--version` prints the version. Commands come from the committed
  * oclif.manifest.json, so a new command is covered without touching this file.
  */
+import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import { runCli } from './helpers/cli'
+import { BIN, cleanEnv, runCli } from './helpers/cli'
 
 const ROOT = path.resolve(__dirname, '..')
 const manifest = JSON.parse(fs.readFileSync(path.join(ROOT, 'oclif.manifest.json'), 'utf8')) as {
@@ -51,6 +52,61 @@ describe('the front door', () => {
       const runsItself = lines.some((l) => [id, alias].some((name) => new RegExp(`(^|\\s)pipeweave ${name}(\\s|$)`).test(l)))
       expect({ alias, runsItself }).toEqual({ alias, runsItself: true })
       expect(result.stdout).not.toMatch(/<%=/) // templates rendered
+    }
+  })
+
+  /** Lines of a DESCRIPTION section that end before the width although the next word would fit (hard line breaks). */
+  function ragged(help: string, width: number): string[] {
+    const start = help.indexOf('\nDESCRIPTION\n')
+    if (start === -1) return []
+    const section = help.slice(start + 13).split(/\n(?=[A-Z])/)[0].split('\n')
+    return section.filter((line, i) => {
+      const next = section[i + 1]
+      if (!line.trim() || !next?.trim()) return false
+      return [...line].length + 1 + [...next.trim().split(' ')[0]].length <= width
+    })
+  }
+  const widest = (text: string) => Math.max(...text.split(/\r?\n/).map((l) => [...l].length))
+
+  it('--help wraps to 80 columns off a terminal: summaries, descriptions as paragraphs, flags', async () => {
+    const root = await runCli(['--help'])
+    expect(widest(root.stdout)).toBeLessThanOrEqual(80)
+    const results = await inBatches(ids, 4, async (id) => ({ id, help: (await runCli([id, '--help'])).stdout }))
+    for (const { id, help } of results) {
+      expect({ id, widest: widest(help) <= 80, ragged: ragged(help, 80) }).toEqual({ id, widest: true, ragged: [] })
+    }
+  })
+
+  it('--help wraps to the width of the terminal it is shown on', async () => {
+    // script(1) gives the CLI a pseudo-terminal, 60 columns wide.
+    const command = `stty cols 60 rows 50; "${process.execPath}" "${BIN}" maintenance:request --help`
+    const out = await new Promise<string>((resolve) => {
+      const child = spawn('script', ['-qec', command, '/dev/null'], { env: cleanEnv({ TERM: 'xterm' }), stdio: ['ignore', 'pipe', 'pipe'] })
+      let text = ''
+      child.stdout.on('data', (chunk) => { text += chunk })
+      child.on('close', () => resolve(text))
+    })
+    const plain = out.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+    expect(plain).toContain('USAGE')
+    expect(widest(plain)).toBeLessThanOrEqual(60)
+    expect(ragged(plain.replace(/\r/g, ''), 60)).toEqual([])
+  })
+
+  it('connection flags name their environment twins, and are not oclif env flags (SPEC §1 order)', async () => {
+    const help = (await runCli(['db:ping', '--help'])).stdout
+    const section = help.slice(help.indexOf('CONNECTION FLAGS'), help.indexOf('GLOBAL FLAGS')).replace(/\s+/g, ' ')
+    const twins: Record<string, string[]> = {
+      url: ['DATABASE_URL'], host: ['DB_HOST', 'PGHOST'], port: ['DB_PORT', 'PGPORT'], database: ['DB_NAME', 'PGDATABASE'],
+      user: ['DB_USER', 'PGUSER'], password: ['DB_PASS', 'PGPASSWORD'], ssl: ['DB_SSL', 'PGSSLMODE'],
+    }
+    for (const [flag, names] of Object.entries(twins)) {
+      const entry = new RegExp(`--${flag}[= ].*?(?= --|$)`).exec(section)?.[0] ?? ''
+      for (const name of names) expect({ flag, names: entry.includes(name) }).toEqual({ flag, names: true })
+    }
+    // oclif's env: option would read DB_HOST into --host, ahead of DATABASE_URL.
+    for (const id of ids) {
+      const flags = (manifest.commands[id] as unknown as { flags: Record<string, { env?: string }> }).flags
+      for (const flag of Object.keys(twins)) if (flags[flag]) expect({ id, flag, env: flags[flag].env }).toEqual({ id, flag, env: undefined })
     }
   })
 

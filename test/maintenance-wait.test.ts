@@ -72,7 +72,11 @@ describe('maintenance:request --wait', () => {
     expect(human.stderr).toMatch(/1 running/)
     expect(human.stderr).toMatch(/request stands/)
     expect(human.stderr).toMatch(/maintenance:exit` withdraws it/)
-    expect(human.stderr.trim().split('\n')).toHaveLength(1)
+    // Off a terminal: one progress line (counts only; the next would come 10 s later), then the error.
+    expect(human.stderr.trim().split('\n')).toEqual([
+      'Draining: 1 running, 0 pending, 0 scheduled, 1 orchestrator(s) alive',
+      expect.stringMatching(/^error: timed out/),
+    ])
 
     expect((await mode(db.pool)).mode).toBe('waiting_for_maintenance')
     const { rows: [run] } = await db.pool.query(`SELECT status, attempt FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])
@@ -107,7 +111,9 @@ describe('maintenance:request --wait', () => {
     const result = await cli.done
     const waited = Date.now() - completedAt
 
-    expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' })
+    expect(result.code).toBe(0)
+    // stderr carries progress lines only (stdout is the one JSON document).
+    expect(result.stderr).toMatch(/^(Draining: \d+ running, \d+ pending, \d+ scheduled, \d+ orchestrator\(s\) alive\n)+$/)
     expect(json(result)).toMatchObject({ mode: 'maintenance', runningTasks: 0, pendingTasks: 0, liveOrchestrators: 0, reason: 'deploy' })
     // It polls the drain itself; it must not wait for ORCHESTRATOR_STALE_MS or an orchestrator's interval.
     expect(waited).toBeLessThan(10_000)
@@ -135,6 +141,33 @@ describe('maintenance:request --wait', () => {
     const error = result.out.indexOf('error:')
     expect(error).toBeGreaterThan(0)
     expect(result.out.slice(0, error)).toMatch(/(\x1b\[2K\x1b\[1G|\n)(\x1b\[[0-9;?]*[A-Za-z])*$/)
+  })
+
+  it('on Ctrl-C exits 130 and says that the request stands until maintenance:exit', async () => {
+    await runningRunWithLiveHolder()
+    for (const json of [false, true]) {
+      const cli = startCli(['maintenance:request', '--wait', ...(json ? ['--json'] : [])], { env: { ...db.env, ORCHESTRATOR_STALE_MS: STALE_MS } })
+      await waitFor(async () => (await mode(db.pool)).mode === 'waiting_for_maintenance' && await connected('maintenance:request'),
+        { what: 'the request to be waiting' })
+      await waitFor(() => cli.stderr().includes('Draining:'), { what: 'a progress line' })
+      cli.child.kill('SIGINT')
+      const result = await cli.done
+      expect({ json, code: result.code, signal: result.signal }).toEqual({ json, code: 130, signal: null })
+      if (json) {
+        expect(JSON.parse(result.stdout)).toEqual({
+          error: { code: 'INTERRUPTED', message: expect.stringMatching(/request stands/), hint: expect.stringMatching(/maintenance:exit/) },
+          exitCode: 130,
+        })
+      } else {
+        expect(result.stdout).toBe('')
+        const lines = result.stderr.trim().split('\n')
+        expect(lines.slice(0, -1).every((l) => l.startsWith('Draining: '))).toBe(true)
+        expect(lines[lines.length - 1]).toMatch(/^error: interrupted: the maintenance request stands .*: `pipeweave maintenance:exit` withdraws it/)
+      }
+      expect((await mode(db.pool)).mode).toBe('waiting_for_maintenance')
+      // Its connections are closed, not left to time out.
+      await waitFor(async () => !(await connected('maintenance:request')), { what: 'the interrupted command\'s connections to close' })
+    }
   })
 
   it('stops waiting (exit 4) when someone withdraws the request', async () => {

@@ -4,7 +4,7 @@
  * `PGPASSWORD`), and masking never touches anything else — the URL scheme, the user, JSON keys,
  * numbers, booleans, or words that happen to equal a password.
  */
-import { Output, processLogger } from '../src/output'
+import { type Column, fitWidths, Output, processLogger, relativeTime, shortId } from '../src/output'
 import { redact, redactArgv, redactConnectionString } from '../src/redact'
 
 function capture(): { stream: { write(text: string): boolean; isTTY: boolean }; text(): string } {
@@ -67,5 +67,61 @@ describe('masking', () => {
     processLogger(out.stream, 'json', false, {}).info('connected to postgres://u:S3cr3t@h/d', { applied: true, durationMs: 1234 })
     const line = JSON.parse(out.text())
     expect(line).toMatchObject({ level: 'info', msg: 'connected to postgres://u:****@h/d', applied: true, durationMs: 1234 })
+  })
+})
+
+describe('progress', () => {
+  it('off a terminal writes an update as a plain line at most every 10 s, the first at once', () => {
+    const err = capture()
+    let now = 1_000_000
+    const progress = new Output(capture().stream, err.stream, {}).spinner('Draining…', { now: () => now })
+    progress.update('Draining: 2 running')
+    for (let i = 1; i < 40; i++) { // polls every 250 ms for 9.75 s
+      now += 250
+      progress.update(`Draining: 1 running (${i})`)
+    }
+    expect(err.text()).toBe('Draining: 2 running\n')
+    now = 1_000_000 + 10_000
+    progress.update('Draining: 1 running')
+    now += 5_000
+    progress.update('Draining: 0 running')
+    progress.stop()
+    now += 60_000
+    progress.update('after stop')
+    expect(err.text()).toBe('Draining: 2 running\nDraining: 1 running\n')
+  })
+})
+
+describe('lists fitted to the terminal', () => {
+  interface Row { id: string; error: string; at: string }
+  const columns: Array<Column<Row>> = [
+    { key: 'id', header: 'Id', full: (r) => r.id, short: (r) => shortId(r.id) },
+    { key: 'at', header: 'At', full: (r) => r.at, short: (r, now) => relativeTime(r.at, now) },
+    { key: 'error', header: 'Error', full: (r) => r.error, shrinkTo: 10 },
+  ]
+  const rows: Row[] = [{ id: 'f3c1a9e4-5b6d-4c7e-8f90-a1b2c3d4e5f6', error: `boom ${'x'.repeat(200)}`, at: '2026-01-01T00:00:00.000Z' }]
+  const now = Date.parse('2026-01-01T00:05:30.000Z')
+
+  it('takes the width of a terminal', () => {
+    let text = ''
+    const tty = { write: (chunk: string) => { text += chunk; return true }, isTTY: true, columns: 40 }
+    new Output(tty, capture().stream, { NO_COLOR: '1' }).grid(columns, rows, { now })
+    expect(text.trimEnd().split('\n')).toEqual([
+      'Id         At      Error',
+      `f3c1a9e4…  5m ago  boom ${'x'.repeat(15)}…`,
+    ])
+  })
+
+  it('relative times, short ids, widths', () => {
+    expect(relativeTime('2026-01-01T00:00:00.000Z', now)).toBe('5m ago')
+    expect(relativeTime('2026-01-01T00:10:00.000Z', now)).toBe('in 4m')
+    expect(relativeTime('2025-12-25T00:00:00.000Z', now)).toBe('7d ago')
+    expect(relativeTime('2026-01-01T00:05:30.000Z', now)).toBe('now')
+    expect(relativeTime(null, now)).toBe('')
+    expect(shortId('0193a1b2c3d4e5f60718')).toBe('0193a1b2c3d4e5f60718')
+    expect(shortId('f3c1a9e4-5b6d-4c7e-8f90-a1b2c3d4e5f6')).toBe('f3c1a9e4…')
+    // The widest shrinkable column gives way first, never below its minimum.
+    expect(fitWidths([10, 30, 50], [undefined, 8, 10], 60)).toEqual([10, 23, 23])
+    expect(fitWidths([10, 30, 50], [undefined, 8, 10], 30)).toEqual([10, 8, 10])
   })
 })

@@ -181,7 +181,7 @@ describe('runs:list, runs:show, runs:cancel', () => {
     expect(retried.stdout).toMatch(/^Status: completed$/m)
     expect(retried.stdout).not.toMatch(/^Error:/m)
     expect(retried.stdout).toMatch(/\| 1 +\| 2026-03-01T10:02:10.000Z \| WARMING_UP \| warming up \|/)
-    const table = await cli(['runs:list', '--task', 'beta'])
+    const table = await cli(['runs:list', '--task', 'beta', '--wide'])
     expect(table.stdout.split('\n').find((l) => l.includes('run-completed-retried'))).not.toMatch(/WARMING_UP|warming up/)
     expect(table.stdout.split('\n').find((l) => l.includes('run-retry-scheduled'))).toMatch(/HTTP_503: upstream 503/)
     const completed = await cli(['runs:show', 'run-completed'])
@@ -197,6 +197,91 @@ describe('runs:list, runs:show, runs:cancel', () => {
     expect(human.code).toBe(2)
     expect(human.stdout).toBe('')
     expect(human.stderr).toMatch(/no task run with id "no-such-run"/)
+  })
+
+  describe('runs:list as a table (issue 11: ~190 columns wrapped unreadably at 80)', () => {
+    const uuid = 'f3c1a9e4-5b6d-4c7e-8f90-a1b2c3d4e5f6'
+    const longError = `the worker answered 503 ${'and explained at length, '.repeat(12)}"quoted", finally`
+    beforeAll(async () => {
+      const now = Date.now()
+      await db.pool.query(`INSERT INTO tasks (id, service_id) VALUES ('a-task-with-a-rather-long-name', 'svc')`)
+      await db.pool.query(
+        `INSERT INTO task_runs (id, task_id, status, attempt, error, error_code, created_at, scheduled_for, previous_attempts)
+         VALUES ($1, 'a-task-with-a-rather-long-name', 'pending', 2, $2, 'HTTP_503', $3, $4, '[]')`,
+        [uuid, `${longError}\nsecond line`, new Date(now - 5 * 60_000 - 10_000), new Date(now + 10 * 60_000 + 30_000)])
+      await db.pool.query(
+        `INSERT INTO task_runs (id, task_id, status, created_at, started_at, completed_at, orchestrator_id, previous_attempts)
+         VALUES ('0193a1b2c3d4e5f60718', 'a-task-with-a-rather-long-name', 'completed', $1, $1, $2, 'host-9', '[]')`,
+        [new Date(now - 3 * 3600_000 - 60_000), new Date(now - 2 * 3600_000 - 60_000)])
+    })
+    const list = (args: string[], env: Record<string, string> = {}) => runCli(['runs:list', '--task', 'a-task-with-a-rather-long-name', ...args], { env: { ...db.env, ...env } })
+    const widest = (text: string) => Math.max(...text.split('\n').map((l) => [...l].length))
+
+    it('fits 80 columns off a terminal: short ids, relative times, errors cut with …, no borders', async () => {
+      const result = await list([])
+      expect(result.code).toBe(0)
+      expect(widest(result.stdout)).toBeLessThanOrEqual(80)
+      const [header, first, second] = result.stdout.trimEnd().split('\n')
+      expect(header.split(/\s{2,}/)).toEqual(['Run', 'Task', 'Status', 'Try', 'Created', 'Finished', 'Error'])
+      // A UUID is cut to its first 8 characters; a 20-character time-ordered id stays whole.
+      // At 80 columns the error gets what the other columns leave (runs:show has it whole).
+      expect(first).toMatch(/^f3c1a9e4… +a-task-\S*… +pending +2 +5m ago +due in 10m +HTTP_503:.*…$/)
+      expect(first).not.toContain('second line')
+      expect(second).toMatch(/^0193a1b2c3d4e5f60718 +a-task-\S* +completed +1 +3h ago +2h ago *$/)
+    })
+
+    it('fits the width COLUMNS gives, giving the room to the error', async () => {
+      const errorCell = (text: string) => /HTTP_503:.*$/m.exec(text)![0]
+      const [at80, narrow, wide] = await Promise.all([list([]), list([], { COLUMNS: '100' }), list([], { COLUMNS: '160' })])
+      expect(widest(narrow.stdout)).toBeLessThanOrEqual(100)
+      expect(errorCell(narrow.stdout).length).toBeGreaterThan(errorCell(at80.stdout).length)
+      expect(widest(wide.stdout)).toBeLessThanOrEqual(160)
+      expect(widest(wide.stdout)).toBeGreaterThan(130)
+      expect(wide.stdout).toContain('a-task-with-a-rather-long-name')
+    })
+
+    it('--wide shows every column whole: whole ids, ISO times, the whole error', async () => {
+      const result = await list(['--wide'])
+      expect(result.code).toBe(0)
+      expect(result.stdout).toContain(uuid)
+      expect(result.stdout).toMatch(/\| Priority +\|/)
+      expect(result.stdout).toMatch(/\| Orchestrator +\|/)
+      expect(result.stdout).toMatch(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z/)
+      expect(result.stdout).toContain('host-9')
+      expect(result.stdout.replace(/\s+\|\s+/g, ' ')).toContain('"quoted", finally')
+    })
+
+    it('--columns picks the columns and their order; an unknown one exits 2 before connecting', async () => {
+      const result = await list(['--columns', 'status,id,error'])
+      expect(result.code).toBe(0)
+      expect(result.stdout.split('\n')[0].split(/\s{2,}/)).toEqual(['Status', 'Run', 'Error'])
+      expect(result.stdout).toMatch(/^pending +f3c1a9e4… +HTTP_503: /m)
+      const wide = await list(['--columns', 'id,orchestrator', '--wide'])
+      expect(wide.stdout).toMatch(/\| 0193a1b2c3d4e5f60718 +\| host-9 +\|/)
+
+      // Nothing listens on port 1: a connection attempt would be exit 3.
+      const bad = await runCli(['runs:list', '--columns', 'id,stauts', '--json'], { env: { DATABASE_URL: 'postgres://u@127.0.0.1:1/x' } })
+      expect(bad.code).toBe(2)
+      expect(json(bad)).toEqual({ error: { code: 'UNKNOWN_COLUMN', message: 'unknown column "stauts"; did you mean "status"?', hint: expect.stringContaining('id, task, status') }, exitCode: 2 })
+    })
+
+    it('--output csv prints every column whole, quoted as RFC 4180; --output json is --json', async () => {
+      const csv = await list(['--output', 'csv'])
+      expect(csv.code).toBe(0)
+      const lines = csv.stdout.split('\r\n')
+      expect(lines[0]).toBe('id,task,status,attempt,priority,created,due,started,finished,orchestrator,pipeline,parent,key,error')
+      expect(lines[1].startsWith(`${uuid},a-task-with-a-rather-long-name,pending,2,100,`)).toBe(true)
+      expect(csv.stdout).toContain(`,"HTTP_503: ${longError.replace(/"/g, '""')}\nsecond line"\r\n0193a1b2c3d4e5f60718,`)
+      const picked = await list(['--output', 'csv', '--columns', 'id,status'])
+      expect(picked.stdout.trim()).toBe(`id,status\r\n${uuid},pending\r\n0193a1b2c3d4e5f60718,completed`)
+
+      const [asOutput, asJson] = await Promise.all([list(['--output', 'json']), list(['--json'])])
+      expect(asOutput.code).toBe(0)
+      expect(JSON.parse(asOutput.stdout)).toEqual(JSON.parse(asJson.stdout))
+      // A failure under --output json is the error document too.
+      const refused = await runCli(['runs:list', '--output', 'json', '--limit', '0'], { env: db.env })
+      expect(json(refused)).toMatchObject({ exitCode: 2 })
+    })
   })
 
   describe('runs:cancel', () => {

@@ -1,7 +1,8 @@
 /**
  * TLS (SPEC §1) against a fake endpoint that speaks just enough PostgreSQL to start TLS with a
  * self-signed certificate for `localhost`, and against the real test server (which has no TLS).
- * A handshake the client completed means it accepted the certificate.
+ * A handshake the client completed means it accepted the certificate. tls-server.test.ts proves
+ * the same settings against a real PostgreSQL with ssl = on and a CA generated in the test.
  */
 import { json, runCli } from './helpers/cli'
 import { adminUrl, createTestDatabase, type TestDatabase } from './helpers/db'

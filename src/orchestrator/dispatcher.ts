@@ -54,9 +54,14 @@ interface Target {
   isHttps: boolean
 }
 
-/** The signature a worker recomputes: hex HMAC-SHA256 of "<timestamp>.<exact body bytes>". */
-export function sign(secretKey: string, timestamp: string, body: Buffer): string {
-  return `sha256=${crypto.createHmac('sha256', secretKey).update(`${timestamp}.`).update(body).digest('hex')}`
+/**
+ * The signature a worker recomputes (SPEC §5): hex HMAC-SHA256 of
+ * "<timestamp>./tasks/<encodeURIComponent(taskId)>.<exact body bytes>". The task path binds the
+ * signature to its task (a signed body replayed to another task does not verify); it is the path
+ * without the service's baseUrl prefix, which a proxy in front of the worker may strip.
+ */
+export function sign(secretKey: string, timestamp: string, taskId: string, body: Buffer): string {
+  return `sha256=${crypto.createHmac('sha256', secretKey).update(`${timestamp}./tasks/${encodeURIComponent(taskId)}.`).update(body).digest('hex')}`
 }
 
 export class Dispatcher {
@@ -130,7 +135,7 @@ export class Dispatcher {
     if (this.options.secretKey) {
       const timestamp = String(Date.now())
       headers['x-pipeweave-timestamp'] = timestamp
-      headers['x-pipeweave-signature'] = sign(this.options.secretKey, timestamp, body)
+      headers['x-pipeweave-signature'] = sign(this.options.secretKey, timestamp, request.taskId, body)
     }
     const transport = isHttps ? https : http
     const requestOptions: http.RequestOptions = { ...target.options, method: 'POST', headers, agent: isHttps ? this.https : this.http }

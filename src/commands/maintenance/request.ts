@@ -7,7 +7,7 @@ export default class MaintenanceRequest extends BaseCommand<typeof MaintenanceRe
   static summary = 'Ask for maintenance: refuse new tasks, let the work in flight finish, then enter maintenance.'
   static description = `running → waiting_for_maintenance, or straight to maintenance when nothing is due or running.
 Safe to repeat in any mode. With --wait, blocks until the mode is maintenance; past --timeout it exits 5 and the
-request stands (new tasks stay refused) until \`maintenance:exit\` withdraws it.`
+request stands (new tasks stay refused) until \`maintenance:exit\` withdraws it. Ctrl-C exits 130, and the request stands too.`
   static examples = [
     { command: '<%= config.bin %> <%= command.id %> --reason "deploy 1.4" --wait --timeout 600', description: 'A deploy script: drain, for at most 10 minutes.' },
     { command: '<%= config.bin %> <%= command.id %>', description: 'Start draining and return at once.' },
@@ -22,6 +22,10 @@ request stands (new tasks stay refused) until \`maintenance:exit\` withdraws it.
     const db = await this.migratedDatabase()
     const result = await requestMaintenance(db, { reason: this.flags.reason })
     if (!this.flags.wait || result.mode === 'maintenance') return result
+    this.leftBehind = {
+      message: 'the maintenance request stands (mode waiting_for_maintenance: new tasks are refused)',
+      hint: `\`${this.config.bin} maintenance:exit\` withdraws it; \`${this.config.bin} maintenance:status\` shows the drain`,
+    }
     const spinner = this.out.spinner('Draining…')
     this.onRelease(async () => spinner.stop())
     let status
