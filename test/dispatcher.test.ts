@@ -3,6 +3,7 @@
  * the task timeout, aborts, the signature. Real HTTP against the stub worker, no database.
  */
 import * as crypto from 'node:crypto'
+import * as http from 'node:http'
 import * as net from 'node:net'
 import { classify, Dispatcher, type DispatchRequest, sign } from '../src/orchestrator/dispatcher'
 import { deferred } from './helpers/wait'
@@ -100,7 +101,8 @@ describe('Dispatcher against a worker', () => {
     const pending = dispatcher.dispatch(worker.url, request(), controller.signal)
     await arrived.promise
     controller.abort()
-    expect(await pending).toEqual({ kind: 'aborted' })
+    // The request was written: the worker may have seen it (its attempt is spent, SPEC §5).
+    expect(await pending).toEqual({ kind: 'aborted', sent: true })
     await worker.until(() => worker.requests[0].abandonedAt !== undefined, { what: 'the hang-up' })
   })
 
@@ -146,12 +148,11 @@ describe('Dispatcher against a worker', () => {
   })
 })
 
-describe('a kept-alive connection the worker closed', () => {
-  it('is sent again once on a new connection when the reused socket is reset before any answer', async () => {
-    // Connection 1 answers its first request and keeps the socket; the next request on that same
-    // socket is met with a reset (the idle-close race); connection 2 answers normally.
+describe('once per attempt (SPEC §5): a kept-alive connection that fails', () => {
+  /** A raw HTTP server: each connection answers its requests unless `reset(connection, nth)` says to reset instead. */
+  async function rawServer(reset: (connection: number, nth: number) => boolean) {
     let connections = 0
-    const seen: number[] = []
+    const seen: Array<{ connection: number; nth: number; body: string }> = []
     const server = net.createServer((socket) => {
       const id = ++connections
       let requests = 0
@@ -159,10 +160,11 @@ describe('a kept-alive connection the worker closed', () => {
       socket.on('data', (chunk) => {
         buffered += chunk.toString('latin1')
         if (!buffered.includes('\r\n\r\n') || !/\}$/.test(buffered)) return
+        const body = buffered.slice(buffered.indexOf('\r\n\r\n') + 4)
         buffered = ''
         requests += 1
-        seen.push(id)
-        if (id === 1 && requests === 2) {
+        seen.push({ connection: id, nth: requests, body })
+        if (reset(id, requests)) {
           socket.resetAndDestroy()
           return
         }
@@ -171,41 +173,67 @@ describe('a kept-alive connection the worker closed', () => {
       })
     })
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    return {
+      url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+      seen,
+      close: () => new Promise((resolve) => server.close(resolve)),
+    }
+  }
+
+  it('is not sent again when the reused socket is reset after the request reached the worker: the attempt fails, retryable', async () => {
+    // Connection 1 answers its first request and keeps the socket; the worker resets the
+    // connection on receiving the second one (it may have started it: it is not sent again).
+    const server = await rawServer((connection, nth) => connection === 1 && nth === 2)
     const dispatcher = new Dispatcher()
     try {
-      expect(await dispatcher.dispatch(url, request())).toMatchObject({ kind: 'completed', output: 'connection 1' })
-      expect(await dispatcher.dispatch(url, request())).toMatchObject({ kind: 'completed', output: 'connection 2' })
-      expect(seen).toEqual([1, 1, 2])
+      expect(await dispatcher.dispatch(server.url, request())).toMatchObject({ kind: 'completed', output: 'connection 1' })
+      expect(await dispatcher.dispatch(server.url, request())).toMatchObject({ kind: 'failed', code: 'CONNECTION_DROPPED', retryable: true })
+      expect(server.seen.map((r) => r.connection)).toEqual([1, 1])
     } finally {
       dispatcher.close()
-      await new Promise((resolve) => server.close(resolve))
+      await server.close()
     }
   })
 
-  it('is not sent a third time: a second reset is the attempt\'s failure', async () => {
-    let requests = 0
-    const server = net.createServer((socket) => {
-      socket.on('data', (chunk) => {
-        if (!chunk.toString('latin1').includes('\r\n\r\n')) return
-        requests += 1
-        if (requests === 1) {
-          socket.write('HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n')
-          return
+  it('is sent again, once, on a new connection when the reused socket failed before the request was written', async () => {
+    // An agent whose kept-alive socket dies just as it is handed to the next request, before a
+    // byte of it is written (the worker closed it while idle, and we learn it only now).
+    class BreakingAgent extends http.Agent {
+      breakNext = false
+      reuseSocket(socket: net.Socket, req: http.ClientRequest): void {
+        super.reuseSocket(socket, req)
+        if (this.breakNext) {
+          this.breakNext = false
+          // Next tick: after the agent hands it over, before the request writes to it.
+          process.nextTick(() => socket.destroy(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })))
         }
-        socket.resetAndDestroy()
-      })
-    })
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
-    const dispatcher = new Dispatcher()
+      }
+    }
+    const agent = new BreakingAgent({ keepAlive: true, maxSockets: 1 })
+    const server = await rawServer(() => false)
+    const dispatcher = new Dispatcher({ agents: { http: agent } })
     try {
-      expect(await dispatcher.dispatch(url, request())).toMatchObject({ kind: 'completed' })
-      expect(await dispatcher.dispatch(url, request())).toMatchObject({ kind: 'failed', code: 'ECONNRESET', retryable: true })
-      expect(requests).toBe(3)
+      expect(await dispatcher.dispatch(server.url, request({ runId: 'first' }))).toMatchObject({ kind: 'completed', output: 'connection 1' })
+      agent.breakNext = true
+      expect(await dispatcher.dispatch(server.url, request({ runId: 'second' }))).toMatchObject({ kind: 'completed', output: 'connection 2' })
+      // The worker saw the second run once, on the new connection.
+      expect(server.seen.map((r) => [r.connection, JSON.parse(r.body).runId])).toEqual([[1, 'first'], [2, 'second']])
     } finally {
       dispatcher.close()
-      await new Promise((resolve) => server.close(resolve))
+      await server.close()
+    }
+  })
+
+  it('a request that never reached a worker (connection refused) fails without being resent', async () => {
+    const closed = net.createServer()
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+    const port = (closed.address() as net.AddressInfo).port
+    await new Promise<void>((resolve) => closed.close(() => resolve()))
+    const dispatcher = new Dispatcher()
+    try {
+      expect(await dispatcher.dispatch(`http://127.0.0.1:${port}`, request())).toMatchObject({ kind: 'failed', code: 'ECONNREFUSED', retryable: true })
+    } finally {
+      dispatcher.close()
     }
   })
 })

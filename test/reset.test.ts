@@ -156,12 +156,12 @@ CREATE DOMAIN positive AS int CHECK (VALUE > 0);`,
     }])
     const names = created.relations.map((r) => `${r.kind} ${r.name}`)
     for (const table of ['orchestrator_state', 'maintenance_events', 'orchestrators', 'services', 'tasks', 'task_code_history',
-      'pipelines', 'pipeline_runs', 'task_runs', 'dlq', 'idempotency_cache', 'pipeweave_migration_log']) {
+      'pipelines', 'pipeline_runs', 'task_runs', 'task_run_history', 'dlq', 'idempotency_cache', 'leases', 'pipeweave_migration_log']) {
       expect(names).toContain(`TABLE ${table}`)
     }
     expect(names).toEqual(expect.arrayContaining(['TABLE public."Odd Name"', 'MATERIALIZED VIEW stats', 'DOMAIN positive']))
     expect(names.join(' ')).not.toMatch(/not_this_one|nor_this/)
-    expect(created.functions).toEqual(['pipeweave_log_migration', 'tidy'])
+    expect(created.functions).toEqual(['pipeweave_log_migration', 'pipeweave_new_id', 'pipeweave_mode_changed', 'tidy'])
   })
 
   describe('on a terminal', () => {

@@ -139,7 +139,7 @@ describe('pipeweave run: worker answers, retries and the DLQ', () => {
     // One timestamp for the run's end and the DLQ row: one statement, one transaction.
     expect(dlq[0].failed_at.toISOString()).toBe(done.completed_at!.toISOString())
     const { rows: [raw] } = await db.pool.query<{ same: boolean }>(
-      `SELECT d.failed_at = r.completed_at AND d.xmin = r.xmin AS same FROM dlq d JOIN task_runs r ON r.id = d.task_run_id WHERE r.id = $1`, [runId])
+      `SELECT d.failed_at = r.completed_at AND d.xmin = r.xmin AS same FROM dlq d JOIN task_run_history r ON r.id = d.task_run_id WHERE r.id = $1`, [runId])
     expect(raw.same).toBe(true)
     await run.waitForLog((l) => l.event === 'run' && l.runId === runId && l.status === 'failed')
   })

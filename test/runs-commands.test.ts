@@ -50,34 +50,35 @@ interface Fixture {
   extra?: Record<string, unknown>
 }
 
-// Newest first, as runs:list must print them.
+// Newest first, as runs:list must print them. Ids sort as pipeweave's time-ordered ids do:
+// runs:list is newest first by id.
 const FIXTURES: Fixture[] = [
-  { id: 'run-pending-new', task: 'alpha', status: 'pending', age: 1, extra: { input: { text: 'héllo ✓', nested: { list: [1, 2, null] } }, idempotency_key: 'key-1' } },
-  { id: 'run-retry-scheduled', task: 'beta', status: 'pending', age: 2, extra: {
+  { id: 'run-8-pending-new', task: 'alpha', status: 'pending', age: 1, extra: { input: { text: 'héllo ✓', nested: { list: [1, 2, null] } }, idempotency_key: 'key-1' } },
+  { id: 'run-7-retry-scheduled', task: 'beta', status: 'pending', age: 2, extra: {
     attempt: 2, error: 'upstream 503', error_code: 'HTTP_503', scheduled_for: '2099-01-01T00:00:00.000Z',
     previous_attempts: JSON.stringify([{ attempt: 1, error: 'upstream 503', errorCode: 'HTTP_503', at: '2026-03-01T10:00:00.123456+00:00' }]),
   } },
-  { id: 'run-running', task: 'alpha', status: 'running', age: 3, extra: {
+  { id: 'run-6-running', task: 'alpha', status: 'running', age: 3, extra: {
     started_at: '2026-03-01T10:01:00Z', heartbeat_at: '2026-03-01T10:01:05.5Z', orchestrator_id: 'host-1-abc', input: JSON.stringify('just a string'),
   } },
-  { id: 'run-completed', task: 'beta', status: 'completed', age: 4, extra: {
+  { id: 'run-5-completed', task: 'beta', status: 'completed', age: 4, extra: {
     input: JSON.stringify([1, 'two']), output: JSON.stringify({ words: 3 }), started_at: '2026-03-01T10:02:00Z', completed_at: '2026-03-01T10:02:01.25Z',
-    orchestrator_id: 'host-2-def', pipeline_run_id: 'pipe-1', parent_run_id: 'run-failed', input_path: 's3://in/1', output_path: 's3://out/1', priority: 5,
+    orchestrator_id: 'host-2-def', pipeline_run_id: 'pipe-1', parent_run_id: 'run-3-failed', input_path: 's3://in/1', output_path: 's3://out/1', priority: 5,
   } },
   // A retry that succeeded: the database keeps the last failure's error beside the output.
-  { id: 'run-completed-retried', task: 'beta', status: 'completed', age: 4.5, extra: {
+  { id: 'run-4-completed-retried', task: 'beta', status: 'completed', age: 4.5, extra: {
     attempt: 2, error: 'warming up', error_code: 'WARMING_UP', output: JSON.stringify({ ok: true }), completed_at: '2026-03-01T10:02:30Z',
     previous_attempts: JSON.stringify([{ attempt: 1, error: 'warming up', errorCode: 'WARMING_UP', at: '2026-03-01T10:02:10+00:00' }]),
   } },
-  { id: 'run-failed', task: 'alpha', status: 'failed', age: 5, extra: {
+  { id: 'run-3-failed', task: 'alpha', status: 'failed', age: 5, extra: {
     attempt: 3, error: 'boom', error_code: 'BOOM', completed_at: '2026-03-01T10:03:00Z', pipeline_run_id: 'pipe-1',
     previous_attempts: JSON.stringify([
       { attempt: 1, error: 'first', errorCode: null, at: '2026-03-01T10:00:01+00:00' },
       { attempt: 2, error: 'second', errorCode: 'E2', at: '2026-03-01T10:00:02.5+00:00' },
     ]),
   } },
-  { id: 'run-timeout', task: 'gamma', status: 'timeout', age: 6, extra: { error: 'no answer within 30 s', error_code: 'TIMEOUT', completed_at: '2026-03-01T10:04:00Z' } },
-  { id: 'run-cancelled', task: 'gamma', status: 'cancelled', age: 7, extra: { error: 'cancelled', error_code: 'CANCELLED', completed_at: '2026-03-01T10:05:00Z' } },
+  { id: 'run-2-timeout', task: 'gamma', status: 'timeout', age: 6, extra: { error: 'no answer within 30 s', error_code: 'TIMEOUT', completed_at: '2026-03-01T10:04:00Z' } },
+  { id: 'run-1-cancelled', task: 'gamma', status: 'cancelled', age: 7, extra: { error: 'cancelled', error_code: 'CANCELLED', completed_at: '2026-03-01T10:05:00Z' } },
 ]
 
 async function insertRun(pool: Pool, fixture: Fixture, base: Date): Promise<void> {
@@ -88,8 +89,10 @@ async function insertRun(pool: Pool, fixture: Fixture, base: Date): Promise<void
   }
   if (row.input !== undefined && typeof row.input !== 'string') row.input = JSON.stringify(row.input)
   const columns = Object.keys(row)
+  // Live runs are in task_runs, finished ones in the history (where a finished run moves).
+  const table = ['pending', 'running', 'waiting'].includes(fixture.status) ? 'task_runs' : 'task_run_history'
   await pool.query(
-    `INSERT INTO task_runs (${columns.join(', ')}) VALUES (${columns.map((_, i) => `$${i + 1}`).join(', ')})`,
+    `INSERT INTO ${table} (${columns.join(', ')}) VALUES (${columns.map((_, i) => `$${i + 1}`).join(', ')})`,
     columns.map((c) => row[c]),
   )
 }
@@ -125,21 +128,21 @@ describe('runs:list, runs:show, runs:cancel', () => {
     expect(body.runs).toEqual(expected)
     for (const run of body.runs) expect(Object.keys(run).sort()).toEqual(Object.keys(expected[0]).sort())
     // Spot checks of the mapping itself, so that a wrong expectedRun() cannot hide a wrong API.
-    const completed = body.runs.find((r) => r.id === 'run-completed')!
+    const completed = body.runs.find((r) => r.id === 'run-5-completed')!
     expect(completed).toMatchObject({ input: [1, 'two'], output: { words: 3 }, priority: 5, pipelineRunId: 'pipe-1', completedAt: '2026-03-01T10:02:01.250Z' })
-    expect(body.runs.find((r) => r.id === 'run-retry-scheduled')!.previousAttempts).toEqual([
+    expect(body.runs.find((r) => r.id === 'run-7-retry-scheduled')!.previousAttempts).toEqual([
       { attempt: 1, error: 'upstream 503', errorCode: 'HTTP_503', at: '2026-03-01T10:00:00.123Z' },
     ])
-    expect(body.runs.find((r) => r.id === 'run-running')!.input).toBe('just a string')
+    expect(body.runs.find((r) => r.id === 'run-6-running')!.input).toBe('just a string')
   })
 
   it('filters by --status and --task, alone and together, and --limit keeps the newest', async () => {
-    expect(await listIds(['--status', 'pending'])).toEqual(['run-pending-new', 'run-retry-scheduled'])
-    expect(await listIds(['--task', 'alpha'])).toEqual(['run-pending-new', 'run-running', 'run-failed'])
-    expect(await listIds(['--task', 'alpha', '--status', 'failed'])).toEqual(['run-failed'])
+    expect(await listIds(['--status', 'pending'])).toEqual(['run-8-pending-new', 'run-7-retry-scheduled'])
+    expect(await listIds(['--task', 'alpha'])).toEqual(['run-8-pending-new', 'run-6-running', 'run-3-failed'])
+    expect(await listIds(['--task', 'alpha', '--status', 'failed'])).toEqual(['run-3-failed'])
     expect(await listIds(['--task', 'no-such-task'])).toEqual([])
-    expect(await listIds(['--limit', '2'])).toEqual(['run-pending-new', 'run-retry-scheduled'])
-    expect(await listIds(['--task', 'gamma', '--limit', '1'])).toEqual(['run-timeout'])
+    expect(await listIds(['--limit', '2'])).toEqual(['run-8-pending-new', 'run-7-retry-scheduled'])
+    expect(await listIds(['--task', 'gamma', '--limit', '1'])).toEqual(['run-2-timeout'])
   })
 
   it('refuses a bad --status or --limit with exit 2', async () => {
@@ -164,12 +167,12 @@ describe('runs:list, runs:show, runs:cancel', () => {
 
   it('runs:show --json prints the run exactly; the human form shows input, output and every attempt', async () => {
     // runs:list --json above compared every fixture; here the ones with every field set.
-    for (const fixture of FIXTURES.filter((f) => ['run-completed', 'run-failed'].includes(f.id))) {
+    for (const fixture of FIXTURES.filter((f) => ['run-5-completed', 'run-3-failed'].includes(f.id))) {
       const result = await cli(['runs:show', fixture.id, '--json'])
       expect(result.code).toBe(0)
       expect(json(result)).toEqual(await expectedRun(db.pool, fixture.id))
     }
-    const human = await cli(['runs:show', 'run-failed'])
+    const human = await cli(['runs:show', 'run-3-failed'])
     expect(human.code).toBe(0)
     expect(human.stdout).toMatch(/^Status: failed$/m)
     expect(human.stdout).toMatch(/^Error: BOOM: boom$/m)
@@ -177,14 +180,14 @@ describe('runs:list, runs:show, runs:cancel', () => {
     expect(human.stdout).toMatch(/\| 1 +\| 2026-03-01T10:00:01.000Z \| +\| first +\|/)
     expect(human.stdout).toMatch(/\| 2 +\| 2026-03-01T10:00:02.500Z \| E2 +\| second +\|/)
     // A completed run is not shown with an "Error:": its earlier failure is under "Previous attempts".
-    const retried = await cli(['runs:show', 'run-completed-retried'])
+    const retried = await cli(['runs:show', 'run-4-completed-retried'])
     expect(retried.stdout).toMatch(/^Status: completed$/m)
     expect(retried.stdout).not.toMatch(/^Error:/m)
     expect(retried.stdout).toMatch(/\| 1 +\| 2026-03-01T10:02:10.000Z \| WARMING_UP \| warming up \|/)
     const table = await cli(['runs:list', '--task', 'beta', '--wide'])
-    expect(table.stdout.split('\n').find((l) => l.includes('run-completed-retried'))).not.toMatch(/WARMING_UP|warming up/)
-    expect(table.stdout.split('\n').find((l) => l.includes('run-retry-scheduled'))).toMatch(/HTTP_503: upstream 503/)
-    const completed = await cli(['runs:show', 'run-completed'])
+    expect(table.stdout.split('\n').find((l) => l.includes('run-4-completed-retried'))).not.toMatch(/WARMING_UP|warming up/)
+    expect(table.stdout.split('\n').find((l) => l.includes('run-7-retry-scheduled'))).toMatch(/HTTP_503: upstream 503/)
+    const completed = await cli(['runs:show', 'run-5-completed'])
     expect(completed.stdout).toMatch(/^Output: {"words":3}$/m)
     expect(completed.stdout).toMatch(/^Input: \[1,"two"\]$/m)
   })
@@ -309,7 +312,7 @@ describe('runs:list, runs:show, runs:cancel', () => {
     })
 
     it('refuses running and finished runs with exit 4 and changes nothing of them', async () => {
-      for (const id of ['run-running', 'run-completed', 'run-cancelled']) {
+      for (const id of ['run-6-running', 'run-5-completed', 'run-1-cancelled']) {
         const before = await expectedRun(db.pool, id)
         const result = await cli(['runs:cancel', id, '--json'])
         expect({ id, code: result.code }).toEqual({ id, code: 4 })
@@ -319,19 +322,19 @@ describe('runs:list, runs:show, runs:cancel', () => {
     })
 
     it('all or nothing: with a pending run and a running or finished one, cancels nothing and exits 4 naming the others', async () => {
-      for (const other of ['run-running', 'run-completed']) {
+      for (const other of ['run-6-running', 'run-5-completed']) {
         const pending = await pendingRun()
         const result = await cli(['runs:cancel', pending, other])
         expect({ other, code: result.code }).toEqual({ other, code: 4 })
-        expect(result.stderr).toMatch(new RegExp(`${other} is ${other.slice(4)}.*nothing was cancelled`))
+        expect(result.stderr).toMatch(new RegExp(`${other} is ${other.replace(/^run-\d-/, '')}.*nothing was cancelled`))
         expect((await statusOf(pending)).status).toBe('pending')
       }
-      expect((await statusOf('run-running')).status).toBe('running')
+      expect((await statusOf('run-6-running')).status).toBe('running')
     })
 
     it('all or nothing: an unknown id is exit 2 even beside a running one (input before state), and cancels nothing', async () => {
       const pending = await pendingRun()
-      const result = await cli(['runs:cancel', pending, 'run-running', 'no-such-run', '--json'])
+      const result = await cli(['runs:cancel', pending, 'run-6-running', 'no-such-run', '--json'])
       expect(result.code).toBe(2)
       expect(json(result)).toMatchObject({ error: { code: 'UNKNOWN_RUN' }, exitCode: 2 })
       expect((await statusOf(pending)).status).toBe('pending')
