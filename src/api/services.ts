@@ -101,7 +101,9 @@ export function validateManifest(value: unknown): ServiceManifest {
     const t = task as Record<string, unknown>
     if (t.id === undefined || t.id === null) throw invalid(`${where}.id`, 'is required')
     for (const [key, v] of Object.entries(t)) {
-      const check = TASK_FIELDS[key as keyof TaskManifest]
+      // Own properties only: a plain lookup finds Object.prototype's members for keys such as
+      // "hasOwnProperty", "valueOf" or "__proto__" and would call them as checks.
+      const check = Object.hasOwn(TASK_FIELDS, key) ? TASK_FIELDS[key as keyof TaskManifest] : undefined
       if (!check) throw invalid(`${where}.${key}`, `is not a task field (${Object.keys(TASK_FIELDS).join(', ')})`)
       if (v === null) continue
       const problem = check(v)
