@@ -45,6 +45,31 @@ function expectForeseen(result: CliResult, exitCode: number): void {
 }
 
 describe('input too large or shaped wrong (SPEC §2: exit 2 naming the limit)', () => {
+  it('refuses a 20 kB idempotency key with exit 2 naming the limit, and writes nothing', async () => {
+    // Random, as real keys are: PostgreSQL compresses a repetitive one below the index's limit.
+    const key = crypto.randomBytes(10_000).toString('hex')
+    const result = await runCli(['tasks:enqueue', 'work', '--idempotency-key', key], { env: db.env })
+    expectForeseen(result, 2)
+    expect(result.stderr).toMatch(/idempotency key/i)
+    expect(result.stderr).toMatch(/at most \d+ bytes/)
+    expect(result.stderr).not.toContain(key)
+    const machine = await runCli(['tasks:enqueue', 'work', '--idempotency-key', key, '--json'], { env: db.env })
+    expect(machine.code).toBe(2)
+    expect(jsonError(machine).code).toBe('IDEMPOTENCY_KEY_TOO_LONG')
+    expect((await db.pool.query('SELECT count(*)::int AS n FROM task_runs')).rows[0].n).toBe(0)
+  })
+
+  it('the API refuses it with a UsageError before any SQL, and takes a key at the limit', async () => {
+    // 600 characters, 1,200 bytes in UTF-8: the limit is in bytes, as the index counts them.
+    const refused = enqueueTask(api, { taskId: 'work', idempotencyKey: 'é'.repeat(600) })
+    await expect(refused).rejects.toThrow(UsageError)
+    await expect(refused).rejects.toMatchObject({ code: 'IDEMPOTENCY_KEY_TOO_LONG' })
+    const atLimit = 'x'.repeat(1024)
+    const first = await enqueueTask(api, { taskId: 'work', idempotencyKey: atLimit })
+    expect(await enqueueTask(api, { taskId: 'work', idempotencyKey: atLimit })).toEqual({ runId: first.runId, deduplicated: true })
+    await db.pool.query('DELETE FROM task_runs')
+  })
+
   // JSON.parse makes "__proto__" an own key; the others are Object.prototype's names. A lookup
   // in a plain object finds the prototype's member for each of them.
   const prototypeNames = ['__proto__', 'hasOwnProperty', 'valueOf', 'isPrototypeOf', 'toString', 'constructor', 'propertyIsEnumerable', 'toLocaleString']

@@ -4,6 +4,11 @@ import { MaintenanceModeError, UsageError } from '../errors'
 import * as runs from '../sql/task-runs'
 
 export const INT32_MAX = 2_147_483_647
+/**
+ * The longest idempotency key, in UTF-8 bytes. The key is indexed with its task id (at most 200
+ * characters) and a btree entry holds at most 2704 bytes: a longer key fails inside PostgreSQL.
+ */
+export const MAX_IDEMPOTENCY_KEY_BYTES = 1024
 /** The longest delay an enqueue accepts: a year. */
 export const MAX_DELAY_MS = 366 * 86_400_000
 
@@ -33,6 +38,11 @@ export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promi
   }
   if (options.delayMs !== undefined && !(Number.isInteger(options.delayMs) && options.delayMs >= 0 && options.delayMs <= MAX_DELAY_MS)) {
     throw new UsageError('INVALID_DELAY', `delay must be a whole number of milliseconds from 0 to ${MAX_DELAY_MS} (a year), not ${options.delayMs}`)
+  }
+  if (options.idempotencyKey !== undefined && Buffer.byteLength(options.idempotencyKey, 'utf8') > MAX_IDEMPOTENCY_KEY_BYTES) {
+    throw new UsageError('IDEMPOTENCY_KEY_TOO_LONG', `the idempotency key is ${Buffer.byteLength(options.idempotencyKey, 'utf8')} bytes long; it may be at most ${MAX_IDEMPOTENCY_KEY_BYTES} bytes (UTF-8)`, {
+      hint: 'use a shorter key, e.g. a hash of what identifies the work',
+    })
   }
   try {
     const { rows: [row] } = await db.query<{ run_id: string | null; deduplicated: boolean }>(runs.enqueue, [
