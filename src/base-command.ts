@@ -15,7 +15,7 @@ import { ExitCode, PipeweaveError, RefusedError, UsageError, firstLine } from '.
 import { Output, stderrLogger } from './output'
 import type { Logger } from './logger'
 import { redact } from './redact'
-import { SQLSTATE } from './db/errors'
+import { SQLSTATE, serverStateError } from './db/errors'
 
 export { Args, Flags }
 
@@ -195,6 +195,11 @@ export function classify(error: unknown): Failure {
   if (e && (e.parse !== undefined || /Flag|Arg|Parse|Validation/.test(e.constructor?.name ?? '') || e.oclif?.exit === 2)) {
     const usage = new UsageError('BAD_USAGE', usageMessage(e.message), { hint: 'see --help' })
     return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
+  }
+  // The database's own state (privileges, a read-only standby, a full disk, a timeout): 2–5.
+  const foreseen = serverStateError(e)
+  if (foreseen) {
+    return { exitCode: foreseen.exitCode, code: foreseen.code, message: foreseen.message, ...(foreseen.hint ? { hint: foreseen.hint } : {}) }
   }
   // data_exception: a value the database cannot take (a number out of range, a NUL in a string).
   if (typeof e?.code === 'string' && e.code.startsWith('22')) {

@@ -44,6 +44,29 @@ function expectForeseen(result: CliResult, exitCode: number): void {
   expect(result.stderr.trim().split('\n')).toHaveLength(1)
 }
 
+describe('a statement timeout (SPEC §2: exit 5 naming the setting)', () => {
+  it('exits 5 naming DB_STATEMENT_TIMEOUT_MS when a table is locked elsewhere', async () => {
+    const holder = await db.pool.connect()
+    try {
+      await holder.query('BEGIN')
+      await holder.query('LOCK TABLE services IN ACCESS EXCLUSIVE MODE')
+      const env = { ...db.env, DB_STATEMENT_TIMEOUT_MS: '300' }
+      const human = await runCli(['services:list'], { env })
+      expectForeseen(human, 5)
+      expect(human.stderr).toContain('DB_STATEMENT_TIMEOUT_MS')
+      const machine = await runCli(['services:list', '--json'], { env })
+      expect(machine.code).toBe(5)
+      const error = jsonError(machine)
+      expect(error.code).toBe('STATEMENT_TIMEOUT')
+      expect(`${error.message} ${error.hint}`).toContain('DB_STATEMENT_TIMEOUT_MS')
+      expect(error.hint).toMatch(/lock/)
+    } finally {
+      await holder.query('ROLLBACK')
+      holder.release()
+    }
+  })
+})
+
 describe('input too large or shaped wrong (SPEC §2: exit 2 naming the limit)', () => {
   it('refuses a 20 kB idempotency key with exit 2 naming the limit, and writes nothing', async () => {
     // Random, as real keys are: PostgreSQL compresses a repetitive one below the index's limit.
@@ -91,3 +114,90 @@ describe('input too large or shaped wrong (SPEC §2: exit 2 naming the limit)', 
   })
 })
 
+describe('the database\'s state (SPEC §2: exit 4 with the server\'s message); refusals at connect time (3)', () => {
+  const role = `pw_limited_${crypto.randomBytes(4).toString('hex')}`
+  const password = `Lm-${crypto.randomBytes(6).toString('hex')}`
+  let limitedEnv: Record<string, string>
+
+  beforeAll(async () => {
+    const admin = new Pool({ connectionString: adminUrl(), max: 1 })
+    try {
+      await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD '${password}'`)
+    } finally {
+      await admin.end()
+    }
+    const url = new URL(db.url)
+    url.username = role
+    url.password = password
+    limitedEnv = { DATABASE_URL: url.toString() }
+  })
+  afterAll(async () => {
+    await db.pool.query(`GRANT CONNECT ON DATABASE ${escapeIdentifier(db.name)} TO PUBLIC`)
+    const admin = new Pool({ connectionString: adminUrl(), max: 1 })
+    try {
+      await admin.query(`DROP OWNED BY ${role}`).catch(() => undefined)
+      await admin.query(`DROP ROLE IF EXISTS ${role}`)
+    } finally {
+      await admin.end()
+    }
+  })
+
+  it('a user without privileges on pipeweave\'s tables: exit 4 with the server\'s message and what to check', async () => {
+    const human = await runCli(['runs:list'], { env: limitedEnv })
+    expectForeseen(human, 4)
+    expect(human.stderr).toMatch(/permission denied for table/)
+    expect(human.stderr).toMatch(/GRANT|privilege/)
+    expect(human.stderr).not.toContain(password)
+    const machine = await runCli(['runs:list', '--json'], { env: limitedEnv })
+    expect(machine.code).toBe(4)
+    expect(jsonError(machine).code).toBe('PERMISSION_DENIED')
+  })
+
+  it('a read-only server (a standby, default_transaction_read_only): exit 4 naming it', async () => {
+    await db.pool.query(`ALTER DATABASE ${escapeIdentifier(db.name)} SET default_transaction_read_only = on`)
+    try {
+      const human = await runCli(['maintenance:request', '--reason', 'ro'], { env: db.env })
+      expectForeseen(human, 4)
+      expect(human.stderr).toMatch(/read-only transaction/)
+      expect(human.stderr).toMatch(/standby|primary/)
+      const machine = await runCli(['maintenance:request', '--json'], { env: db.env })
+      expect(machine.code).toBe(4)
+      expect(jsonError(machine).code).toBe('READ_ONLY')
+    } finally {
+      await db.pool.query(`ALTER DATABASE ${escapeIdentifier(db.name)} RESET default_transaction_read_only`)
+    }
+  })
+
+  it('a user the server refuses at connect time (no CONNECT privilege): exit 3, before any state', async () => {
+    await db.pool.query(`REVOKE CONNECT ON DATABASE ${escapeIdentifier(db.name)} FROM PUBLIC`)
+    try {
+      const human = await runCli(['runs:list'], { env: limitedEnv })
+      expectForeseen(human, 3)
+      expect(human.stderr).toMatch(/permission denied for database/)
+      const machine = await runCli(['runs:list', '--json'], { env: limitedEnv })
+      expect(machine.code).toBe(3)
+      expect(jsonError(machine).code).toBe('CONNECTION_REFUSED_BY_SERVER')
+    } finally {
+      await db.pool.query(`GRANT CONNECT ON DATABASE ${escapeIdentifier(db.name)} TO PUBLIC`)
+    }
+  })
+
+  it.each([
+    ['53100', 'could not extend file "base/16384/16385": No space left on device', 'DISK_FULL', /disk|space/i],
+    ['25006', 'cannot execute UPDATE in a read-only transaction', 'READ_ONLY', /standby|primary/],
+    ['42501', 'permission denied for table tasks', 'PERMISSION_DENIED', /GRANT/],
+    ['42P07', 'relation "tasks" already exists', 'OBJECT_IN_THE_WAY', /did not create|another application/],
+    ['42703', 'column "code_hash" does not exist', 'OBJECT_IN_THE_WAY', /did not create|another application/],
+    ['55006', 'database "x" is being accessed by other users', 'OBJECT_IN_USE', /other session|pg_stat_activity/],
+  ])('classify maps a server error %s to exit 4 with its message and a hint', (code, message, expected, hint) => {
+    const failure = classify(Object.assign(new Error(message), { code, severity: 'ERROR' }))
+    expect(failure).toMatchObject({ exitCode: 4, code: expected })
+    expect(failure.message).toContain(message)
+    expect(failure.hint).toMatch(hint)
+  })
+
+  it('classify keeps exit 1 for what pipeweave did not foresee (a syntax error is a bug)', () => {
+    expect(classify(Object.assign(new Error('syntax error at or near "SELCT"'), { code: '42601', severity: 'ERROR' })).exitCode).toBe(1)
+    expect(classify(new TypeError('x is not a function')).exitCode).toBe(1)
+  })
+})
