@@ -24,6 +24,15 @@ export type BaseArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args
 
 const CONNECTION = 'CONNECTION'
 
+/**
+ * Commands that only read (SPEC §1): with nothing configured they use an embedded database that
+ * exists and never create one (`cd / && pipeweave db:status` must not leave a cluster in /).
+ */
+export const READ_ONLY_COMMANDS: ReadonlySet<string> = new Set([
+  'db:status', 'db:validate', 'db:ping', 'db:test', 'maintenance:status', 'runs:list', 'runs:show', 'dlq:list',
+  'services:list', 'schedules:list', 'dashboard',
+])
+
 export abstract class BaseCommand<T extends typeof Command, R = unknown> extends Command {
   static enableJsonFlag = true
 
@@ -102,6 +111,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
         user: this.flags.user, password: this.flags.password, ssl: this.flags.ssl,
       },
       command: options.command ?? this.id,
+      createEmbedded: !READ_ONLY_COMMANDS.has(this.id ?? ''),
       logger: this.logger,
       logSlowQueries: options.logSlowQueries,
     }

@@ -15,6 +15,7 @@ import {
 import type { EmbeddedHandle } from './embedded'
 import { Client, Pool } from './pg'
 import { SQLSTATE, isConnectionLoss, toConnectionError } from './errors'
+import { ConnectionError } from '../errors'
 
 /** A named SQL statement: the name is what the slow-query log prints, never the values. */
 export interface Statement {
@@ -35,6 +36,12 @@ export interface DatabaseConfig {
   database?: string
   /** Overrides of the pool settings read from the environment. */
   pool?: Partial<PoolSettings>
+  /**
+   * With nothing configured, may the embedded database be created (default true)? Commands that
+   * only read pass false: they use an embedded database that exists, and otherwise say that
+   * nothing is configured (exit 3) instead of making a cluster in the current directory (SPEC §1).
+   */
+  createEmbedded?: boolean
   /** Check the connection at once (default true), so that a bad setting fails before any work. */
   verify?: boolean
   /** Log queries slower than DB_SLOW_QUERY_MS as warnings (long-running processes). */
@@ -100,8 +107,18 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
   if (resolved.kind === 'embedded') {
     // Loaded only here: a command on a configured server never needs it (start-up cost).
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { acquireEmbeddedServer } = require('./embedded') as typeof import('./embedded')
-    embedded = await acquireEmbeddedServer({ env, cwd: config.cwd ?? process.cwd(), applicationName, log: (m) => logger.info(m) })
+    const { acquireEmbeddedServer, assertEmbeddedAllowed, embeddedCluster } = require('./embedded') as typeof import('./embedded')
+    const cwd = config.cwd ?? process.cwd()
+    if (config.createEmbedded === false) {
+      assertEmbeddedAllowed(env) // NODE_ENV=production's refusal (exit 2) comes first
+      const cluster = embeddedCluster({ env, cwd })
+      if (!cluster.exists) {
+        throw new ConnectionError('NOTHING_CONFIGURED', `no database is configured, and there is no embedded database at ${cluster.dataDir} yet`, {
+          hint: 'set DATABASE_URL (or --url, DB_HOST, PGHOST) to use your PostgreSQL, or run `pipeweave db:init` to create the embedded one here',
+        })
+      }
+    }
+    embedded = await acquireEmbeddedServer({ env, cwd, applicationName, log: (m) => logger.info(m) })
     const s = embedded.server
     target = {
       kind: 'external', source: 'DATABASE_URL', host: s.host, port: s.port, database: s.database,
