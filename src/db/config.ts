@@ -27,7 +27,8 @@ export interface SslSettings {
   key?: string
 }
 
-export type ConnectionSource = '--url' | 'flags' | 'DATABASE_URL' | 'DB_*' | 'PG*'
+/** Where a target came from; `connectionString` and `options` are createDatabase's seed shapes (SPEC §6). */
+export type ConnectionSource = '--url' | 'flags' | 'connectionString' | 'options' | 'DATABASE_URL' | 'DB_*' | 'PG*'
 
 export interface ExternalTarget {
   kind: 'external'
@@ -48,6 +49,14 @@ export interface EmbeddedTarget {
 
 export type ConnectionTarget = ExternalTarget | EmbeddedTarget
 
+/** TLS as the API's `ssl` option gives it: node-postgres's shape (PEM contents, not file names). */
+export interface SslObject {
+  rejectUnauthorized?: boolean
+  ca?: string
+  cert?: string
+  key?: string
+}
+
 export interface ConnectionFlags {
   url?: string
   host?: string
@@ -55,7 +64,10 @@ export interface ConnectionFlags {
   database?: string
   user?: string
   password?: string
-  ssl?: boolean
+  /** --ssl: TLS with verification. From the API also an sslmode name, false (no TLS) or an SslObject. */
+  ssl?: boolean | string | SslObject
+  /** 'api': these came from createDatabase's options, and messages name them so. */
+  from?: 'cli' | 'api'
 }
 
 export interface PoolSettings {
@@ -72,10 +84,11 @@ const has = (value: string | undefined): value is string => value !== undefined 
 
 /** Resolve the connection target: the first source present wins as a whole (SPEC §1). */
 export function resolveConnection(flags: ConnectionFlags, env: Env): ConnectionTarget {
-  if (has(flags.url)) return fromUrl(flags.url, '--url', flags, env)
+  const api = flags.from === 'api'
+  if (has(flags.url)) return fromUrl(flags.url, api ? 'connectionString' : '--url', flags, env)
 
   if ([flags.host, flags.database, flags.user, flags.password].some(has) || flags.port !== undefined) {
-    return fromParts('flags', {
+    return fromParts(api ? 'options' : 'flags', {
       host: flags.host,
       port: flags.port === undefined ? undefined : String(flags.port),
       database: flags.database,
@@ -222,12 +235,35 @@ function resolveSsl(
 
   if (isSocketHost(host)) return { mode: 'disable', setting: 'a Unix socket' }
   if (urlSsl?.mode) return withFiles(parseSslMode(urlSsl.mode, 'sslmode in the URL'), 'sslmode in the URL')
+  if (flags.from === 'api' && flags.ssl !== undefined) return apiSsl(flags.ssl, files)
   if (flags.ssl) return withFiles('verify-full', '--ssl')
   if (has(env.DB_SSL)) return withFiles(parseDbSsl(env.DB_SSL), 'DB_SSL')
   if (has(env.PGSSLMODE)) return withFiles(parseSslMode(env.PGSSLMODE, 'PGSSLMODE'), 'PGSSLMODE')
   if (isLoopbackHost(host)) return withFiles('disable', 'the default for a local host')
   if (env.NODE_ENV === 'production') return withFiles('verify-full', 'NODE_ENV=production')
   return withFiles('prefer', 'the default (prefer)')
+}
+
+/** createDatabase's `ssl`: true (verified), false (none), an sslmode name, or node-postgres's object. */
+function apiSsl(ssl: NonNullable<ConnectionFlags['ssl']>, files: Partial<Pick<SslSettings, 'ca' | 'cert' | 'key'>>): SslSettings {
+  const setting = 'the ssl option'
+  if (ssl === true) return { mode: 'verify-full', setting, ...dropUndefined(files) }
+  if (ssl === false) return { mode: 'disable', setting }
+  if (typeof ssl === 'string') return { mode: parseSslMode(ssl, setting), setting, ...dropUndefined(files) }
+  if (typeof ssl === 'object' && ssl !== null && !Array.isArray(ssl)) {
+    const unknown = Object.keys(ssl).filter((key) => !['rejectUnauthorized', 'ca', 'cert', 'key'].includes(key))
+    const notText = (['ca', 'cert', 'key'] as const).filter((key) => ssl[key] !== undefined && typeof ssl[key] !== 'string')
+    if (unknown.length === 0 && notText.length === 0) {
+      return {
+        mode: ssl.rejectUnauthorized === false ? 'no-verify' : 'verify-full',
+        setting,
+        ...dropUndefined({ ...files, ca: ssl.ca ?? files.ca, cert: ssl.cert ?? files.cert, key: ssl.key ?? files.key }),
+      }
+    }
+  }
+  throw new UsageError('INVALID_SSL', `the ssl option must be true, false, an sslmode (${SSL_MODES.join(', ')}) or { rejectUnauthorized, ca, cert, key } with PEM text`, {
+    hint: 'e.g. ssl: { rejectUnauthorized: true, ca: fs.readFileSync(\'ca.pem\', \'utf8\') }',
+  })
 }
 
 function parseSslMode(text: string, setting: string): SslMode {

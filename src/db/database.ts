@@ -9,13 +9,13 @@ import { type Logger, silentLogger } from '../logger'
 import { registerSecret } from '../redact'
 import { VERSION } from '../version'
 import {
-  type ConnectionFlags, type ExternalTarget, type PoolSettings, type SslSettings,
+  type ConnectionFlags, type ExternalTarget, type PoolSettings, type SslObject, type SslSettings,
   describeTarget, resolveConnection, resolvePoolSettings,
 } from './config'
 import type { EmbeddedHandle } from './embedded'
 import { Client, Pool } from './pg'
 import { SQLSTATE, isConnectionLoss, toConnectionError } from './errors'
-import { ConnectionError } from '../errors'
+import { ConnectionError, UsageError } from '../errors'
 
 /** A named SQL statement: the name is what the slow-query log prints, never the values. */
 export interface Statement {
@@ -26,13 +26,26 @@ export interface Statement {
 export type Queryable = Pick<Database, 'query'>
 
 export interface DatabaseConfig {
+  /** The seeds' shape (SPEC §6): a connection string, as `--url` takes it. */
+  connectionString?: string
+  /** The seeds' other shape: `{ host, port, database, user, password, ssl }`, as the connection flags. */
+  host?: string
+  port?: number | string
+  user?: string
+  password?: string
+  /** true (verified TLS), false (none), an sslmode name, or `{ rejectUnauthorized, ca, cert, key }` (PEM text). */
+  ssl?: boolean | string | SslObject
+  /** The CLI's connection flags (or the same parts from code); not together with the seeds' shapes. */
   flags?: ConnectionFlags
   env?: Record<string, string | undefined>
   cwd?: string
   /** The command or role, for application_name (`pipeweave/<version> <command>`). */
   command?: string
   logger?: Logger
-  /** Connect to the server's maintenance database instead of the target one (db:init). */
+  /**
+   * The database to use on the resolved server: the seeds' `database`, or the server's maintenance
+   * database instead of the target one (db:init).
+   */
   database?: string
   /** Overrides of the pool settings read from the environment. */
   pool?: Partial<PoolSettings>
@@ -94,10 +107,52 @@ export function tlsOptions(ssl: SslSettings, host: string): false | ConnectionOp
   }
 }
 
+/** Every option createDatabase understands; anything else is a UsageError (SPEC §6). */
+const CONFIG_KEYS: ReadonlySet<string> = new Set<keyof DatabaseConfig>([
+  'connectionString', 'host', 'port', 'user', 'password', 'ssl', 'database',
+  'flags', 'env', 'cwd', 'command', 'logger', 'pool', 'createEmbedded', 'verify', 'logSlowQueries', 'queryTimeoutMs',
+])
+const SEED_KEYS = ['connectionString', 'host', 'port', 'user', 'password', 'ssl'] as const
+
+function invalidConfig(message: string): UsageError {
+  return new UsageError('INVALID_DATABASE_CONFIG', `createDatabase: ${message}`, {
+    hint: 'give { connectionString }, { host, port, database, user, password, ssl } or { flags, env } (see DatabaseConfig)',
+  })
+}
+
+/**
+ * The connection flags a config stands for: its `flags`, or the seeds' shapes turned into them.
+ * What it does not understand is refused, never dropped: a dropped connection option would land
+ * on the embedded database instead of the server meant (SPEC §6).
+ */
+export function connectionFlagsOf(config: DatabaseConfig): ConnectionFlags {
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) {
+    throw invalidConfig(`expected a config object, got ${config === null ? 'null' : Array.isArray(config) ? 'an array' : `a ${typeof config}`}`)
+  }
+  const unknown = Object.keys(config).filter((key) => !CONFIG_KEYS.has(key))
+  if (unknown.length > 0) throw invalidConfig(`unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')}`)
+  const seeds = SEED_KEYS.filter((key) => config[key] !== undefined)
+  if (seeds.length === 0) return config.flags ?? {}
+  const flagParts = Object.entries(config.flags ?? {}).filter(([key, value]) => key !== 'from' && value !== undefined && value !== false && value !== '')
+  if (flagParts.length > 0) throw invalidConfig(`${seeds.join(', ')} and flags (${flagParts.map(([key]) => key).join(', ')}) both give the connection: give one`)
+  for (const key of ['connectionString', 'host', 'user', 'password'] as const) {
+    if (config[key] !== undefined && typeof config[key] !== 'string') throw invalidConfig(`${key} must be a string`)
+  }
+  if (config.port !== undefined && typeof config.port !== 'number' && typeof config.port !== 'string') throw invalidConfig('port must be a number')
+  const parts = { host: config.host, port: config.port, user: config.user, password: config.password }
+  if (config.connectionString !== undefined) {
+    const mixed = Object.entries(parts).filter(([, value]) => value !== undefined).map(([key]) => key)
+    if (mixed.length > 0) throw invalidConfig(`connectionString and ${mixed.join(', ')} both give the connection: give one`)
+    return { url: config.connectionString, ssl: config.ssl, from: 'api' }
+  }
+  return { ...parts, database: config.database, ssl: config.ssl, from: 'api' }
+}
+
 export async function createDatabase(config: DatabaseConfig = {}): Promise<Database> {
+  const flags = connectionFlagsOf(config)
   const env = config.env ?? process.env
   const logger = config.logger ?? silentLogger
-  const resolved = resolveConnection(config.flags ?? {}, env)
+  const resolved = resolveConnection(flags, env)
   const settings = { ...resolvePoolSettings(env), ...config.pool }
   if (!config.logSlowQueries) settings.slowQueryMs = Infinity
   const applicationName = `pipeweave/${VERSION}${config.command ? ` ${config.command}` : ''}`.slice(0, 63)
