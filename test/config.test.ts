@@ -263,3 +263,78 @@ describe('resolvePoolSettings', () => {
       expect(error.message).toContain(name)
     })
 })
+
+describe('libpq fidelity: conninfo strings and connection options (SPEC §1)', () => {
+  it('reads a key=value conninfo string from --url or DATABASE_URL, quoted values and spaces around = included', () => {
+    const conninfo = `host=db.internal port = 6000 dbname='my app' user=alice password='it\\'s a \\\\ pass'`
+    expect(external({}, { DATABASE_URL: conninfo })).toMatchObject({
+      source: 'DATABASE_URL', host: 'db.internal', port: 6000, database: 'my app', user: 'alice', password: "it's a \\ pass",
+    })
+    expect(external({ url: 'host=/cloudsql/p:r:i dbname=d' }, {})).toMatchObject({ source: '--url', host: '/cloudsql/p:r:i', database: 'd' })
+  })
+
+  it('fills what a conninfo string leaves out from the libpq variables, as a URL does', () => {
+    expect(external({}, { DATABASE_URL: 'dbname=app', PGHOST: 'pg.internal', PGUSER: 'bob' })).toMatchObject({ host: 'pg.internal', user: 'bob', database: 'app' })
+  })
+
+  it.each([
+    ['a keyword without a value', 'host=h dbname'],
+    ['an unterminated quote', "host=h password='secret-value"],
+    ['something that is not a keyword', 'mysql://h/d?x=1'],
+  ])('refuses %s as exit 2 naming the source, never echoing a value', (_what, text) => {
+    const error = usageError(() => resolveConnection({}, { DATABASE_URL: text }))
+    expect(error.code).toBe('INVALID_URL')
+    expect(error.message).toContain('DATABASE_URL')
+    expect(error.message).not.toContain('secret-value')
+  })
+
+  it('refuses a connection option it does not know (a typo) in a URL or conninfo, naming it (exit 2)', () => {
+    for (const [flags, env] of [[{ url: 'postgres://h/d?sslmdoe=require' }, {}], [{}, { DATABASE_URL: 'host=h sslmdoe=require' }]] as Array<[ConnectionFlags, Env]>) {
+      const error = usageError(() => resolveConnection(flags, env))
+      expect(error.code).toBe('UNKNOWN_CONNECTION_OPTION')
+      expect(error.message).toContain('"sslmdoe"')
+    }
+  })
+
+  it('refuses a libpq option that would change the target or its security and that pipeweave does not implement', () => {
+    for (const option of ['hostaddr=10.0.0.1', 'require_auth=scram-sha-256', 'target_session_attrs=read-write', 'sslcrl=/etc/crl.pem', 'replication=database']) {
+      const error = usageError(() => resolveConnection({}, { DATABASE_URL: `host=h ${option}` }))
+      expect(error.code).toBe('UNSUPPORTED_CONNECTION_OPTION')
+      expect(error.message).toContain(`"${option.split('=')[0]}"`)
+    }
+  })
+
+  it('accepts the libpq options that change nothing pipeweave relies on', () => {
+    expect(external({ url: 'postgres://h/d?keepalives=1&keepalives_idle=30&fallback_application_name=x&target_session_attrs=any&client_encoding=UTF8' }, {}).host).toBe('h')
+  })
+
+  it('reads options from the URL, then PGOPTIONS', () => {
+    expect(external({ url: 'postgres://h/d?options=-c%20work_mem%3D8MB' }, { PGOPTIONS: '-c geqo=off' }).options).toBe('-c work_mem=8MB')
+    expect(external({ url: 'postgres://h/d' }, { PGOPTIONS: '-c geqo=off' }).options).toBe('-c geqo=off')
+  })
+
+  it('takes application_name from the URL or conninfo, then PGAPPNAME; PGAPPNAME alone is no source', () => {
+    expect(external({ url: 'postgres://h/d?application_name=nightly' }, { PGAPPNAME: 'env-name' }).applicationName).toBe('nightly')
+    expect(external({}, { DATABASE_URL: 'host=h application_name=nightly' }).applicationName).toBe('nightly')
+    expect(external({}, { DB_HOST: 'h', PGAPPNAME: 'env-name' }).applicationName).toBe('env-name')
+    expect(external({ url: 'postgres://h/d' }, {}).applicationName).toBeUndefined()
+    expect(resolveConnection({}, { PGAPPNAME: 'env-name' })).toEqual({ kind: 'embedded' })
+  })
+
+  it('takes connect_timeout (seconds, at least 2, 0 = none) from the URL, then PGCONNECT_TIMEOUT; PGCONNECT_TIMEOUT alone is no source', () => {
+    expect(external({ url: 'postgres://h/d?connect_timeout=5' }, { PGCONNECT_TIMEOUT: '9' }).connectTimeoutMs).toBe(5000)
+    expect(external({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: '9' }).connectTimeoutMs).toBe(9000)
+    expect(external({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: '1' }).connectTimeoutMs).toBe(2000)
+    expect(external({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: '0' }).connectTimeoutMs).toBe(0)
+    expect(external({ url: 'postgres://h/d' }, {}).connectTimeoutMs).toBeUndefined()
+    expect(resolveConnection({}, { PGCONNECT_TIMEOUT: '5' })).toEqual({ kind: 'embedded' })
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: 'soon' })).code).toBe('INVALID_SETTING')
+  })
+
+  it('lets DB_CONNECT_TIMEOUT_MS win over connect_timeout and PGCONNECT_TIMEOUT, which win over the default', () => {
+    const target = external({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: '9' })
+    expect(resolvePoolSettings({ PGCONNECT_TIMEOUT: '9' }, target).connectTimeoutMs).toBe(9000)
+    expect(resolvePoolSettings({ PGCONNECT_TIMEOUT: '9', DB_CONNECT_TIMEOUT_MS: '1500' }, target).connectTimeoutMs).toBe(1500)
+    expect(resolvePoolSettings({}, external({ url: 'postgres://h/d' }, {})).connectTimeoutMs).toBe(CONNECTION_DEFAULTS.connectTimeoutMs)
+  })
+})

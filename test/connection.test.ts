@@ -308,6 +308,56 @@ describe('connection', () => {
     })
   })
 
+  describe('libpq fidelity (SPEC §1)', () => {
+    /** libpq's conninfo quoting: single quotes, a backslash before ' and \\. */
+    const quote = (value: string) => `'${value.replace(/[\\']/g, (c) => `\\${c}`)}'`
+    const conninfoOf = (t: Target) =>
+      `host=${t.host} port=${t.port} dbname=${quote(t.database)} user=${quote(t.user)}${t.password === undefined ? '' : ` password=${quote(t.password)}`}`
+
+    it('takes a key=value conninfo string in DATABASE_URL or --url, as psql does', async () => {
+      const conninfo = conninfoOf(good)
+      for (const result of [await runCli(['db:ping', '--json'], { env: { DATABASE_URL: conninfo } }), await runCli(['db:ping', '--json', '--url', conninfo])]) {
+        expect(result.code).toBe(0)
+        expect(json(result).target).toBe(`postgres://${role}:****@${server.host}:${server.port}/${db.name}`)
+        expect(result.stdout + result.stderr).not.toContain(password)
+      }
+    })
+
+    it('PGAPPNAME (or application_name in the URL) names the sessions on an external server', async () => {
+      const holder = await db.pool.connect()
+      try {
+        await holder.query(`SELECT pg_advisory_lock(${MIGRATION_LOCK_KEY})`)
+        const viaEnv = startCli(['db:migrate', '--lock-timeout', '60', '--dry-run'], { env: { DATABASE_URL: urlOf(good), PGAPPNAME: 'nightly-cron' } })
+        const viaUrl = startCli(['db:migrate', '--lock-timeout', '60', '--dry-run'], { env: { DATABASE_URL: `${urlOf(good)}?application_name=deploy-script`, PGAPPNAME: 'loses' } })
+        for (const name of ['nightly-cron', 'deploy-script']) {
+          await waitFor(async () => (await db.pool.query(
+            'SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = $2', [db.name, name])).rowCount, { what: `a session named ${name}` })
+        }
+        await holder.query(`SELECT pg_advisory_unlock(${MIGRATION_LOCK_KEY})`)
+        expect((await viaEnv.done).code).toBe(0)
+        expect((await viaUrl.done).code).toBe(0)
+      } finally {
+        await holder.query('SELECT pg_advisory_unlock_all()')
+        holder.release()
+      }
+    })
+
+    it('connect_timeout in the URL and PGCONNECT_TIMEOUT (seconds) bound the connect, as DB_CONNECT_TIMEOUT_MS does', async () => {
+      const blackHole = await blackHoleServer()
+      try {
+        const silent = urlOf({ ...good, port: blackHole.port })
+        for (const env of [{ DATABASE_URL: `${silent}?connect_timeout=2` }, { DATABASE_URL: silent, PGCONNECT_TIMEOUT: '2' }]) {
+          const result = await runCli(['db:ping'], { env })
+          expectOneLineFailure(result, 3, /no answer from 127\.0\.0\.1:\d+ within 2000 ms/)
+          expect(result.ms).toBeGreaterThanOrEqual(2000)
+          expect(result.ms).toBeLessThan(9000)
+        }
+      } finally {
+        await blackHole.close()
+      }
+    })
+  })
+
   describe('a password given by any source never shows (SPEC §1)', () => {
     const givers: Array<[string, Source, 'DB_PASS' | 'DB_PASSWORD']> = [
       ['--url', 'url', 'DB_PASS'], ['--password', 'flags', 'DB_PASS'], ['DATABASE_URL', 'DATABASE_URL', 'DB_PASS'],

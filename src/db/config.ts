@@ -39,8 +39,12 @@ export interface ExternalTarget {
   user: string
   password?: string
   ssl: SslSettings
-  /** Extra server settings carried by a URL's `options` parameter. */
+  /** Extra server settings: `options` in a URL or conninfo, or PGOPTIONS. */
   options?: string
+  /** application_name asked for by the connection string or PGAPPNAME (external servers only). */
+  applicationName?: string
+  /** connect_timeout of the connection string or PGCONNECT_TIMEOUT, in ms (0: none). */
+  connectTimeoutMs?: number
 }
 
 export interface EmbeddedTarget {
@@ -85,28 +89,29 @@ const has = (value: string | undefined): value is string => value !== undefined 
 /** Resolve the connection target: the first source present wins as a whole (SPEC §1). */
 export function resolveConnection(flags: ConnectionFlags, env: Env): ConnectionTarget {
   const api = flags.from === 'api'
-  if (has(flags.url)) return fromUrl(flags.url, api ? 'connectionString' : '--url', flags, env)
+  if (has(flags.url)) return fromConnectionString(flags.url, api ? 'connectionString' : '--url', flags, env)
 
   if ([flags.host, flags.database, flags.user, flags.password].some(has) || flags.port !== undefined) {
     return fromParts(api ? 'options' : 'flags', {
       host: flags.host,
       port: flags.port === undefined ? undefined : String(flags.port),
-      database: flags.database,
+      dbname: flags.database,
       user: flags.user,
       password: flags.password,
     }, flags, env)
   }
 
-  if (has(env.DATABASE_URL)) return fromUrl(env.DATABASE_URL, 'DATABASE_URL', flags, env)
+  if (has(env.DATABASE_URL)) return fromConnectionString(env.DATABASE_URL, 'DATABASE_URL', flags, env)
 
   const dbPassword = has(env.DB_PASS) ? env.DB_PASS : env.DB_PASSWORD
   // Any one of a source's values makes it present (SPEC §1), DB_SSL and PGSSLMODE included: a
   // lone TLS setting means a server was meant, and must not fall back to the embedded database.
+  // Settings that name no target (PGAPPNAME, PGCONNECT_TIMEOUT, DB_POOL_*) make no source.
   if ([env.DB_HOST, env.DB_PORT, env.DB_NAME, env.DB_USER, dbPassword, env.DB_SSL].some(has)) {
     return fromParts('DB_*', {
       host: env.DB_HOST,
       port: env.DB_PORT,
-      database: env.DB_NAME,
+      dbname: env.DB_NAME,
       user: env.DB_USER,
       password: dbPassword,
     }, flags, env)
@@ -119,31 +124,180 @@ export function resolveConnection(flags: ConnectionFlags, env: Env): ConnectionT
   return { kind: 'embedded' }
 }
 
-interface Parts {
-  host?: string
-  port?: string
-  database?: string
-  user?: string
-  password?: string
+// ---------------------------------------------------------------------------------------------
+// libpq's connection options (SPEC §1, libpq fidelity): what a URL's query, a conninfo string
+// (and a service file) may say, and what pipeweave does with each. Nothing is silently dropped
+// that would change the target or its security; a name libpq does not know is a typo (exit 2).
+
+/** A connection string's options by libpq keyword (host, port, dbname, user, password, sslmode, …). */
+export type Conninfo = Partial<Record<string, string>>
+
+type OptionUse =
+  | 'use' // pipeweave applies it
+  | 'ignore' // changes nothing pipeweave relies on (keepalives: pipeweave keeps its own)
+  | { when: (value: string) => boolean; why: string } // accepted only with these values
+  | 'unsupported' // would change the target or its security, and pipeweave does not implement it
+
+const CONNECTION_OPTIONS: Record<string, OptionUse> = {
+  host: 'use', port: 'use', dbname: 'use', user: 'use', password: 'use', options: 'use',
+  application_name: 'use', connect_timeout: 'use',
+  sslmode: 'use', sslrootcert: 'use', sslcert: 'use', sslkey: 'use',
+  fallback_application_name: 'ignore', keepalives: 'ignore', keepalives_idle: 'ignore', keepalives_interval: 'ignore',
+  keepalives_count: 'ignore', tcp_user_timeout: 'ignore', sslcompression: 'ignore', sslsni: 'ignore',
+  krbsrvname: 'ignore', gsslib: 'ignore', gssdelegation: 'ignore', load_balance_hosts: 'ignore',
+  // node-postgres's own URL parameter, meant the same way there (pipeweave has libpq's meanings already).
+  uselibpqcompat: 'ignore',
+  client_encoding: { when: (v) => /^(utf-?8|unicode|auto)$/i.test(v), why: 'pipeweave always talks UTF8' },
+  target_session_attrs: { when: (v) => v === 'any', why: 'pipeweave connects to one host and does not check its role' },
+  gssencmode: { when: (v) => v !== 'require', why: 'pipeweave does not do GSSAPI encryption' },
+  hostaddr: 'unsupported', require_auth: 'unsupported', sslpassword: 'unsupported', sslcrl: 'unsupported',
+  sslcrldir: 'unsupported', sslcertmode: 'unsupported', requirepeer: 'unsupported', replication: 'unsupported',
+  passfile: 'unsupported', sslnegotiation: 'unsupported', ssl_min_protocol_version: 'unsupported',
+  ssl_max_protocol_version: 'unsupported', min_protocol_version: 'unsupported', max_protocol_version: 'unsupported',
+  sslkeylogfile: 'unsupported', scram_client_key: 'unsupported', scram_server_key: 'unsupported',
+  oauth_issuer: 'unsupported', oauth_client_id: 'unsupported', oauth_client_secret: 'unsupported', oauth_scope: 'unsupported',
 }
 
-/** Fill what a source leaves out from the libpq variables, then the defaults, as libpq does. */
-function fromParts(
-  source: ConnectionSource,
-  parts: Parts,
-  flags: ConnectionFlags,
-  env: Env,
-  urlSsl?: { mode?: string; rootcert?: string; cert?: string; key?: string },
-  options?: string,
-): ExternalTarget {
-  const host = pick(parts.host, env.PGHOST) ?? 'localhost'
-  const portText = pick(parts.port, env.PGPORT)
+/** Refuse what pipeweave cannot honour, naming the option (never its value: it may be a password). */
+function checkOptions(conninfo: Conninfo, where: string): void {
+  for (const [name, value] of Object.entries(conninfo)) {
+    const use = Object.hasOwn(CONNECTION_OPTIONS, name) ? CONNECTION_OPTIONS[name] : undefined
+    if (use === undefined) {
+      throw new UsageError('UNKNOWN_CONNECTION_OPTION', `unknown connection option "${name}" in ${where}`, {
+        hint: 'check its spelling against libpq\'s connection parameters (sslmode, connect_timeout, application_name, …)',
+      })
+    }
+    if (use === 'unsupported' || (typeof use === 'object' && !use.when(value ?? ''))) {
+      throw new UsageError('UNSUPPORTED_CONNECTION_OPTION', `the connection option "${name}" in ${where} is not supported by pipeweave${typeof use === 'object' ? ` with that value (${use.why})` : ''}`, {
+        hint: 'remove it; pipeweave would not honour it',
+      })
+    }
+  }
+}
+
+function invalidConnectionString(source: ConnectionSource, why?: string): UsageError {
+  return new UsageError('INVALID_URL', `${source} is not a valid connection string${why ? ` (${why})` : ''}`, {
+    hint: 'use postgres://user:password@host:5432/database (percent-encode special characters in the password), or host=… port=… dbname=… user=…',
+  })
+}
+
+/** A URL (postgres://…) or a libpq key=value conninfo string, as `psql` takes either. */
+function fromConnectionString(text: string, source: ConnectionSource, flags: ConnectionFlags, env: Env): ExternalTarget {
+  const conninfo = /^postgres(ql)?:\/\//i.test(text) ? parseUrl(text, source) : parseConninfo(text, source)
+  checkOptions(conninfo, source)
+  return fromParts(source, conninfo, flags, env)
+}
+
+/**
+ * libpq's `keyword = value …`: values are bare words or single-quoted, and a backslash escapes the
+ * next character in either. Errors name the problem, never a value.
+ */
+export function parseConninfo(text: string, source: ConnectionSource): Conninfo {
+  const result: Conninfo = {}
+  let i = 0
+  const space = (c: string | undefined) => c !== undefined && /\s/.test(c)
+  while (i < text.length) {
+    while (space(text[i])) i++
+    if (i >= text.length) break
+    let name = ''
+    while (i < text.length && text[i] !== '=' && !space(text[i])) name += text[i++]
+    if (!/^[a-z_]+$/.test(name)) throw invalidConnectionString(source)
+    while (space(text[i])) i++
+    if (text[i] !== '=') throw invalidConnectionString(source, `missing "=" after "${name}"`)
+    i++
+    while (space(text[i])) i++
+    let value = ''
+    if (text[i] === "'") {
+      i++
+      for (;;) {
+        if (i >= text.length) throw invalidConnectionString(source, `unterminated quoted value of "${name}"`)
+        const c = text[i++]
+        if (c === "'") break
+        if (c === '\\' && i < text.length) value += text[i++]
+        else value += c
+      }
+    } else {
+      while (i < text.length && !space(text[i])) {
+        const c = text[i++]
+        if (c === '\\' && i < text.length) value += text[i++]
+        else value += c
+      }
+    }
+    result[name] = value
+  }
+  return result
+}
+
+function parseUrl(text: string, source: ConnectionSource): Conninfo {
+  let url: URL
+  try {
+    // A Unix-socket URL may leave the host empty (postgres://user@/db?host=/cloudsql/…).
+    url = new URL(text.replace(/^(postgres(?:ql)?:\/\/[^/?#]*@)(?=[/?#]|$)/i, '$1localhost'))
+  } catch {
+    throw invalidConnectionString(source)
+  }
+  const decode = (value: string) => {
+    try {
+      return decodeURIComponent(value)
+    } catch {
+      throw new UsageError('INVALID_URL', `${source} is not a valid connection string (bad percent-encoding)`, {
+        hint: 'percent-encode special characters: %40 for @, %2F for /, %25 for %',
+      })
+    }
+  }
+  const emptyHost = /^postgres(ql)?:\/\/([^/?#]*@)?(?=[/?#]|$)/i.test(text)
+  const hostname = emptyHost ? '' : decode(url.hostname.replace(/^\[(.+)\]$/, '$1'))
+  const conninfo: Conninfo = {}
+  if (hostname) conninfo.host = hostname
+  if (url.port) conninfo.port = url.port
+  if (url.pathname.length > 1) conninfo.dbname = decode(url.pathname.slice(1))
+  if (url.username) conninfo.user = decode(url.username)
+  if (url.password) conninfo.password = decode(url.password)
+  // Query parameters are conninfo options too, and win over the URL's parts, as in libpq.
+  for (const [name, value] of url.searchParams) {
+    if (name === 'ssl') {
+      // node-postgres's ?ssl=true: verified TLS, as --ssl (an sslmode beside it wins).
+      if (!/^(true|1|false|0)$/i.test(value)) throw new UsageError('INVALID_SSLMODE', `invalid ssl=… in ${source}`, { hint: 'use ssl=true or ssl=false, or sslmode=…' })
+      if (conninfo.sslmode === undefined && !url.searchParams.has('sslmode')) conninfo.sslmode = /^(true|1)$/i.test(value) ? 'verify-full' : 'disable'
+      continue
+    }
+    conninfo[name] = value
+  }
+  return conninfo
+}
+
+/**
+ * Fill what a source leaves out from the libpq variables, then the defaults, as libpq does.
+ * `conninfo` holds the source's own options (a URL's, a conninfo string's, or the flags' parts).
+ */
+function fromParts(source: ConnectionSource, conninfo: Conninfo, flags: ConnectionFlags, env: Env): ExternalTarget {
+  const host = pick(conninfo.host, env.PGHOST) ?? 'localhost'
+  const portText = pick(conninfo.port, env.PGPORT)
   const port = portText === undefined ? CONNECTION_DEFAULTS.port : parsePort(portText, source)
-  const user = pick(parts.user, env.PGUSER) ?? osUser()
-  const database = pick(parts.database, env.PGDATABASE) ?? user
-  const password = pick(parts.password, env.PGPASSWORD)
-  const ssl = resolveSsl(host, flags, env, urlSsl)
-  return { kind: 'external', source, host, port, database, user, password, ssl, ...(options ? { options } : {}) }
+  const user = pick(conninfo.user, env.PGUSER) ?? osUser()
+  const database = pick(conninfo.dbname, env.PGDATABASE) ?? user
+  const password = pick(conninfo.password, env.PGPASSWORD)
+  const ssl = resolveSsl(host, flags, env, { mode: conninfo.sslmode, rootcert: conninfo.sslrootcert, cert: conninfo.sslcert, key: conninfo.sslkey })
+  const options = pick(conninfo.options, env.PGOPTIONS)
+  const applicationName = pick(conninfo.application_name, env.PGAPPNAME)
+  const timeout = has(conninfo.connect_timeout)
+    ? connectTimeout(conninfo.connect_timeout, `connect_timeout in ${source}`)
+    : has(env.PGCONNECT_TIMEOUT) ? connectTimeout(env.PGCONNECT_TIMEOUT, 'PGCONNECT_TIMEOUT') : undefined
+  return {
+    kind: 'external', source, host, port, database, user, password, ssl,
+    ...(options ? { options } : {}),
+    ...(applicationName ? { applicationName } : {}),
+    ...(timeout !== undefined ? { connectTimeoutMs: timeout } : {}),
+  }
+}
+
+/** libpq's connect_timeout: whole seconds; 0 or less waits for ever; less than 2 counts as 2. */
+function connectTimeout(text: string, setting: string): number {
+  const seconds = Number(text.trim())
+  if (!Number.isInteger(seconds)) {
+    throw new UsageError('INVALID_SETTING', `${setting}="${text}" is not a whole number of seconds`, { hint: `fix or unset ${setting}` })
+  }
+  return seconds <= 0 ? 0 : Math.max(2, seconds) * 1000
 }
 
 function pick(...values: Array<string | undefined>): string | undefined {
@@ -166,45 +320,6 @@ function parsePort(text: string, source: ConnectionSource): number {
     })
   }
   return port
-}
-
-function fromUrl(text: string, source: ConnectionSource, flags: ConnectionFlags, env: Env): ExternalTarget {
-  let url: URL
-  try {
-    if (!/^postgres(ql)?:\/\//i.test(text)) throw new Error('scheme')
-    // A Unix-socket URL may leave the host empty (postgres://user@/db?host=/cloudsql/…).
-    url = new URL(text.replace(/^(postgres(?:ql)?:\/\/[^/?#]*@)(?=[/?#]|$)/i, '$1localhost'))
-  } catch {
-    throw new UsageError('INVALID_URL', `${source} is not a valid connection string`, {
-      hint: 'use postgres://user:password@host:5432/database (percent-encode special characters in the password)',
-    })
-  }
-  const query = url.searchParams
-  const decode = (value: string) => {
-    try {
-      return decodeURIComponent(value)
-    } catch {
-      throw new UsageError('INVALID_URL', `${source} is not a valid connection string (bad percent-encoding)`, {
-        hint: 'percent-encode special characters: %40 for @, %2F for /, %25 for %',
-      })
-    }
-  }
-  const emptyHost = /^postgres(ql)?:\/\/([^/?#]*@)?(?=[/?#]|$)/i.test(text)
-  const hostname = emptyHost ? '' : decode(url.hostname.replace(/^\[(.+)\]$/, '$1'))
-  const parts: Parts = {
-    host: query.get('host') ?? (hostname || undefined),
-    port: query.get('port') ?? (url.port || undefined),
-    database: url.pathname.length > 1 ? decode(url.pathname.slice(1)) : (query.get('dbname') ?? undefined),
-    user: query.get('user') ?? (url.username ? decode(url.username) : undefined),
-    password: query.get('password') ?? (url.password ? decode(url.password) : undefined),
-  }
-  const urlSsl = {
-    mode: query.get('sslmode') ?? undefined,
-    rootcert: query.get('sslrootcert') ?? undefined,
-    cert: query.get('sslcert') ?? undefined,
-    key: query.get('sslkey') ?? undefined,
-  }
-  return fromParts(source, parts, flags, env, urlSsl, query.get('options') ?? undefined)
 }
 
 export function isSocketHost(host: string): boolean {
@@ -297,12 +412,16 @@ function dropUndefined<T extends object>(value: T): Partial<T> {
   return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>
 }
 
-/** Pool settings from the environment (SPEC §1); invalid numbers are usage errors. */
-export function resolvePoolSettings(env: Env): PoolSettings {
+/**
+ * Pool settings from the environment (SPEC §1); invalid numbers are usage errors. The target's
+ * connect_timeout (or PGCONNECT_TIMEOUT) applies unless DB_CONNECT_TIMEOUT_MS says otherwise.
+ */
+export function resolvePoolSettings(env: Env, target?: ConnectionTarget): PoolSettings {
   const statementTimeoutMs = optionalInt(env, 'DB_STATEMENT_TIMEOUT_MS')
+  const libpqTimeout = target?.kind === 'external' ? target.connectTimeoutMs : undefined
   return {
     max: optionalInt(env, 'DB_POOL_MAX', 1) ?? CONNECTION_DEFAULTS.poolMax,
-    connectTimeoutMs: optionalInt(env, 'DB_CONNECT_TIMEOUT_MS', 1) ?? CONNECTION_DEFAULTS.connectTimeoutMs,
+    connectTimeoutMs: optionalInt(env, 'DB_CONNECT_TIMEOUT_MS', 1) ?? libpqTimeout ?? CONNECTION_DEFAULTS.connectTimeoutMs,
     idleTimeoutMs: optionalInt(env, 'DB_POOL_IDLE_TIMEOUT_MS') ?? CONNECTION_DEFAULTS.idleTimeoutMs,
     slowQueryMs: optionalInt(env, 'DB_SLOW_QUERY_MS') ?? CONNECTION_DEFAULTS.slowQueryMs,
     ...(statementTimeoutMs === undefined ? {} : { statementTimeoutMs }),

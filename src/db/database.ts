@@ -153,9 +153,13 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
   const env = config.env ?? process.env
   const logger = config.logger ?? silentLogger
   const resolved = resolveConnection(flags, env)
-  const settings = { ...resolvePoolSettings(env), ...config.pool }
+  const settings = { ...resolvePoolSettings(env, resolved), ...config.pool }
   if (!config.logSlowQueries) settings.slowQueryMs = Infinity
-  const applicationName = `pipeweave/${VERSION}${config.command ? ` ${config.command}` : ''}`.slice(0, 63)
+  // PGAPPNAME (or application_name in the URL) replaces the default on an external server only:
+  // the embedded server counts the pipeweave processes using it by the default name (SPEC §1.1).
+  const applicationName = (resolved.kind === 'external' && resolved.applicationName
+    ? resolved.applicationName
+    : `pipeweave/${VERSION}${config.command ? ` ${config.command}` : ''}`).slice(0, 63)
 
   let embedded: EmbeddedHandle | undefined
   let target: ExternalTarget
