@@ -2,6 +2,7 @@
  * Connection resolution (SPEC §1) as the pure function it is: flags and environment in, one
  * target out. The CLI-level proof that each source reaches the server is in connection.test.ts.
  */
+import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {
@@ -336,5 +337,78 @@ describe('libpq fidelity: conninfo strings and connection options (SPEC §1)', (
     expect(resolvePoolSettings({ PGCONNECT_TIMEOUT: '9' }, target).connectTimeoutMs).toBe(9000)
     expect(resolvePoolSettings({ PGCONNECT_TIMEOUT: '9', DB_CONNECT_TIMEOUT_MS: '1500' }, target).connectTimeoutMs).toBe(1500)
     expect(resolvePoolSettings({}, external({ url: 'postgres://h/d' }, {})).connectTimeoutMs).toBe(CONNECTION_DEFAULTS.connectTimeoutMs)
+  })
+})
+
+describe('libpq fidelity: PGSERVICE and the service files (SPEC §1)', () => {
+  let dir: string
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-service-'))
+    fs.mkdirSync(path.join(dir, 'home'))
+    fs.mkdirSync(path.join(dir, 'sysconf'))
+    fs.writeFileSync(path.join(dir, 'services.conf'), [
+      '# the team\'s services',
+      '[reporting]',
+      'host=reports.internal',
+      'port = 6432',
+      'dbname=reports',
+      'user=reporter',
+      'password=from-service',
+      'sslmode=require',
+      'application_name=reports-cron',
+      '',
+      '[other]',
+      'host=other.internal',
+    ].join('\n'))
+    fs.writeFileSync(path.join(dir, 'home', '.pg_service.conf'), '[mine]\nhost=mine.internal\ndbname=mine\n')
+    fs.writeFileSync(path.join(dir, 'sysconf', 'pg_service.conf'), '[mine]\nhost=shadowed.internal\n[shared]\nhost=shared.internal\ndbname=shared\n')
+    fs.writeFileSync(path.join(dir, 'typo.conf'), '[bad]\nhost=h\nsslmdoe=require\n')
+    fs.writeFileSync(path.join(dir, 'nested.conf'), '[outer]\nservice=inner\n')
+    fs.writeFileSync(path.join(dir, 'noequals.conf'), '[broken]\nhost h\n')
+  })
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+  const files = () => ({ HOME: path.join(dir, 'home'), PGSYSCONFDIR: path.join(dir, 'sysconf') })
+
+  it('makes PGSERVICE a present source at the libpq level, read from PGSERVICEFILE', () => {
+    const target = external({}, { ...files(), PGSERVICE: 'reporting', PGSERVICEFILE: path.join(dir, 'services.conf') })
+    expect(target).toMatchObject({
+      source: 'PG*', host: 'reports.internal', port: 6432, database: 'reports', user: 'reporter', password: 'from-service', applicationName: 'reports-cron',
+    })
+    expect(target.ssl.mode).toBe('require')
+  })
+
+  it('reads ~/.pg_service.conf without PGSERVICEFILE, then PGSYSCONFDIR/pg_service.conf; the first that defines the service wins', () => {
+    expect(external({}, { ...files(), PGSERVICE: 'mine' })).toMatchObject({ host: 'mine.internal', database: 'mine' })
+    expect(external({}, { ...files(), PGSERVICE: 'shared' })).toMatchObject({ host: 'shared.internal', database: 'shared' })
+  })
+
+  it('lets a service fill what a higher source leaves out, ahead of the PG* variables, as libpq does', () => {
+    const env = { ...files(), PGSERVICEFILE: path.join(dir, 'services.conf'), PGUSER: 'pg-user', PGPORT: '7777' }
+    expect(external({}, { ...env, DATABASE_URL: 'postgres://db.internal/app?service=reporting' }))
+      .toMatchObject({ source: 'DATABASE_URL', host: 'db.internal', database: 'app', user: 'reporter', port: 6432 })
+    expect(external({}, { ...env, PGSERVICE: 'reporting', DB_HOST: 'db.internal' }))
+      .toMatchObject({ source: 'DB_*', host: 'db.internal', user: 'reporter' })
+    expect(external({}, { ...env, DATABASE_URL: 'host=db.internal service=reporting user=own' }))
+      .toMatchObject({ host: 'db.internal', user: 'own', database: 'reports' })
+  })
+
+  it('refuses a service that no file defines (exit 2), naming the files looked in', () => {
+    const error = usageError(() => resolveConnection({}, { ...files(), PGSERVICE: 'nowhere', PGSERVICEFILE: path.join(dir, 'services.conf') }))
+    expect(error.code).toBe('SERVICE_NOT_FOUND')
+    expect(error.message).toContain('"nowhere"')
+    expect(error.message).toContain(path.join(dir, 'services.conf'))
+    expect(error.message).toContain(path.join(dir, 'sysconf', 'pg_service.conf'))
+  })
+
+  it.each([
+    ['an unknown option', 'typo.conf', 'bad', /"sslmdoe".*line 3/],
+    ['a nested service', 'nested.conf', 'outer', /nested service/],
+    ['a line without =', 'noequals.conf', 'broken', /syntax error.*line 2/],
+  ])('refuses a service file with %s (exit 2), naming the file and line', (_what, file, service, says) => {
+    const error = usageError(() => resolveConnection({}, { ...files(), PGSERVICE: service, PGSERVICEFILE: path.join(dir, file) }))
+    expect(error.exitCode).toBe(2)
+    expect(error.message).toContain(path.join(dir, file))
+    expect(error.message).toMatch(says)
   })
 })

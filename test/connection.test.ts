@@ -323,6 +323,22 @@ describe('connection', () => {
       }
     })
 
+    it('PGSERVICE names a service of PGSERVICEFILE: the server it defines, not the embedded database', async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-pgservice-'))
+      try {
+        const file = path.join(dir, 'pg_service.conf')
+        // A service file's values are the rest of the line, unquoted (libpq).
+        fs.writeFileSync(file, `# services\n[pipeweave-test]\nhost=${good.host}\nport=${good.port}\ndbname=${good.database}\nuser=${good.user}\npassword=${good.password}\n`)
+        const result = await runCli(['db:ping', '--json'], { env: { PGSERVICE: 'pipeweave-test', PGSERVICEFILE: file, HOME: dir } })
+        expect(result.code).toBe(0)
+        expect(json(result)).toMatchObject({ target: `postgres://${role}:****@${server.host}:${server.port}/${db.name}`, embedded: false })
+        expect(result.stderr).not.toContain('embedded')
+        expect(result.stdout + result.stderr).not.toContain(password)
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true })
+      }
+    })
+
     it('PGAPPNAME (or application_name in the URL) names the sessions on an external server', async () => {
       const holder = await db.pool.connect()
       try {

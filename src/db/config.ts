@@ -1,9 +1,11 @@
 /**
  * Connection resolution (SPEC §1) as a pure function: flags and environment in, one target out.
- * No I/O except reading certificate files named by the settings; fully covered by unit tests.
+ * No I/O except reading the files the settings name (certificates, the libpq service file); fully
+ * covered by unit tests.
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
+import * as path from 'node:path'
 import { UsageError } from '../errors'
 
 /** Every tunable of the connection layer, with its default, in one place. */
@@ -117,7 +119,8 @@ export function resolveConnection(flags: ConnectionFlags, env: Env): ConnectionT
     }, flags, env)
   }
 
-  if ([env.PGHOST, env.PGPORT, env.PGDATABASE, env.PGUSER, env.PGPASSWORD, env.PGSSLMODE].some(has)) {
+  // A service names a server as surely as PGHOST does: it is a source at the libpq level.
+  if ([env.PGHOST, env.PGPORT, env.PGDATABASE, env.PGUSER, env.PGPASSWORD, env.PGSSLMODE, env.PGSERVICE].some(has)) {
     return fromParts('PG*', {}, flags, env)
   }
 
@@ -140,7 +143,7 @@ type OptionUse =
 
 const CONNECTION_OPTIONS: Record<string, OptionUse> = {
   host: 'use', port: 'use', dbname: 'use', user: 'use', password: 'use', options: 'use',
-  application_name: 'use', connect_timeout: 'use',
+  application_name: 'use', connect_timeout: 'use', service: 'use',
   sslmode: 'use', sslrootcert: 'use', sslcert: 'use', sslkey: 'use',
   fallback_application_name: 'ignore', keepalives: 'ignore', keepalives_idle: 'ignore', keepalives_interval: 'ignore',
   keepalives_count: 'ignore', tcp_user_timeout: 'ignore', sslcompression: 'ignore', sslsni: 'ignore',
@@ -271,24 +274,86 @@ function parseUrl(text: string, source: ConnectionSource): Conninfo {
  * `conninfo` holds the source's own options (a URL's, a conninfo string's, or the flags' parts).
  */
 function fromParts(source: ConnectionSource, conninfo: Conninfo, flags: ConnectionFlags, env: Env): ExternalTarget {
-  const host = pick(conninfo.host, env.PGHOST) ?? 'localhost'
-  const portText = pick(conninfo.port, env.PGPORT)
+  // libpq's order for what the source leaves out: the service (service=… or PGSERVICE), then the
+  // PG* variables, then the defaults.
+  const serviceName = pick(conninfo.service, env.PGSERVICE)
+  const service = serviceName === undefined ? {} : findService(serviceName, env)
+  const libpq = (keyword: string, variable: string) => pick(conninfo[keyword], service[keyword], env[variable])
+  const host = libpq('host', 'PGHOST') ?? 'localhost'
+  const portText = libpq('port', 'PGPORT')
   const port = portText === undefined ? CONNECTION_DEFAULTS.port : parsePort(portText, source)
-  const user = pick(conninfo.user, env.PGUSER) ?? osUser()
-  const database = pick(conninfo.dbname, env.PGDATABASE) ?? user
-  const password = pick(conninfo.password, env.PGPASSWORD)
-  const ssl = resolveSsl(host, flags, env, { mode: conninfo.sslmode, rootcert: conninfo.sslrootcert, cert: conninfo.sslcert, key: conninfo.sslkey })
-  const options = pick(conninfo.options, env.PGOPTIONS)
-  const applicationName = pick(conninfo.application_name, env.PGAPPNAME)
-  const timeout = has(conninfo.connect_timeout)
-    ? connectTimeout(conninfo.connect_timeout, `connect_timeout in ${source}`)
-    : has(env.PGCONNECT_TIMEOUT) ? connectTimeout(env.PGCONNECT_TIMEOUT, 'PGCONNECT_TIMEOUT') : undefined
+  const user = libpq('user', 'PGUSER') ?? osUser()
+  const database = libpq('dbname', 'PGDATABASE') ?? user
+  const password = libpq('password', 'PGPASSWORD')
+  const ssl = resolveSsl(host, flags, env,
+    { mode: conninfo.sslmode, rootcert: conninfo.sslrootcert, cert: conninfo.sslcert, key: conninfo.sslkey },
+    { mode: service.sslmode, rootcert: service.sslrootcert, cert: service.sslcert, key: service.sslkey, name: serviceName })
+  const options = libpq('options', 'PGOPTIONS')
+  const applicationName = libpq('application_name', 'PGAPPNAME')
+  const timeoutText = libpq('connect_timeout', 'PGCONNECT_TIMEOUT')
+  const timeout = timeoutText === undefined ? undefined : connectTimeout(timeoutText,
+    has(conninfo.connect_timeout) ? `connect_timeout in ${source}` : has(service.connect_timeout) ? `connect_timeout of service "${serviceName}"` : 'PGCONNECT_TIMEOUT')
   return {
     kind: 'external', source, host, port, database, user, password, ssl,
     ...(options ? { options } : {}),
     ...(applicationName ? { applicationName } : {}),
     ...(timeout !== undefined ? { connectTimeoutMs: timeout } : {}),
   }
+}
+
+/**
+ * A service's options, read as libpq reads them: PGSERVICEFILE (else ~/.pg_service.conf), then
+ * PGSYSCONFDIR/pg_service.conf (Debian's libpq: /etc/postgresql-common); the first file that
+ * defines the service wins. Its lines are `keyword=value`, the value being the rest of the line.
+ */
+function findService(name: string, env: Env): Conninfo {
+  const home = has(env.HOME) ? env.HOME : os.homedir()
+  const files = [
+    has(env.PGSERVICEFILE) ? env.PGSERVICEFILE : path.join(home, '.pg_service.conf'),
+    path.join(has(env.PGSYSCONFDIR) ? env.PGSYSCONFDIR : '/etc/postgresql-common', 'pg_service.conf'),
+  ]
+  for (const file of files) {
+    let text: string
+    try {
+      text = fs.readFileSync(file, 'utf8')
+    } catch {
+      continue // libpq moves on to the next file
+    }
+    const found = serviceIn(text, name, file)
+    if (found) return found
+  }
+  throw new UsageError('SERVICE_NOT_FOUND', `definition of service "${name}" not found (looked in ${files.join(' and ')})`, {
+    hint: 'check PGSERVICE (or service=) and the service file (PGSERVICEFILE, ~/.pg_service.conf)',
+  })
+}
+
+/** The options of section [name] of a service file, or undefined when it has no such section. */
+export function serviceIn(text: string, name: string, file: string): Conninfo | undefined {
+  let found: Conninfo | undefined
+  const lines = text.split(/\r?\n/)
+  for (let index = 0; index < lines.length; index++) {
+    const line = lines[index].trim()
+    if (line === '' || line.startsWith('#')) continue
+    if (line.startsWith('[')) {
+      if (found) break // the end of our section
+      if (line === `[${name}]`) found = {}
+      continue
+    }
+    if (!found) continue // libpq reads only the lines of the service asked for
+    const where = `service file "${file}", line ${index + 1}`
+    const equals = line.indexOf('=')
+    if (equals < 0) {
+      throw new UsageError('INVALID_SERVICE_FILE', `syntax error in ${where}`, { hint: 'each line of a service is keyword=value' })
+    }
+    const keyword = line.slice(0, equals).trim()
+    if (keyword === 'service') {
+      throw new UsageError('INVALID_SERVICE_FILE', `nested service specifications are not supported (${where})`, { hint: 'remove the service= line' })
+    }
+    const value = line.slice(equals + 1).trimStart()
+    checkOptions({ [keyword]: value }, where)
+    if (found[keyword] === undefined) found[keyword] = value // the first setting counts, as in libpq
+  }
+  return found
 }
 
 /** libpq's connect_timeout: whole seconds; 0 or less waits for ever; less than 2 counts as 2. */
@@ -339,20 +404,25 @@ function resolveSsl(
   host: string,
   flags: ConnectionFlags,
   env: Env,
-  urlSsl?: { mode?: string; rootcert?: string; cert?: string; key?: string },
+  urlSsl: { mode?: string; rootcert?: string; cert?: string; key?: string },
+  serviceSsl: { mode?: string; rootcert?: string; cert?: string; key?: string; name?: string } = {},
 ): SslSettings {
   const files = {
-    ca: readCert(urlSsl?.rootcert ?? pick(env.DB_SSL_CA, env.PGSSLROOTCERT), 'CA'),
-    cert: readCert(urlSsl?.cert ?? pick(env.DB_SSL_CERT, env.PGSSLCERT), 'client certificate'),
-    key: readCert(urlSsl?.key ?? pick(env.DB_SSL_KEY, env.PGSSLKEY), 'client key'),
+    ca: readCert(pick(urlSsl.rootcert, env.DB_SSL_CA, serviceSsl.rootcert, env.PGSSLROOTCERT), 'CA'),
+    cert: readCert(pick(urlSsl.cert, env.DB_SSL_CERT, serviceSsl.cert, env.PGSSLCERT), 'client certificate'),
+    key: readCert(pick(urlSsl.key, env.DB_SSL_KEY, serviceSsl.key, env.PGSSLKEY), 'client key'),
   }
   const withFiles = (mode: SslMode, setting: string): SslSettings => ({ mode, setting, ...dropUndefined(files) })
 
   if (isSocketHost(host)) return { mode: 'disable', setting: 'a Unix socket' }
-  if (urlSsl?.mode) return withFiles(parseSslMode(urlSsl.mode, 'sslmode in the URL'), 'sslmode in the URL')
+  if (urlSsl.mode) return withFiles(parseSslMode(urlSsl.mode, 'sslmode in the URL'), 'sslmode in the URL')
   if (flags.from === 'api' && flags.ssl !== undefined) return apiSsl(flags.ssl, files)
   if (flags.ssl) return withFiles('verify-full', '--ssl')
   if (has(env.DB_SSL)) return withFiles(parseDbSsl(env.DB_SSL), 'DB_SSL')
+  if (has(serviceSsl.mode)) {
+    const setting = `sslmode of service "${serviceSsl.name}"`
+    return withFiles(parseSslMode(serviceSsl.mode, setting), setting)
+  }
   if (has(env.PGSSLMODE)) return withFiles(parseSslMode(env.PGSSLMODE, 'PGSSLMODE'), 'PGSSLMODE')
   if (isLoopbackHost(host)) return withFiles('disable', 'the default for a local host')
   if (env.NODE_ENV === 'production') return withFiles('verify-full', 'NODE_ENV=production')
