@@ -412,3 +412,27 @@ describe('libpq fidelity: PGSERVICE and the service files (SPEC §1)', () => {
     expect(error.message).toMatch(says)
   })
 })
+
+describe('libpq fidelity: channel_binding (SPEC §1)', () => {
+  it('reads channel_binding from the URL or conninfo, then PGCHANNELBINDING; unset leaves node-postgres\'s default', () => {
+    expect(external({ url: 'postgres://db.internal/d?channel_binding=prefer' }, { PGCHANNELBINDING: 'require' }).channelBinding).toBe('prefer')
+    expect(external({}, { DB_HOST: 'db.internal', PGCHANNELBINDING: 'require' }).channelBinding).toBe('require')
+    expect(external({ url: 'postgres://db.internal/d' }, {}).channelBinding).toBeUndefined()
+    expect(resolveConnection({}, { PGCHANNELBINDING: 'require' })).toEqual({ kind: 'embedded' })
+  })
+
+  it('makes TLS required where the default would allow plain connections, and keeps a stricter sslmode', () => {
+    expect(external({ url: 'postgres://db.internal/d?channel_binding=require' }, {}).ssl).toMatchObject({ mode: 'require', setting: 'channel_binding=require' })
+    expect(external({ url: 'postgres://localhost/d?channel_binding=require' }, {}).ssl.mode).toBe('require')
+    expect(external({ url: 'postgres://db.internal/d?channel_binding=require&sslmode=prefer' }, {}).ssl.mode).toBe('require')
+    expect(external({ url: 'postgres://db.internal/d?channel_binding=require&sslmode=verify-full' }, {}).ssl.mode).toBe('verify-full')
+    expect(external({ url: 'postgres://localhost/d?channel_binding=prefer' }, {}).ssl.mode).toBe('disable')
+  })
+
+  it('refuses require where TLS cannot be, and a value libpq does not know (exit 2)', () => {
+    expect(usageError(() => resolveConnection({ url: 'postgres://h/d?channel_binding=require&sslmode=disable' }, {})).code).toBe('CHANNEL_BINDING_NEEDS_TLS')
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', DB_SSL: 'false', PGCHANNELBINDING: 'require' })).code).toBe('CHANNEL_BINDING_NEEDS_TLS')
+    expect(usageError(() => resolveConnection({ host: '/var/run/postgresql' }, { PGCHANNELBINDING: 'require' })).code).toBe('CHANNEL_BINDING_NEEDS_TLS')
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', PGCHANNELBINDING: 'always' })).message).toContain('PGCHANNELBINDING')
+  })
+})

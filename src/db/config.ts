@@ -47,7 +47,15 @@ export interface ExternalTarget {
   applicationName?: string
   /** connect_timeout of the connection string or PGCONNECT_TIMEOUT, in ms (0: none). */
   connectTimeoutMs?: number
+  /**
+   * libpq's channel_binding: `prefer` uses SCRAM-SHA-256-PLUS when the server offers it over TLS;
+   * `require` also refuses any authentication without it. Unset: node-postgres's default (off).
+   */
+  channelBinding?: ChannelBinding
 }
+
+export type ChannelBinding = 'disable' | 'prefer' | 'require'
+const CHANNEL_BINDINGS: readonly ChannelBinding[] = ['disable', 'prefer', 'require']
 
 export interface EmbeddedTarget {
   kind: 'embedded'
@@ -143,7 +151,7 @@ type OptionUse =
 
 const CONNECTION_OPTIONS: Record<string, OptionUse> = {
   host: 'use', port: 'use', dbname: 'use', user: 'use', password: 'use', options: 'use',
-  application_name: 'use', connect_timeout: 'use', service: 'use',
+  application_name: 'use', connect_timeout: 'use', service: 'use', channel_binding: 'use',
   sslmode: 'use', sslrootcert: 'use', sslcert: 'use', sslkey: 'use',
   fallback_application_name: 'ignore', keepalives: 'ignore', keepalives_idle: 'ignore', keepalives_interval: 'ignore',
   keepalives_count: 'ignore', tcp_user_timeout: 'ignore', sslcompression: 'ignore', sslsni: 'ignore',
@@ -293,8 +301,12 @@ function fromParts(source: ConnectionSource, conninfo: Conninfo, flags: Connecti
   const timeoutText = libpq('connect_timeout', 'PGCONNECT_TIMEOUT')
   const timeout = timeoutText === undefined ? undefined : connectTimeout(timeoutText,
     has(conninfo.connect_timeout) ? `connect_timeout in ${source}` : has(service.connect_timeout) ? `connect_timeout of service "${serviceName}"` : 'PGCONNECT_TIMEOUT')
+  const bindingText = libpq('channel_binding', 'PGCHANNELBINDING')
+  const channelBinding = bindingText === undefined ? undefined : parseChannelBinding(bindingText, source, conninfo, service, serviceName)
   return {
-    kind: 'external', source, host, port, database, user, password, ssl,
+    kind: 'external', source, host, port, database, user, password,
+    ssl: channelBinding === 'require' ? tlsForChannelBinding(ssl, host) : ssl,
+    ...(channelBinding ? { channelBinding } : {}),
     ...(options ? { options } : {}),
     ...(applicationName ? { applicationName } : {}),
     ...(timeout !== undefined ? { connectTimeoutMs: timeout } : {}),
@@ -354,6 +366,34 @@ export function serviceIn(text: string, name: string, file: string): Conninfo | 
     if (found[keyword] === undefined) found[keyword] = value // the first setting counts, as in libpq
   }
   return found
+}
+
+function parseChannelBinding(text: string, source: ConnectionSource, conninfo: Conninfo, service: Conninfo, serviceName?: string): ChannelBinding {
+  if ((CHANNEL_BINDINGS as readonly string[]).includes(text)) return text as ChannelBinding
+  const setting = has(conninfo.channel_binding) ? `channel_binding in ${source}`
+    : has(service.channel_binding) ? `channel_binding of service "${serviceName}"` : 'PGCHANNELBINDING'
+  throw new UsageError('INVALID_SETTING', `invalid ${setting} "${text}"`, { hint: `use one of ${CHANNEL_BINDINGS.join(', ')}` })
+}
+
+/**
+ * channel_binding=require binds the authentication to the TLS session: TLS it must be. A default
+ * that would allow plain connections (a local host's none, libpq's prefer) becomes require, so a
+ * server without TLS fails at once; an explicit sslmode=disable, or a Unix socket, cannot work and
+ * is bad configuration (exit 2, before any connection).
+ */
+function tlsForChannelBinding(ssl: SslSettings, host: string): SslSettings {
+  if (isSocketHost(host)) {
+    throw new UsageError('CHANNEL_BINDING_NEEDS_TLS', `channel_binding=require needs TLS, and a Unix socket (${host}) has none`, {
+      hint: 'connect over TCP with TLS, or drop channel_binding=require (a socket is local: there is no one in between)',
+    })
+  }
+  if (ssl.mode === 'disable' && !ssl.setting.startsWith('the default')) {
+    throw new UsageError('CHANNEL_BINDING_NEEDS_TLS', `channel_binding=require needs TLS, and ${ssl.setting} turns it off`, {
+      hint: 'use sslmode=require (or stricter) with channel_binding=require',
+    })
+  }
+  if (ssl.mode === 'disable' || ssl.mode === 'prefer') return { ...ssl, mode: 'require', setting: 'channel_binding=require' }
+  return ssl
 }
 
 /** libpq's connect_timeout: whole seconds; 0 or less waits for ever; less than 2 counts as 2. */

@@ -148,6 +148,65 @@ export function connectionFlagsOf(config: DatabaseConfig): ConnectionFlags {
   return { ...parts, database: config.database, ssl: config.ssl, from: 'api' }
 }
 
+/**
+ * libpq's channel_binding=require, which node-postgres lacks: its enableChannelBinding only prefers
+ * SCRAM-SHA-256-PLUS, and goes on with plain SCRAM, a password or trust when the server asks for
+ * that. This client refuses every authentication but SCRAM-SHA-256-PLUS over TLS, before it sends
+ * anything (a server in the middle learns no password), as libpq does. It overrides node-postgres's
+ * authentication handlers (pg 8.x: _handleAuthSASL, _handleAuthCleartextPassword,
+ * _handleAuthMD5Password, _handleReadyForQuery); channel-binding.test.ts holds it to that.
+ */
+const ClientBase = Client as unknown as new (config: object) => {
+  connection: NodeJS.EventEmitter & { stream: { destroy(): void; getPeerCertificate?: unknown } }
+  _handleAuthSASL(message: { mechanisms: string[] }): void
+  _handleReadyForQuery(message: unknown): void
+}
+class ChannelBindingClientImpl extends ClientBase {
+  private bound = false
+  private refused = false
+
+  constructor(config: object) {
+    // Not a copy of config: pg-pool hands its options with the password non-enumerable.
+    super(config)
+    ;(this as unknown as { enableChannelBinding: boolean }).enableChannelBinding = true
+    // Authentication without any SASL exchange (trust) ends in AuthenticationOk alone.
+    this.connection.on('authenticationOk', () => {
+      if (!this.bound) this.refuse('the server authenticated the client without channel binding')
+    })
+  }
+
+  _handleAuthSASL(message: { mechanisms: string[] }): void {
+    if (typeof this.connection.stream.getPeerCertificate !== 'function') return this.refuse('the connection does not use TLS')
+    if (!message.mechanisms.includes('SCRAM-SHA-256-PLUS')) {
+      return this.refuse(`the server did not offer SCRAM-SHA-256-PLUS (it offered ${message.mechanisms.join(', ')})`)
+    }
+    // node-postgres picks SCRAM-SHA-256-PLUS whenever it is offered over TLS with enableChannelBinding,
+    // and the server's final SCRAM message (checked before AuthenticationOk) proves the binding.
+    this.bound = true
+    super._handleAuthSASL(message)
+  }
+
+  _handleAuthCleartextPassword(): void {
+    this.refuse('the server asked for a password in clear text')
+  }
+
+  _handleAuthMD5Password(): void {
+    this.refuse('the server asked for an MD5 password')
+  }
+
+  _handleReadyForQuery(message: unknown): void {
+    if (!this.refused) super._handleReadyForQuery(message) // the rest of a refused handshake is ignored
+  }
+
+  private refuse(why: string): void {
+    if (this.refused) return
+    this.refused = true
+    this.connection.emit('error', Object.assign(new Error(`channel binding required, but ${why}`), { code: 'CHANNEL_BINDING_REQUIRED' }))
+    this.connection.stream.destroy()
+  }
+}
+const ChannelBindingClient = ChannelBindingClientImpl as unknown as typeof Client
+
 export async function createDatabase(config: DatabaseConfig = {}): Promise<Database> {
   const flags = connectionFlagsOf(config)
   const env = config.env ?? process.env
@@ -206,11 +265,13 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       keepAliveInitialDelayMillis: 10_000,
       ...(settings.statementTimeoutMs !== undefined ? { statement_timeout: settings.statementTimeoutMs } : {}),
       ...(target.options ? { options: target.options } : {}),
+      ...(target.channelBinding === 'prefer' || target.channelBinding === 'require' ? { enableChannelBinding: true } : {}),
     })
+    const ClientClass = target.channelBinding === 'require' ? ChannelBindingClient : Client
 
     const newPool = () => {
       const created = new Pool({
-        ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs,
+        ...clientConfig(), Client: ClientClass, max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs,
         // A query that gets no answer (a connection that died silently) fails instead of hanging
         // its caller for ever; pg-pool destroys the connection it was released with.
         ...(config.queryTimeoutMs ? { query_timeout: config.queryTimeoutMs } : {}),
@@ -246,7 +307,7 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       }
     }
 
-    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, embedded)
+    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, ClientClass, embedded)
   } catch (error) {
     await embedded?.release().catch(() => undefined)
     throw toConnectionError(error, target, settings.connectTimeoutMs)
@@ -269,6 +330,7 @@ class PgDatabase implements Database {
     readonly applicationName: string,
     readonly tls: boolean,
     private readonly clientConfig: () => object,
+    private readonly ClientClass: typeof Client,
     private readonly embedded?: EmbeddedHandle,
   ) {
     this.description = describeTarget(target)
@@ -318,7 +380,7 @@ class PgDatabase implements Database {
   }
 
   async newClient(): Promise<Client> {
-    const client = new Client(this.clientConfig())
+    const client = new this.ClientClass(this.clientConfig())
     client.on('error', (error) => this.logger.debug(`database connection closed: ${error.message}`))
     try {
       await client.connect()

@@ -148,6 +148,9 @@ export function toConnectionError(error: unknown, target: ExternalTarget, connec
   const message = e.message ?? String(error)
 
   switch (e.code) {
+    case 'CHANNEL_BINDING_REQUIRED':
+      return make('CHANNEL_BINDING_FAILED', `${firstLine(message)} (${hostPort}; channel_binding=require)`,
+        'the server must authenticate with SCRAM-SHA-256 over TLS (password_encryption = scram-sha-256, a scram-sha-256 line in pg_hba.conf, TLS on); or drop channel_binding=require')
     case 'ECONNREFUSED':
       return make('CONNECTION_REFUSED', `connection refused by ${hostPort}`,
         'is PostgreSQL running there and listening on that port? check the host and port (DATABASE_URL, DB_HOST/DB_PORT, PGHOST/PGPORT)')
@@ -198,7 +201,9 @@ export function toConnectionError(error: unknown, target: ExternalTarget, connec
   }
   if (/does not support SSL/i.test(message)) {
     return make('TLS_UNSUPPORTED', `the server at ${hostPort} does not accept TLS, and ${target.ssl.setting} requires it`,
-      'enable TLS on the server, or allow plain connections with sslmode=disable (DB_SSL=false)')
+      target.channelBinding === 'require'
+        ? 'channel binding needs TLS: enable TLS on the server, or drop channel_binding=require'
+        : 'enable TLS on the server, or allow plain connections with sslmode=disable (DB_SSL=false)')
   }
   if (/SSL|TLS|certificate|EPROTO/i.test(message) || e.code === 'EPROTO' || e.code?.startsWith('ERR_SSL') || e.code?.startsWith('ERR_TLS')) {
     return make('TLS_FAILED', `TLS negotiation with ${hostPort} failed: ${firstLine(message)}`,
