@@ -248,13 +248,13 @@ describe('describeTarget', () => {
 
 describe('resolvePoolSettings', () => {
   it('has the SPEC defaults', () => {
-    expect(resolvePoolSettings({})).toEqual({ max: 10, connectTimeoutMs: 10_000, idleTimeoutMs: 30_000, slowQueryMs: 1000 })
+    expect(resolvePoolSettings({})).toEqual({ max: 10, min: 0, connectTimeoutMs: 10_000, idleTimeoutMs: 30_000, slowQueryMs: 1000 })
   })
 
   it('reads every setting from the environment', () => {
     expect(resolvePoolSettings({
       DB_POOL_MAX: '3', DB_CONNECT_TIMEOUT_MS: '2500', DB_POOL_IDLE_TIMEOUT_MS: '100', DB_STATEMENT_TIMEOUT_MS: '5000', DB_SLOW_QUERY_MS: '50',
-    })).toEqual({ max: 3, connectTimeoutMs: 2500, idleTimeoutMs: 100, statementTimeoutMs: 5000, slowQueryMs: 50 })
+    })).toEqual({ max: 3, min: 0, connectTimeoutMs: 2500, idleTimeoutMs: 100, statementTimeoutMs: 5000, slowQueryMs: 50 })
   })
 
   it.each([['DB_POOL_MAX', '0'], ['DB_POOL_MAX', 'ten'], ['DB_CONNECT_TIMEOUT_MS', '1.5'], ['DB_STATEMENT_TIMEOUT_MS', '-1']])(
@@ -434,5 +434,31 @@ describe('libpq fidelity: channel_binding (SPEC §1)', () => {
     expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', DB_SSL: 'false', PGCHANNELBINDING: 'require' })).code).toBe('CHANNEL_BINDING_NEEDS_TLS')
     expect(usageError(() => resolveConnection({ host: '/var/run/postgresql' }, { PGCHANNELBINDING: 'require' })).code).toBe('CHANNEL_BINDING_NEEDS_TLS')
     expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', PGCHANNELBINDING: 'always' })).message).toContain('PGCHANNELBINDING')
+  })
+})
+
+describe('the seeds\' aliases: DB_POOL_SIZE, DB_POOL_MIN, DB_SSL_MODE (SPEC §1)', () => {
+  it('reads DB_POOL_SIZE as DB_POOL_MAX (DB_POOL_MAX wins when both are set)', () => {
+    expect(resolvePoolSettings({ DB_POOL_SIZE: '4' }).max).toBe(4)
+    expect(resolvePoolSettings({ DB_POOL_SIZE: '4', DB_POOL_MAX: '6' }).max).toBe(6)
+    expect(usageError(() => resolvePoolSettings({ DB_POOL_SIZE: 'lots' })).message).toContain('DB_POOL_SIZE')
+  })
+
+  it('reads DB_POOL_MIN (0 by default), at most the pool size', () => {
+    expect(resolvePoolSettings({}).min).toBe(0)
+    expect(resolvePoolSettings({ DB_POOL_MIN: '2', DB_POOL_SIZE: '5' }).min).toBe(2)
+    expect(usageError(() => resolvePoolSettings({ DB_POOL_MIN: '12' })).message).toMatch(/DB_POOL_MIN.*DB_POOL_MAX/)
+  })
+
+  it('reads DB_SSL_MODE as an sslmode of the DB_* source (DB_SSL wins when both are set), and a lone one as a present source', () => {
+    expect(external({}, { DB_HOST: 'db.internal', DB_SSL_MODE: 'require' }).ssl).toMatchObject({ mode: 'require', setting: 'DB_SSL_MODE' })
+    expect(external({}, { DB_HOST: 'db.internal', DB_SSL_MODE: 'require', DB_SSL: 'true' }).ssl.mode).toBe('verify-full')
+    expect(external({}, { DB_HOST: 'db.internal', DB_SSL_MODE: 'disable', PGSSLMODE: 'require' }).ssl.mode).toBe('disable')
+    expect(resolveConnection({}, { DB_SSL_MODE: 'require' })).toMatchObject({ kind: 'external', source: 'DB_*' })
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', DB_SSL_MODE: 'sometimes' })).message).toContain('DB_SSL_MODE')
+  })
+
+  it('makes no source of DB_POOL_* alone', () => {
+    expect(resolveConnection({}, { DB_POOL_SIZE: '4', DB_POOL_MIN: '1', DB_POOL_MAX: '5' })).toEqual({ kind: 'embedded' })
   })
 })

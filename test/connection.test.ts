@@ -358,6 +358,13 @@ describe('connection', () => {
       }
     })
 
+    it('DB_SSL_MODE is the sslmode of the DB_* source: require fails against a server without TLS, naming it', async () => {
+      const given = give('DB_*', good)
+      const result = await runCli(['db:ping'], { env: { ...given.env, DB_SSL_MODE: 'require' } })
+      expectOneLineFailure(result, 3, /does not accept TLS, and DB_SSL_MODE requires it/)
+      expect((await runCli(['db:ping'], { env: { ...given.env, DB_SSL_MODE: 'disable' } })).code).toBe(0)
+    })
+
     it('connect_timeout in the URL and PGCONNECT_TIMEOUT (seconds) bound the connect, as DB_CONNECT_TIMEOUT_MS does', async () => {
       const blackHole = await blackHoleServer()
       try {

@@ -86,6 +86,8 @@ export interface ConnectionFlags {
 
 export interface PoolSettings {
   max: number
+  /** Idle connections the pool keeps instead of closing them (DB_POOL_MIN). */
+  min: number
   connectTimeoutMs: number
   idleTimeoutMs: number
   statementTimeoutMs?: number
@@ -117,7 +119,7 @@ export function resolveConnection(flags: ConnectionFlags, env: Env): ConnectionT
   // Any one of a source's values makes it present (SPEC §1), DB_SSL and PGSSLMODE included: a
   // lone TLS setting means a server was meant, and must not fall back to the embedded database.
   // Settings that name no target (PGAPPNAME, PGCONNECT_TIMEOUT, DB_POOL_*) make no source.
-  if ([env.DB_HOST, env.DB_PORT, env.DB_NAME, env.DB_USER, dbPassword, env.DB_SSL].some(has)) {
+  if ([env.DB_HOST, env.DB_PORT, env.DB_NAME, env.DB_USER, dbPassword, env.DB_SSL, env.DB_SSL_MODE].some(has)) {
     return fromParts('DB_*', {
       host: env.DB_HOST,
       port: env.DB_PORT,
@@ -459,6 +461,8 @@ function resolveSsl(
   if (flags.from === 'api' && flags.ssl !== undefined) return apiSsl(flags.ssl, files)
   if (flags.ssl) return withFiles('verify-full', '--ssl')
   if (has(env.DB_SSL)) return withFiles(parseDbSsl(env.DB_SSL), 'DB_SSL')
+  // The seeds' alias: an sslmode with libpq's meanings, beside DB_SSL.
+  if (has(env.DB_SSL_MODE)) return withFiles(parseSslMode(env.DB_SSL_MODE, 'DB_SSL_MODE'), 'DB_SSL_MODE')
   if (has(serviceSsl.mode)) {
     const setting = `sslmode of service "${serviceSsl.name}"`
     return withFiles(parseSslMode(serviceSsl.mode, setting), setting)
@@ -529,8 +533,17 @@ function dropUndefined<T extends object>(value: T): Partial<T> {
 export function resolvePoolSettings(env: Env, target?: ConnectionTarget): PoolSettings {
   const statementTimeoutMs = optionalInt(env, 'DB_STATEMENT_TIMEOUT_MS')
   const libpqTimeout = target?.kind === 'external' ? target.connectTimeoutMs : undefined
+  // DB_POOL_SIZE is the seeds' name for DB_POOL_MAX.
+  const max = optionalInt(env, 'DB_POOL_MAX', 1) ?? optionalInt(env, 'DB_POOL_SIZE', 1) ?? CONNECTION_DEFAULTS.poolMax
+  const min = optionalInt(env, 'DB_POOL_MIN') ?? 0
+  if (min > max) {
+    throw new UsageError('INVALID_SETTING', `DB_POOL_MIN=${min} is more than the pool size ${max} (DB_POOL_MAX or DB_POOL_SIZE)`, {
+      hint: 'lower DB_POOL_MIN or raise DB_POOL_MAX',
+    })
+  }
   return {
-    max: optionalInt(env, 'DB_POOL_MAX', 1) ?? CONNECTION_DEFAULTS.poolMax,
+    max,
+    min,
     connectTimeoutMs: optionalInt(env, 'DB_CONNECT_TIMEOUT_MS', 1) ?? libpqTimeout ?? CONNECTION_DEFAULTS.connectTimeoutMs,
     idleTimeoutMs: optionalInt(env, 'DB_POOL_IDLE_TIMEOUT_MS') ?? CONNECTION_DEFAULTS.idleTimeoutMs,
     slowQueryMs: optionalInt(env, 'DB_SLOW_QUERY_MS') ?? CONNECTION_DEFAULTS.slowQueryMs,

@@ -271,7 +271,7 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
 
     const newPool = () => {
       const created = new Pool({
-        ...clientConfig(), Client: ClientClass, max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs,
+        ...clientConfig(), Client: ClientClass, max: settings.max, min: Math.min(settings.min, settings.max), idleTimeoutMillis: settings.idleTimeoutMs,
         // A query that gets no answer (a connection that died silently) fails instead of hanging
         // its caller for ever; pg-pool destroys the connection it was released with.
         ...(config.queryTimeoutMs ? { query_timeout: config.queryTimeoutMs } : {}),
