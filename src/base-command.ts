@@ -16,6 +16,7 @@ import { Output, stderrLogger } from './output'
 import type { Logger } from './logger'
 import { redact } from './redact'
 import { SQLSTATE, serverStateError } from './db/errors'
+import { settingTypos } from './db/config'
 
 export { Args, Flags }
 
@@ -80,6 +81,10 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     this.flags = flags as BaseFlags<T>
     this.args = args as BaseArgs<T>
     this.positionals = argv.map(String)
+    // A misspelt setting is ignored like any unknown variable: say so, once (SPEC §1).
+    for (const { name, meant } of settingTypos(process.env)) {
+      this.logger.warn(`${name} is not a pipeweave setting (did you mean ${meant}?); it is ignored`)
+    }
     if (this.handlesSignals) {
       const onSignal = (signal: NodeJS.Signals) => {
         const code = signal === 'SIGINT' ? 130 : 143

@@ -6,7 +6,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {
-  CONNECTION_DEFAULTS, type ConnectionFlags, type ExternalTarget, describeTarget, resolveConnection, resolvePoolSettings,
+  CONNECTION_DEFAULTS, KNOWN_SETTINGS, type ConnectionFlags, type ExternalTarget, describeTarget, resolveConnection, resolvePoolSettings, settingTypos,
 } from '../src/db/config'
 import { tlsOptions } from '../src/db/database'
 import { UsageError } from '../src/errors'
@@ -460,5 +460,32 @@ describe('the seeds\' aliases: DB_POOL_SIZE, DB_POOL_MIN, DB_SSL_MODE (SPEC §1)
 
   it('makes no source of DB_POOL_* alone', () => {
     expect(resolveConnection({}, { DB_POOL_SIZE: '4', DB_POOL_MIN: '1', DB_POOL_MAX: '5' })).toEqual({ kind: 'embedded' })
+  })
+})
+
+describe('settingTypos: a DB_* or PIPEWEAVE_* variable within edit distance 2 of a known name (SPEC §1)', () => {
+  it.each([
+    ['DB_HOSTT', 'DB_HOST'], ['DB_HSOT', 'DB_HOST'], ['DB_PASWORD', 'DB_PASSWORD'], ['DB_Host', 'DB_HOST'],
+    ['DB_SLOW_QUERY_M', 'DB_SLOW_QUERY_MS'], ['PIPEWEAVE_HOEM', 'PIPEWEAVE_HOME'], ['PIPEWEAVE_SECRETKEY', 'PIPEWEAVE_SECRET_KEY'],
+  ])('warns about %s, suggesting %s', (name, meant) => {
+    expect(settingTypos({ [name]: 'x' })).toEqual([{ name, meant }])
+  })
+
+  it('passes the application\'s own DB_* variables, known names, names further off and other variables silently', () => {
+    expect(settingTypos({
+      DB_STATEMENT_TIMEOUT: '3', PIPEWEAVE_SECRET: 'x',
+      DB_ENGINE: 'postgres', DB_MIGRATIONS_TABLE: 'm', DB_HOST: 'h', DB_POOL_SIZE: '3', PIPEWEAVE_SCHEMA: 's', PIPEWEAVE_DASHBOARD_TOKEN: 't',
+      PGHOSTT: 'x', HOSTT: 'x', db_hostt: 'x',
+    })).toEqual([])
+  })
+
+  it('knows every name the SPEC and the code read', () => {
+    for (const name of ['DB_HOST', 'DB_PORT', 'DB_NAME', 'DB_USER', 'DB_PASS', 'DB_PASSWORD', 'DB_SSL', 'DB_SSL_MODE', 'DB_SSL_CA', 'DB_SSL_CERT',
+      'DB_SSL_KEY', 'DB_POOL_MAX', 'DB_POOL_SIZE', 'DB_POOL_MIN', 'DB_POOL_IDLE_TIMEOUT_MS', 'DB_CONNECT_TIMEOUT_MS', 'DB_STATEMENT_TIMEOUT_MS',
+      'DB_SLOW_QUERY_MS', 'DB_QUERY_TIMEOUT_MS', 'PIPEWEAVE_HOME', 'PIPEWEAVE_EMBEDDED', 'PIPEWEAVE_SECRET_KEY', 'PIPEWEAVE_NO_LISTEN',
+      'PIPEWEAVE_HTTP_PORT', 'PIPEWEAVE_HTTP_HOST', 'PIPEWEAVE_SCHEMA', 'PIPEWEAVE_DASHBOARD_TOKEN', 'PIPEWEAVE_BREAKER_COOLDOWN_MS',
+      'PIPEWEAVE_BREAKER_MAX_OPEN_MS', 'PIPEWEAVE_TEST_DATABASE_URL']) {
+      expect(Object.keys(KNOWN_SETTINGS)).toContain(name)
+    }
   })
 })

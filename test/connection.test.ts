@@ -365,6 +365,16 @@ describe('connection', () => {
       expect((await runCli(['db:ping'], { env: { ...given.env, DB_SSL_MODE: 'disable' } })).code).toBe(0)
     })
 
+    it('warns once on stderr about a DB_* or PIPEWEAVE_* variable that looks like a typo, and passes the application\'s own silently', async () => {
+      const env = { DATABASE_URL: urlOf(good) }
+      const typo = await runCli(['db:ping', '--json'], { env: { ...env, DB_HOSTT: 'db.internal', DB_ENGINE: 'postgres' } })
+      expect(typo.code).toBe(0)
+      expect(json(typo).target).toContain(db.name)
+      expect(typo.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^warning: DB_HOSTT .*DB_HOST\b/)])
+      const quiet = await runCli(['db:ping'], { env: { ...env, DB_ENGINE: 'postgres', DB_MIGRATIONS_DIR: 'db' } })
+      expect({ code: quiet.code, stderr: quiet.stderr }).toEqual({ code: 0, stderr: '' })
+    })
+
     it('connect_timeout in the URL and PGCONNECT_TIMEOUT (seconds) bound the connect, as DB_CONNECT_TIMEOUT_MS does', async () => {
       const blackHole = await blackHoleServer()
       try {

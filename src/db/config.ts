@@ -564,6 +564,81 @@ export function optionalInt(env: Env, name: string, min = 0): number | undefined
   return value
 }
 
+/**
+ * Every DB_* and PIPEWEAVE_* environment variable that pipeweave reads (its tests and benchmarks
+ * included): one table, so that a typo can be told from an application's own setting (SPEC §1).
+ */
+export const KNOWN_SETTINGS: Readonly<Record<string, string>> = {
+  DB_HOST: 'database host (the DB_* source)',
+  DB_PORT: 'database port',
+  DB_NAME: 'database name',
+  DB_USER: 'database user',
+  DB_PASS: 'database password',
+  DB_PASSWORD: 'database password (DB_PASS wins)',
+  DB_SSL: 'TLS: true (verified), no-verify, false, or an sslmode',
+  DB_SSL_MODE: 'an sslmode (DB_SSL wins)',
+  DB_SSL_CA: 'CA file',
+  DB_SSL_CERT: 'client certificate file',
+  DB_SSL_KEY: 'client key file',
+  DB_POOL_MAX: 'connections per process',
+  DB_POOL_SIZE: 'DB_POOL_MAX under the seeds\' name',
+  DB_POOL_MIN: 'idle connections kept',
+  DB_POOL_IDLE_TIMEOUT_MS: 'idle connections close after this',
+  DB_CONNECT_TIMEOUT_MS: 'connect timeout',
+  DB_STATEMENT_TIMEOUT_MS: 'statement_timeout',
+  DB_SLOW_QUERY_MS: 'slow-query warning threshold of run',
+  DB_QUERY_TIMEOUT_MS: 'run gives up on a query with no answer after this',
+  PIPEWEAVE_HOME: 'where the embedded database lives',
+  PIPEWEAVE_EMBEDDED: '0 refuses the embedded database',
+  PIPEWEAVE_SCHEMA: 'the schema of pipeweave\'s objects',
+  PIPEWEAVE_SECRET_KEY: 'HMAC key of dispatch signatures',
+  PIPEWEAVE_NO_LISTEN: '1: run polls, without LISTEN/NOTIFY',
+  PIPEWEAVE_HTTP_PORT: 'run\'s /healthz, /readyz and /metrics port',
+  PIPEWEAVE_HTTP_HOST: 'the address that server binds',
+  PIPEWEAVE_DASHBOARD_TOKEN: 'the dashboard\'s action token',
+  PIPEWEAVE_BREAKER_COOLDOWN_MS: 'service breaker cool-down',
+  PIPEWEAVE_BREAKER_MAX_OPEN_MS: 'service breaker longest open time',
+  PIPEWEAVE_TEST_DATABASE_URL: 'the test suite\'s server',
+  PIPEWEAVE_TEST_ADMIN_URL: 'set by the test suite for its files',
+  PIPEWEAVE_TEST_WORKERS: 'jest workers of the test suite',
+  PIPEWEAVE_BENCH_DATABASE_URL: 'the benchmarks\' server',
+}
+
+/**
+ * DB_* and PIPEWEAVE_* variables that look like a misspelt setting: within edit distance 2 of a
+ * known name (case aside). Others pass silently: an application's own DB_ENGINE is no typo, and
+ * cron output stays quiet (SPEC §1).
+ */
+export function settingTypos(env: Env): Array<{ name: string; meant: string }> {
+  const known = Object.keys(KNOWN_SETTINGS)
+  const typos: Array<{ name: string; meant: string }> = []
+  for (const name of Object.keys(env).sort()) {
+    if (!/^(DB|PIPEWEAVE)_/.test(name) || Object.hasOwn(KNOWN_SETTINGS, name)) continue
+    let best: { meant: string; distance: number } | undefined
+    for (const candidate of known) {
+      const distance = editDistance(name.toUpperCase(), candidate)
+      if (distance <= 2 && (!best || distance < best.distance)) best = { meant: candidate, distance }
+    }
+    if (best) typos.push({ name, meant: best.meant })
+  }
+  return typos
+}
+
+/** Levenshtein distance with adjacent transpositions (optimal string alignment): DB_HSOT is 1 from DB_HOST. */
+function editDistance(a: string, b: string): number {
+  if (Math.abs(a.length - b.length) > 2) return 3 // only "within 2" matters
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)])
+  for (let j = 1; j <= b.length; j++) d[0][j] = j
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1)
+    }
+  }
+  return d[a.length][b.length]
+}
+
 /** `postgres://user:****@host:port/db`: how a target is shown anywhere. Never the password. */
 export function describeTarget(target: ExternalTarget): string {
   const user = encodeURIComponent(target.user)
