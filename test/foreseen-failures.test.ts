@@ -82,6 +82,13 @@ describe('input too large or shaped wrong (SPEC §2: exit 2 naming the limit)', 
     expect((await db.pool.query('SELECT count(*)::int AS n FROM task_runs')).rows[0].n).toBe(0)
   })
 
+  it('refuses it before connecting (SPEC §2: input 2 before connection 3): exit 2 with an unreachable database', async () => {
+    const key = crypto.randomBytes(10_000).toString('hex')
+    const result = await runCli(['tasks:enqueue', 'work', '--idempotency-key', key, '--json'], { env: { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none' } })
+    expect(result.code).toBe(2)
+    expect(jsonError(result).code).toBe('IDEMPOTENCY_KEY_TOO_LONG')
+  })
+
   it('the API refuses it with a UsageError before any SQL, and takes a key at the limit', async () => {
     // 600 characters, 1,200 bytes in UTF-8: the limit is in bytes, as the index counts them.
     const refused = enqueueTask(api, { taskId: 'work', idempotencyKey: 'é'.repeat(600) })

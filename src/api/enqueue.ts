@@ -31,7 +31,11 @@ export interface EnqueueResult {
   deduplicated: boolean
 }
 
-export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promise<EnqueueResult> {
+/**
+ * The argument checks of an enqueue (exit 2), before any SQL. The CLI calls it before it connects:
+ * input is validated before the connection is made (SPEC §2).
+ */
+export function validateEnqueueOptions(options: EnqueueOptions): void {
   if (!options.taskId) throw new UsageError('TASK_ID_REQUIRED', 'a task id is required')
   if (options.priority !== undefined && !(Number.isInteger(options.priority) && Math.abs(options.priority) <= INT32_MAX)) {
     throw new UsageError('INVALID_PRIORITY', `priority must be a whole number from -${INT32_MAX} to ${INT32_MAX}, not ${options.priority}`)
@@ -44,6 +48,10 @@ export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promi
       hint: 'use a shorter key, e.g. a hash of what identifies the work',
     })
   }
+}
+
+export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promise<EnqueueResult> {
+  validateEnqueueOptions(options)
   try {
     const { rows: [row] } = await db.query<{ run_id: string | null; deduplicated: boolean }>(runs.enqueue, [
       options.taskId,
