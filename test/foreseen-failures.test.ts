@@ -113,6 +113,14 @@ describe('input too large or shaped wrong (SPEC §2: exit 2 naming the limit)', 
     expect((await db.pool.query(`SELECT count(*)::int AS n FROM services WHERE id = 'other'`)).rows[0].n).toBe(0)
   })
 
+  it('refuses such a manifest before connecting (SPEC §2: input 2 before connection 3)', async () => {
+    const file = path.join(scratch, 'manifest-offline.json')
+    fs.writeFileSync(file, '{ "id": "other", "version": "1", "baseUrl": "http://127.0.0.1:9", "tasks": [{ "id": "t1", "valueOf": 1 }] }')
+    const result = await runCli(['services:register', file, '--json'], { env: { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none' } })
+    expect(result.code).toBe(2)
+    expect(jsonError(result).message).toContain('tasks[0].valueOf is not a task field')
+  })
+
   it.each(prototypeNames)('validateManifest refuses %j at the top level and in a task', (key) => {
     const top = JSON.parse(`{ "id": "s", "version": "1", "baseUrl": "http://h", "tasks": [], ${JSON.stringify(key)}: 1 }`)
     expect(() => validateManifest(top)).toThrow(UsageError)
