@@ -207,11 +207,23 @@ class ChannelBindingClientImpl extends ClientBase {
 }
 const ChannelBindingClient = ChannelBindingClientImpl as unknown as typeof Client
 
+/** Does this node-postgres still have the handlers ChannelBindingClient overrides? Else require is refused, never ignored. */
+function channelBindingEnforceable(): boolean {
+  const proto = Client.prototype as unknown as Record<string, unknown>
+  return ['_handleAuthSASL', '_handleAuthCleartextPassword', '_handleAuthMD5Password', '_handleReadyForQuery']
+    .every((name) => typeof proto[name] === 'function')
+}
+
 export async function createDatabase(config: DatabaseConfig = {}): Promise<Database> {
   const flags = connectionFlagsOf(config)
   const env = config.env ?? process.env
   const logger = config.logger ?? silentLogger
   const resolved = resolveConnection(flags, env)
+  if (resolved.kind === 'external' && resolved.channelBinding === 'require' && !channelBindingEnforceable()) {
+    throw new UsageError('CHANNEL_BINDING_UNSUPPORTED', 'channel_binding=require cannot be enforced with this version of node-postgres', {
+      hint: 'use channel_binding=prefer, or the node-postgres version pipeweave ships with',
+    })
+  }
   const settings = { ...resolvePoolSettings(env, resolved), ...config.pool }
   if (!config.logSlowQueries) settings.slowQueryMs = Infinity
   // PGAPPNAME (or application_name in the URL) replaces the default on an external server only:
