@@ -489,3 +489,19 @@ describe('settingTypos: a DB_* or PIPEWEAVE_* variable within edit distance 2 of
     }
   })
 })
+
+describe('libpq fidelity: libpq variables pipeweave cannot honour (SPEC §1)', () => {
+  it.each([
+    ['PGHOSTADDR', '10.0.0.9'], ['PGREQUIREAUTH', 'scram-sha-256'], ['PGTARGETSESSIONATTRS', 'read-write'], ['PGSSLCRL', '/etc/crl.pem'],
+  ])('refuses %s (it would change the server or its security) instead of ignoring it (exit 2)', (name, value) => {
+    for (const env of [{ DATABASE_URL: 'postgres://db.internal/d' }, {}]) {
+      const error = usageError(() => resolveConnection({}, { ...env, [name]: value }))
+      expect(error.code).toBe('UNSUPPORTED_CONNECTION_OPTION')
+      expect(error.message).toContain(name)
+    }
+  })
+
+  it('accepts the harmless ones and the values that change nothing', () => {
+    expect(external({ url: 'postgres://db.internal/d' }, { PGTARGETSESSIONATTRS: 'any', PGCLIENTENCODING: 'UTF8', PGSSLSNI: '1', PGGSSENCMODE: 'prefer' }).host).toBe('db.internal')
+  })
+})

@@ -100,6 +100,7 @@ const has = (value: string | undefined): value is string => value !== undefined 
 
 /** Resolve the connection target: the first source present wins as a whole (SPEC §1). */
 export function resolveConnection(flags: ConnectionFlags, env: Env): ConnectionTarget {
+  checkLibpqVariables(env)
   const api = flags.from === 'api'
   if (has(flags.url)) return fromConnectionString(flags.url, api ? 'connectionString' : '--url', flags, env)
 
@@ -185,6 +186,27 @@ function checkOptions(conninfo: Conninfo, where: string): void {
         hint: 'remove it; pipeweave would not honour it',
       })
     }
+  }
+}
+
+/**
+ * libpq variables for options pipeweave does not implement: refused like the options themselves
+ * (a psql user's PGHOSTADDR or PGTARGETSESSIONATTRS=read-write must not be dropped), whatever
+ * the source, since libpq applies them to any connection that does not say otherwise.
+ * (PGPASSFILE is left alone: pipeweave does not read a password file, and says so when the
+ * server asks for a password it was not given.)
+ */
+const LIBPQ_VARIABLES: Record<string, string> = {
+  PGHOSTADDR: 'hostaddr', PGREQUIREAUTH: 'require_auth', PGTARGETSESSIONATTRS: 'target_session_attrs',
+  PGSSLCRL: 'sslcrl', PGSSLCRLDIR: 'sslcrldir', PGSSLCERTMODE: 'sslcertmode', PGREQUIREPEER: 'requirepeer',
+  PGGSSENCMODE: 'gssencmode', PGSSLMINPROTOCOLVERSION: 'ssl_min_protocol_version',
+  PGSSLMAXPROTOCOLVERSION: 'ssl_max_protocol_version', PGSSLNEGOTIATION: 'sslnegotiation', PGCLIENTENCODING: 'client_encoding',
+}
+
+function checkLibpqVariables(env: Env): void {
+  for (const [variable, option] of Object.entries(LIBPQ_VARIABLES)) {
+    const value = env[variable]
+    if (has(value)) checkOptions({ [option]: value }, `the environment (${variable})`)
   }
 }
 
