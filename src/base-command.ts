@@ -16,7 +16,8 @@ import { type Column, type FailureReport, Output, selectColumns, stderrLogger } 
 import { nearest } from './suggest'
 import type { Logger } from './logger'
 import { redact } from './redact'
-import { SQLSTATE } from './db/errors'
+import { SQLSTATE, serverStateError } from './db/errors'
+import { settingTypos } from './db/config'
 import { troubleshootingLink } from './troubleshooting'
 
 export { Args, Flags }
@@ -40,6 +41,15 @@ export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(type
 export type BaseArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
 
 const CONNECTION = 'CONNECTION'
+
+/**
+ * Commands that only read (SPEC §1): with nothing configured they use an embedded database that
+ * exists and never create one (`cd / && pipeweave db:status` must not leave a cluster in /).
+ */
+export const READ_ONLY_COMMANDS: ReadonlySet<string> = new Set([
+  'db:status', 'db:validate', 'db:ping', 'db:test', 'maintenance:status', 'runs:list', 'runs:show', 'dlq:list',
+  'services:list', 'schedules:list', 'dashboard',
+])
 
 export abstract class BaseCommand<T extends typeof Command, R = unknown> extends Command {
   static enableJsonFlag = true
@@ -99,6 +109,10 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     this.flags = flags as BaseFlags<T>
     this.args = args as BaseArgs<T>
     this.positionals = argv.map(String)
+    // A misspelt setting is ignored like any unknown variable: say so, once (SPEC §1).
+    for (const { name, meant } of settingTypos(process.env)) {
+      this.logger.warn(`${name} is not a pipeweave setting (did you mean ${meant}?); it is ignored`)
+    }
     if (this.handlesSignals) {
       const onSignal = (signal: NodeJS.Signals) => {
         const code = signal === 'SIGINT' ? 130 : 143
@@ -167,6 +181,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
       },
       command: options.command ?? this.id,
       schema: this.flags.schema,
+      createEmbedded: !READ_ONLY_COMMANDS.has(this.id ?? ''),
       logger: this.logger,
       logSlowQueries: options.logSlowQueries,
     }
@@ -268,6 +283,11 @@ export function classify(error: unknown, context: FailureContext = {}): FailureR
   if (e && (e.parse !== undefined || /Flag|Arg|Parse|Validation/.test(e.constructor?.name ?? '') || e.oclif?.exit === 2)) {
     const usage = new UsageError('BAD_USAGE', usageMessage(e.message), { hint: 'see --help' })
     return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
+  }
+  // The database's own state (privileges, a read-only standby, a full disk, a timeout): 2–5.
+  const foreseen = serverStateError(e)
+  if (foreseen) {
+    return { exitCode: foreseen.exitCode, code: foreseen.code, message: foreseen.message, ...(foreseen.hint ? { hint: foreseen.hint } : {}) }
   }
   // data_exception: a value the database cannot take (a number out of range, a NUL in a string).
   if (typeof e?.code === 'string' && e.code.startsWith('22')) {

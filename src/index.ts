@@ -7,6 +7,7 @@
  */
 export { createDatabase, closeDatabase, openOrCreateDatabase } from './api/database'
 export type { Database, DatabaseConfig } from './api/database'
+export type { SslObject } from './db/config'
 export { runMigrations, getMigrationStatus, validateMigrations, readMigrationFiles } from './api/migrations'
 export type { MigrationStatus, ValidationResult, MigrationProblem, RunMigrationsOptions, RunMigrationsResult } from './api/migrations'
 export {

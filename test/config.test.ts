@@ -2,10 +2,11 @@
  * Connection resolution (SPEC §1) as the pure function it is: flags and environment in, one
  * target out. The CLI-level proof that each source reaches the server is in connection.test.ts.
  */
+import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {
-  CONNECTION_DEFAULTS, type ConnectionFlags, type ExternalTarget, describeTarget, resolveConnection, resolvePoolSettings,
+  CONNECTION_DEFAULTS, KNOWN_SETTINGS, type ConnectionFlags, type ExternalTarget, describeTarget, resolveConnection, resolvePoolSettings, settingTypos,
 } from '../src/db/config'
 import { tlsOptions } from '../src/db/database'
 import { UsageError } from '../src/errors'
@@ -247,13 +248,13 @@ describe('describeTarget', () => {
 
 describe('resolvePoolSettings', () => {
   it('has the SPEC defaults', () => {
-    expect(resolvePoolSettings({})).toEqual({ max: 10, connectTimeoutMs: 10_000, idleTimeoutMs: 30_000, slowQueryMs: 1000 })
+    expect(resolvePoolSettings({})).toEqual({ max: 10, min: 0, connectTimeoutMs: 10_000, idleTimeoutMs: 30_000, slowQueryMs: 1000 })
   })
 
   it('reads every setting from the environment', () => {
     expect(resolvePoolSettings({
       DB_POOL_MAX: '3', DB_CONNECT_TIMEOUT_MS: '2500', DB_POOL_IDLE_TIMEOUT_MS: '100', DB_STATEMENT_TIMEOUT_MS: '5000', DB_SLOW_QUERY_MS: '50',
-    })).toEqual({ max: 3, connectTimeoutMs: 2500, idleTimeoutMs: 100, statementTimeoutMs: 5000, slowQueryMs: 50 })
+    })).toEqual({ max: 3, min: 0, connectTimeoutMs: 2500, idleTimeoutMs: 100, statementTimeoutMs: 5000, slowQueryMs: 50 })
   })
 
   it.each([['DB_POOL_MAX', '0'], ['DB_POOL_MAX', 'ten'], ['DB_CONNECT_TIMEOUT_MS', '1.5'], ['DB_STATEMENT_TIMEOUT_MS', '-1']])(
@@ -262,4 +263,245 @@ describe('resolvePoolSettings', () => {
       expect(error.exitCode).toBe(2)
       expect(error.message).toContain(name)
     })
+})
+
+describe('libpq fidelity: conninfo strings and connection options (SPEC §1)', () => {
+  it('reads a key=value conninfo string from --url or DATABASE_URL, quoted values and spaces around = included', () => {
+    const conninfo = `host=db.internal port = 6000 dbname='my app' user=alice password='it\\'s a \\\\ pass'`
+    expect(external({}, { DATABASE_URL: conninfo })).toMatchObject({
+      source: 'DATABASE_URL', host: 'db.internal', port: 6000, database: 'my app', user: 'alice', password: "it's a \\ pass",
+    })
+    expect(external({ url: 'host=/cloudsql/p:r:i dbname=d' }, {})).toMatchObject({ source: '--url', host: '/cloudsql/p:r:i', database: 'd' })
+  })
+
+  it('fills what a conninfo string leaves out from the libpq variables, as a URL does', () => {
+    expect(external({}, { DATABASE_URL: 'dbname=app', PGHOST: 'pg.internal', PGUSER: 'bob' })).toMatchObject({ host: 'pg.internal', user: 'bob', database: 'app' })
+  })
+
+  it.each([
+    ['a keyword without a value', 'host=h dbname'],
+    ['an unterminated quote', "host=h password='secret-value"],
+    ['something that is not a keyword', 'mysql://h/d?x=1'],
+  ])('refuses %s as exit 2 naming the source, never echoing a value', (_what, text) => {
+    const error = usageError(() => resolveConnection({}, { DATABASE_URL: text }))
+    expect(error.code).toBe('INVALID_URL')
+    expect(error.message).toContain('DATABASE_URL')
+    expect(error.message).not.toContain('secret-value')
+  })
+
+  it('refuses a connection option it does not know (a typo) in a URL or conninfo, naming it (exit 2)', () => {
+    for (const [flags, env] of [[{ url: 'postgres://h/d?sslmdoe=require' }, {}], [{}, { DATABASE_URL: 'host=h sslmdoe=require' }]] as Array<[ConnectionFlags, Env]>) {
+      const error = usageError(() => resolveConnection(flags, env))
+      expect(error.code).toBe('UNKNOWN_CONNECTION_OPTION')
+      expect(error.message).toContain('"sslmdoe"')
+    }
+  })
+
+  it('refuses a libpq option that would change the target or its security and that pipeweave does not implement', () => {
+    for (const option of ['hostaddr=10.0.0.1', 'require_auth=scram-sha-256', 'target_session_attrs=read-write', 'sslcrl=/etc/crl.pem', 'replication=database']) {
+      const error = usageError(() => resolveConnection({}, { DATABASE_URL: `host=h ${option}` }))
+      expect(error.code).toBe('UNSUPPORTED_CONNECTION_OPTION')
+      expect(error.message).toContain(`"${option.split('=')[0]}"`)
+    }
+  })
+
+  it('accepts the libpq options that change nothing pipeweave relies on', () => {
+    expect(external({ url: 'postgres://h/d?keepalives=1&keepalives_idle=30&fallback_application_name=x&target_session_attrs=any&client_encoding=UTF8' }, {}).host).toBe('h')
+  })
+
+  it('reads options from the URL, then PGOPTIONS', () => {
+    expect(external({ url: 'postgres://h/d?options=-c%20work_mem%3D8MB' }, { PGOPTIONS: '-c geqo=off' }).options).toBe('-c work_mem=8MB')
+    expect(external({ url: 'postgres://h/d' }, { PGOPTIONS: '-c geqo=off' }).options).toBe('-c geqo=off')
+  })
+
+  it('takes application_name from the URL or conninfo, then PGAPPNAME; PGAPPNAME alone is no source', () => {
+    expect(external({ url: 'postgres://h/d?application_name=nightly' }, { PGAPPNAME: 'env-name' }).applicationName).toBe('nightly')
+    expect(external({}, { DATABASE_URL: 'host=h application_name=nightly' }).applicationName).toBe('nightly')
+    expect(external({}, { DB_HOST: 'h', PGAPPNAME: 'env-name' }).applicationName).toBe('env-name')
+    expect(external({ url: 'postgres://h/d' }, {}).applicationName).toBeUndefined()
+    expect(resolveConnection({}, { PGAPPNAME: 'env-name' })).toEqual({ kind: 'embedded' })
+  })
+
+  it('takes connect_timeout (seconds, at least 2, 0 = none) from the URL, then PGCONNECT_TIMEOUT; PGCONNECT_TIMEOUT alone is no source', () => {
+    expect(external({ url: 'postgres://h/d?connect_timeout=5' }, { PGCONNECT_TIMEOUT: '9' }).connectTimeoutMs).toBe(5000)
+    expect(external({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: '9' }).connectTimeoutMs).toBe(9000)
+    expect(external({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: '1' }).connectTimeoutMs).toBe(2000)
+    expect(external({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: '0' }).connectTimeoutMs).toBe(0)
+    expect(external({ url: 'postgres://h/d' }, {}).connectTimeoutMs).toBeUndefined()
+    expect(resolveConnection({}, { PGCONNECT_TIMEOUT: '5' })).toEqual({ kind: 'embedded' })
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: 'soon' })).code).toBe('INVALID_SETTING')
+  })
+
+  it('lets DB_CONNECT_TIMEOUT_MS win over connect_timeout and PGCONNECT_TIMEOUT, which win over the default', () => {
+    const target = external({}, { DB_HOST: 'h', PGCONNECT_TIMEOUT: '9' })
+    expect(resolvePoolSettings({ PGCONNECT_TIMEOUT: '9' }, target).connectTimeoutMs).toBe(9000)
+    expect(resolvePoolSettings({ PGCONNECT_TIMEOUT: '9', DB_CONNECT_TIMEOUT_MS: '1500' }, target).connectTimeoutMs).toBe(1500)
+    expect(resolvePoolSettings({}, external({ url: 'postgres://h/d' }, {})).connectTimeoutMs).toBe(CONNECTION_DEFAULTS.connectTimeoutMs)
+  })
+})
+
+describe('libpq fidelity: PGSERVICE and the service files (SPEC §1)', () => {
+  let dir: string
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-service-'))
+    fs.mkdirSync(path.join(dir, 'home'))
+    fs.mkdirSync(path.join(dir, 'sysconf'))
+    fs.writeFileSync(path.join(dir, 'services.conf'), [
+      '# the team\'s services',
+      '[reporting]',
+      'host=reports.internal',
+      'port = 6432',
+      'dbname=reports',
+      'user=reporter',
+      'password=from-service',
+      'sslmode=require',
+      'application_name=reports-cron',
+      '',
+      '[other]',
+      'host=other.internal',
+    ].join('\n'))
+    fs.writeFileSync(path.join(dir, 'home', '.pg_service.conf'), '[mine]\nhost=mine.internal\ndbname=mine\n')
+    fs.writeFileSync(path.join(dir, 'sysconf', 'pg_service.conf'), '[mine]\nhost=shadowed.internal\n[shared]\nhost=shared.internal\ndbname=shared\n')
+    fs.writeFileSync(path.join(dir, 'typo.conf'), '[bad]\nhost=h\nsslmdoe=require\n')
+    fs.writeFileSync(path.join(dir, 'nested.conf'), '[outer]\nservice=inner\n')
+    fs.writeFileSync(path.join(dir, 'noequals.conf'), '[broken]\nhost h\n')
+  })
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+  const files = () => ({ HOME: path.join(dir, 'home'), PGSYSCONFDIR: path.join(dir, 'sysconf') })
+
+  it('makes PGSERVICE a present source at the libpq level, read from PGSERVICEFILE', () => {
+    const target = external({}, { ...files(), PGSERVICE: 'reporting', PGSERVICEFILE: path.join(dir, 'services.conf') })
+    expect(target).toMatchObject({
+      source: 'PG*', host: 'reports.internal', port: 6432, database: 'reports', user: 'reporter', password: 'from-service', applicationName: 'reports-cron',
+    })
+    expect(target.ssl.mode).toBe('require')
+  })
+
+  it('reads ~/.pg_service.conf without PGSERVICEFILE, then PGSYSCONFDIR/pg_service.conf; the first that defines the service wins', () => {
+    expect(external({}, { ...files(), PGSERVICE: 'mine' })).toMatchObject({ host: 'mine.internal', database: 'mine' })
+    expect(external({}, { ...files(), PGSERVICE: 'shared' })).toMatchObject({ host: 'shared.internal', database: 'shared' })
+  })
+
+  it('lets a service fill what a higher source leaves out, ahead of the PG* variables, as libpq does', () => {
+    const env = { ...files(), PGSERVICEFILE: path.join(dir, 'services.conf'), PGUSER: 'pg-user', PGPORT: '7777' }
+    expect(external({}, { ...env, DATABASE_URL: 'postgres://db.internal/app?service=reporting' }))
+      .toMatchObject({ source: 'DATABASE_URL', host: 'db.internal', database: 'app', user: 'reporter', port: 6432 })
+    expect(external({}, { ...env, PGSERVICE: 'reporting', DB_HOST: 'db.internal' }))
+      .toMatchObject({ source: 'DB_*', host: 'db.internal', user: 'reporter' })
+    expect(external({}, { ...env, DATABASE_URL: 'host=db.internal service=reporting user=own' }))
+      .toMatchObject({ host: 'db.internal', user: 'own', database: 'reports' })
+  })
+
+  it('refuses a service that no file defines (exit 2), naming the files looked in', () => {
+    const error = usageError(() => resolveConnection({}, { ...files(), PGSERVICE: 'nowhere', PGSERVICEFILE: path.join(dir, 'services.conf') }))
+    expect(error.code).toBe('SERVICE_NOT_FOUND')
+    expect(error.message).toContain('"nowhere"')
+    expect(error.message).toContain(path.join(dir, 'services.conf'))
+    expect(error.message).toContain(path.join(dir, 'sysconf', 'pg_service.conf'))
+  })
+
+  it.each([
+    ['an unknown option', 'typo.conf', 'bad', /"sslmdoe".*line 3/],
+    ['a nested service', 'nested.conf', 'outer', /nested service/],
+    ['a line without =', 'noequals.conf', 'broken', /syntax error.*line 2/],
+  ])('refuses a service file with %s (exit 2), naming the file and line', (_what, file, service, says) => {
+    const error = usageError(() => resolveConnection({}, { ...files(), PGSERVICE: service, PGSERVICEFILE: path.join(dir, file) }))
+    expect(error.exitCode).toBe(2)
+    expect(error.message).toContain(path.join(dir, file))
+    expect(error.message).toMatch(says)
+  })
+})
+
+describe('libpq fidelity: channel_binding (SPEC §1)', () => {
+  it('reads channel_binding from the URL or conninfo, then PGCHANNELBINDING; unset leaves node-postgres\'s default', () => {
+    expect(external({ url: 'postgres://db.internal/d?channel_binding=prefer' }, { PGCHANNELBINDING: 'require' }).channelBinding).toBe('prefer')
+    expect(external({}, { DB_HOST: 'db.internal', PGCHANNELBINDING: 'require' }).channelBinding).toBe('require')
+    expect(external({ url: 'postgres://db.internal/d' }, {}).channelBinding).toBeUndefined()
+    expect(resolveConnection({}, { PGCHANNELBINDING: 'require' })).toEqual({ kind: 'embedded' })
+  })
+
+  it('makes TLS required where the default would allow plain connections, and keeps a stricter sslmode', () => {
+    expect(external({ url: 'postgres://db.internal/d?channel_binding=require' }, {}).ssl).toMatchObject({ mode: 'require', setting: 'channel_binding=require' })
+    expect(external({ url: 'postgres://localhost/d?channel_binding=require' }, {}).ssl.mode).toBe('require')
+    expect(external({ url: 'postgres://db.internal/d?channel_binding=require&sslmode=prefer' }, {}).ssl.mode).toBe('require')
+    expect(external({ url: 'postgres://db.internal/d?channel_binding=require&sslmode=verify-full' }, {}).ssl.mode).toBe('verify-full')
+    expect(external({ url: 'postgres://localhost/d?channel_binding=prefer' }, {}).ssl.mode).toBe('disable')
+  })
+
+  it('refuses require where TLS cannot be, and a value libpq does not know (exit 2)', () => {
+    expect(usageError(() => resolveConnection({ url: 'postgres://h/d?channel_binding=require&sslmode=disable' }, {})).code).toBe('CHANNEL_BINDING_NEEDS_TLS')
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', DB_SSL: 'false', PGCHANNELBINDING: 'require' })).code).toBe('CHANNEL_BINDING_NEEDS_TLS')
+    expect(usageError(() => resolveConnection({ host: '/var/run/postgresql' }, { PGCHANNELBINDING: 'require' })).code).toBe('CHANNEL_BINDING_NEEDS_TLS')
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', PGCHANNELBINDING: 'always' })).message).toContain('PGCHANNELBINDING')
+  })
+})
+
+describe('the seeds\' aliases: DB_POOL_SIZE, DB_POOL_MIN, DB_SSL_MODE (SPEC §1)', () => {
+  it('reads DB_POOL_SIZE as DB_POOL_MAX (DB_POOL_MAX wins when both are set)', () => {
+    expect(resolvePoolSettings({ DB_POOL_SIZE: '4' }).max).toBe(4)
+    expect(resolvePoolSettings({ DB_POOL_SIZE: '4', DB_POOL_MAX: '6' }).max).toBe(6)
+    expect(usageError(() => resolvePoolSettings({ DB_POOL_SIZE: 'lots' })).message).toContain('DB_POOL_SIZE')
+  })
+
+  it('reads DB_POOL_MIN (0 by default), at most the pool size', () => {
+    expect(resolvePoolSettings({}).min).toBe(0)
+    expect(resolvePoolSettings({ DB_POOL_MIN: '2', DB_POOL_SIZE: '5' }).min).toBe(2)
+    expect(usageError(() => resolvePoolSettings({ DB_POOL_MIN: '12' })).message).toMatch(/DB_POOL_MIN.*DB_POOL_MAX/)
+  })
+
+  it('reads DB_SSL_MODE as an sslmode of the DB_* source (DB_SSL wins when both are set), and a lone one as a present source', () => {
+    expect(external({}, { DB_HOST: 'db.internal', DB_SSL_MODE: 'require' }).ssl).toMatchObject({ mode: 'require', setting: 'DB_SSL_MODE' })
+    expect(external({}, { DB_HOST: 'db.internal', DB_SSL_MODE: 'require', DB_SSL: 'true' }).ssl.mode).toBe('verify-full')
+    expect(external({}, { DB_HOST: 'db.internal', DB_SSL_MODE: 'disable', PGSSLMODE: 'require' }).ssl.mode).toBe('disable')
+    expect(resolveConnection({}, { DB_SSL_MODE: 'require' })).toMatchObject({ kind: 'external', source: 'DB_*' })
+    expect(usageError(() => resolveConnection({}, { DB_HOST: 'h', DB_SSL_MODE: 'sometimes' })).message).toContain('DB_SSL_MODE')
+  })
+
+  it('makes no source of DB_POOL_* alone', () => {
+    expect(resolveConnection({}, { DB_POOL_SIZE: '4', DB_POOL_MIN: '1', DB_POOL_MAX: '5' })).toEqual({ kind: 'embedded' })
+  })
+})
+
+describe('settingTypos: a DB_* or PIPEWEAVE_* variable within edit distance 2 of a known name (SPEC §1)', () => {
+  it.each([
+    ['DB_HOSTT', 'DB_HOST'], ['DB_HSOT', 'DB_HOST'], ['DB_PASWORD', 'DB_PASSWORD'], ['DB_Host', 'DB_HOST'],
+    ['DB_SLOW_QUERY_M', 'DB_SLOW_QUERY_MS'], ['PIPEWEAVE_HOEM', 'PIPEWEAVE_HOME'], ['PIPEWEAVE_SECRETKEY', 'PIPEWEAVE_SECRET_KEY'],
+  ])('warns about %s, suggesting %s', (name, meant) => {
+    expect(settingTypos({ [name]: 'x' })).toEqual([{ name, meant }])
+  })
+
+  it('passes the application\'s own DB_* variables, known names, names further off and other variables silently', () => {
+    expect(settingTypos({
+      DB_STATEMENT_TIMEOUT: '3', PIPEWEAVE_SECRET: 'x',
+      DB_ENGINE: 'postgres', DB_MIGRATIONS_TABLE: 'm', DB_HOST: 'h', DB_POOL_SIZE: '3', PIPEWEAVE_SCHEMA: 's', PIPEWEAVE_DASHBOARD_TOKEN: 't',
+      PGHOSTT: 'x', HOSTT: 'x', db_hostt: 'x',
+    })).toEqual([])
+  })
+
+  it('knows every name the SPEC and the code read', () => {
+    for (const name of ['DB_HOST', 'DB_PORT', 'DB_NAME', 'DB_USER', 'DB_PASS', 'DB_PASSWORD', 'DB_SSL', 'DB_SSL_MODE', 'DB_SSL_CA', 'DB_SSL_CERT',
+      'DB_SSL_KEY', 'DB_POOL_MAX', 'DB_POOL_SIZE', 'DB_POOL_MIN', 'DB_POOL_IDLE_TIMEOUT_MS', 'DB_CONNECT_TIMEOUT_MS', 'DB_STATEMENT_TIMEOUT_MS',
+      'DB_SLOW_QUERY_MS', 'DB_QUERY_TIMEOUT_MS', 'PIPEWEAVE_HOME', 'PIPEWEAVE_EMBEDDED', 'PIPEWEAVE_SECRET_KEY', 'PIPEWEAVE_NO_LISTEN',
+      'PIPEWEAVE_HTTP_PORT', 'PIPEWEAVE_HTTP_HOST', 'PIPEWEAVE_SCHEMA', 'PIPEWEAVE_DASHBOARD_TOKEN', 'PIPEWEAVE_BREAKER_COOLDOWN_MS',
+      'PIPEWEAVE_BREAKER_MAX_OPEN_MS', 'PIPEWEAVE_TEST_DATABASE_URL']) {
+      expect(Object.keys(KNOWN_SETTINGS)).toContain(name)
+    }
+  })
+})
+
+describe('libpq fidelity: libpq variables pipeweave cannot honour (SPEC §1)', () => {
+  it.each([
+    ['PGHOSTADDR', '10.0.0.9'], ['PGREQUIREAUTH', 'scram-sha-256'], ['PGTARGETSESSIONATTRS', 'read-write'], ['PGSSLCRL', '/etc/crl.pem'],
+  ])('refuses %s (it would change the server or its security) instead of ignoring it (exit 2)', (name, value) => {
+    for (const env of [{ DATABASE_URL: 'postgres://db.internal/d' }, {}]) {
+      const error = usageError(() => resolveConnection({}, { ...env, [name]: value }))
+      expect(error.code).toBe('UNSUPPORTED_CONNECTION_OPTION')
+      expect(error.message).toContain(name)
+    }
+  })
+
+  it('accepts the harmless ones and the values that change nothing', () => {
+    expect(external({ url: 'postgres://db.internal/d' }, { PGTARGETSESSIONATTRS: 'any', PGCLIENTENCODING: 'UTF8', PGSSLSNI: '1', PGGSSENCMODE: 'prefer' }).host).toBe('db.internal')
+  })
 })

@@ -319,6 +319,89 @@ describe('connection', () => {
     })
   })
 
+  describe('libpq fidelity (SPEC §1)', () => {
+    /** libpq's conninfo quoting: single quotes, a backslash before ' and \\. */
+    const quote = (value: string) => `'${value.replace(/[\\']/g, (c) => `\\${c}`)}'`
+    const conninfoOf = (t: Target) =>
+      `host=${t.host} port=${t.port} dbname=${quote(t.database)} user=${quote(t.user)}${t.password === undefined ? '' : ` password=${quote(t.password)}`}`
+
+    it('takes a key=value conninfo string in DATABASE_URL or --url, as psql does', async () => {
+      const conninfo = conninfoOf(good)
+      for (const result of [await runCli(['db:ping', '--json'], { env: { DATABASE_URL: conninfo } }), await runCli(['db:ping', '--json', '--url', conninfo])]) {
+        expect(result.code).toBe(0)
+        expect(json(result).target).toBe(`postgres://${role}:****@${server.host}:${server.port}/${db.name}`)
+        expect(result.stdout + result.stderr).not.toContain(password)
+      }
+    })
+
+    it('PGSERVICE names a service of PGSERVICEFILE: the server it defines, not the embedded database', async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-pgservice-'))
+      try {
+        const file = path.join(dir, 'pg_service.conf')
+        // A service file's values are the rest of the line, unquoted (libpq).
+        fs.writeFileSync(file, `# services\n[pipeweave-test]\nhost=${good.host}\nport=${good.port}\ndbname=${good.database}\nuser=${good.user}\npassword=${good.password}\n`)
+        const result = await runCli(['db:ping', '--json'], { env: { PGSERVICE: 'pipeweave-test', PGSERVICEFILE: file, HOME: dir } })
+        expect(result.code).toBe(0)
+        expect(json(result)).toMatchObject({ target: `postgres://${role}:****@${server.host}:${server.port}/${db.name}`, embedded: false })
+        expect(result.stderr).not.toContain('embedded')
+        expect(result.stdout + result.stderr).not.toContain(password)
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true })
+      }
+    })
+
+    it('PGAPPNAME (or application_name in the URL) names the sessions on an external server', async () => {
+      const holder = await db.pool.connect()
+      try {
+        await holder.query(`SELECT pg_advisory_lock(${MIGRATION_LOCK_KEY})`)
+        const viaEnv = startCli(['db:migrate', '--lock-timeout', '60', '--dry-run'], { env: { DATABASE_URL: urlOf(good), PGAPPNAME: 'nightly-cron' } })
+        const viaUrl = startCli(['db:migrate', '--lock-timeout', '60', '--dry-run'], { env: { DATABASE_URL: `${urlOf(good)}?application_name=deploy-script`, PGAPPNAME: 'loses' } })
+        for (const name of ['nightly-cron', 'deploy-script']) {
+          await waitFor(async () => (await db.pool.query(
+            'SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND application_name = $2', [db.name, name])).rowCount, { what: `a session named ${name}` })
+        }
+        await holder.query(`SELECT pg_advisory_unlock(${MIGRATION_LOCK_KEY})`)
+        expect((await viaEnv.done).code).toBe(0)
+        expect((await viaUrl.done).code).toBe(0)
+      } finally {
+        await holder.query('SELECT pg_advisory_unlock_all()')
+        holder.release()
+      }
+    })
+
+    it('DB_SSL_MODE is the sslmode of the DB_* source: require fails against a server without TLS, naming it', async () => {
+      const given = give('DB_*', good)
+      const result = await runCli(['db:ping'], { env: { ...given.env, DB_SSL_MODE: 'require' } })
+      expectOneLineFailure(result, 3, /does not accept TLS, and DB_SSL_MODE requires it/)
+      expect((await runCli(['db:ping'], { env: { ...given.env, DB_SSL_MODE: 'disable' } })).code).toBe(0)
+    })
+
+    it('warns once on stderr about a DB_* or PIPEWEAVE_* variable that looks like a typo, and passes the application\'s own silently', async () => {
+      const env = { DATABASE_URL: urlOf(good) }
+      const typo = await runCli(['db:ping', '--json'], { env: { ...env, DB_HOSTT: 'db.internal', DB_ENGINE: 'postgres' } })
+      expect(typo.code).toBe(0)
+      expect(json(typo).target).toContain(db.name)
+      expect(typo.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^warning: DB_HOSTT .*DB_HOST\b/)])
+      const quiet = await runCli(['db:ping'], { env: { ...env, DB_ENGINE: 'postgres', DB_MIGRATIONS_DIR: 'db' } })
+      expect({ code: quiet.code, stderr: quiet.stderr }).toEqual({ code: 0, stderr: '' })
+    })
+
+    it('connect_timeout in the URL and PGCONNECT_TIMEOUT (seconds) bound the connect, as DB_CONNECT_TIMEOUT_MS does', async () => {
+      const blackHole = await blackHoleServer()
+      try {
+        const silent = urlOf({ ...good, port: blackHole.port })
+        for (const env of [{ DATABASE_URL: `${silent}?connect_timeout=2` }, { DATABASE_URL: silent, PGCONNECT_TIMEOUT: '2' }]) {
+          const result = await runCli(['db:ping'], { env })
+          expectOneLineFailure(result, 3, /no answer from 127\.0\.0\.1:\d+ within 2000 ms/)
+          expect(result.ms).toBeGreaterThanOrEqual(2000)
+          expect(result.ms).toBeLessThan(9000)
+        }
+      } finally {
+        await blackHole.close()
+      }
+    })
+  })
+
   describe('a password given by any source never shows (SPEC §1)', () => {
     const givers: Array<[string, Source, 'DB_PASS' | 'DB_PASSWORD']> = [
       ['--url', 'url', 'DB_PASS'], ['--password', 'flags', 'DB_PASS'], ['DATABASE_URL', 'DATABASE_URL', 'DB_PASS'],

@@ -1,7 +1,7 @@
 /** Opening the database for the API: create it first when asked (db:init). */
 import { escapeIdentifier } from '../db/pg'
 import { resolveConnection } from '../db/config'
-import { type Database, type DatabaseConfig, createDatabase } from '../db/database'
+import { type Database, type DatabaseConfig, connectionFlagsOf, createDatabase } from '../db/database'
 import { SQLSTATE } from '../db/errors'
 import { ConnectionError } from '../errors'
 
@@ -19,7 +19,7 @@ export async function openOrCreateDatabase(config: DatabaseConfig): Promise<{ db
   } catch (error) {
     if (!(error instanceof ConnectionError) || error.code !== 'DATABASE_MISSING') throw error
   }
-  const target = resolveConnection(config.flags ?? {}, config.env ?? process.env)
+  const target = resolveConnection(connectionFlagsOf(config), config.env ?? process.env)
   const name = config.database ?? (target.kind === 'external' ? target.database : 'pipeweave')
   const admin = await createDatabase({ ...config, database: 'postgres' })
   let created = false

@@ -10,6 +10,11 @@ import { MaintenanceModeError, UsageError } from '../errors'
 import * as runs from '../sql/task-runs'
 
 export const INT32_MAX = 2_147_483_647
+/**
+ * The longest idempotency key, in UTF-8 bytes. The key is indexed with its task id (at most 200
+ * characters) and a btree entry holds at most 2704 bytes: a longer key fails inside PostgreSQL.
+ */
+export const MAX_IDEMPOTENCY_KEY_BYTES = 1024
 /** The longest delay an enqueue accepts: a year. */
 export const MAX_DELAY_MS = 366 * 86_400_000
 /** Items per statement: bounds the statement's size and the time its locks are held. */
@@ -47,9 +52,17 @@ export interface BulkEnqueueResult {
   deduplicated: number
 }
 
-export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promise<EnqueueResult> {
+/**
+ * The argument checks of an enqueue (exit 2), before any SQL. The CLI calls it before it connects:
+ * input is validated before the connection is made (SPEC §2).
+ */
+export function validateEnqueueOptions(options: EnqueueOptions): void {
   requireTaskId(options.taskId)
   checkItem(options, '')
+}
+
+export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promise<EnqueueResult> {
+  validateEnqueueOptions(options)
   const [result] = await insertRuns(db, options.taskId, [options], options)
   return result
 }
@@ -88,6 +101,11 @@ function checkItem(item: EnqueueItem, where: string): void {
   }
   if (item.idempotencyKey !== undefined && typeof item.idempotencyKey !== 'string') {
     throw new UsageError('INVALID_IDEMPOTENCY_KEY', `${where}idempotencyKey must be a string`)
+  }
+  if (item.idempotencyKey !== undefined && Buffer.byteLength(item.idempotencyKey, 'utf8') > MAX_IDEMPOTENCY_KEY_BYTES) {
+    throw new UsageError('IDEMPOTENCY_KEY_TOO_LONG', `${where}the idempotency key is ${Buffer.byteLength(item.idempotencyKey, 'utf8')} bytes long; it may be at most ${MAX_IDEMPOTENCY_KEY_BYTES} bytes (UTF-8)`, {
+      hint: 'use a shorter key, e.g. a hash of what identifies the work',
+    })
   }
 }
 

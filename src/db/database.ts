@@ -8,13 +8,14 @@ import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
 import { type Logger, silentLogger } from '../logger'
 import { VERSION } from '../version'
 import {
-  type ConnectionFlags, type ExternalTarget, type PoolSettings, type SslSettings,
+  type ConnectionFlags, type ExternalTarget, type PoolSettings, type SslObject, type SslSettings,
   describeTarget, resolveConnection, resolvePoolSettings,
 } from './config'
 import type { EmbeddedHandle } from './embedded'
 import { Client, Pool } from './pg'
 import { SQLSTATE, isConnectionLoss, toConnectionError } from './errors'
 import { DEFAULT_SCHEMA, type Schema, schemaOf, validateSchemaName } from '../sql/schema'
+import { ConnectionError, UsageError } from '../errors'
 
 /** A named SQL statement: the name is what the slow-query log prints, never the values. */
 export interface Statement {
@@ -33,16 +34,35 @@ export type AnyStatement = Statement | SchemaStatement | string
 export type Queryable = Pick<Database, 'query' | 'schema'>
 
 export interface DatabaseConfig {
+  /** The seeds' shape (SPEC §6): a connection string, as `--url` takes it. */
+  connectionString?: string
+  /** The seeds' other shape: `{ host, port, database, user, password, ssl }`, as the connection flags. */
+  host?: string
+  port?: number | string
+  user?: string
+  password?: string
+  /** true (verified TLS), false (none), an sslmode name, or `{ rejectUnauthorized, ca, cert, key }` (PEM text). */
+  ssl?: boolean | string | SslObject
+  /** The CLI's connection flags (or the same parts from code); not together with the seeds' shapes. */
   flags?: ConnectionFlags
   env?: Record<string, string | undefined>
   cwd?: string
   /** The command or role, for application_name (`pipeweave/<version> <command>`). */
   command?: string
   logger?: Logger
-  /** Connect to the server's maintenance database instead of the target one (db:init). */
+  /**
+   * The database to use on the resolved server: the seeds' `database`, or the server's maintenance
+   * database instead of the target one (db:init).
+   */
   database?: string
   /** Overrides of the pool settings read from the environment. */
   pool?: Partial<PoolSettings>
+  /**
+   * With nothing configured, may the embedded database be created (default true)? Commands that
+   * only read pass false: they use an embedded database that exists, and otherwise say that
+   * nothing is configured (exit 3) instead of making a cluster in the current directory (SPEC §1).
+   */
+  createEmbedded?: boolean
   /** Check the connection at once (default true), so that a bad setting fails before any work. */
   verify?: boolean
   /** Log queries slower than DB_SLOW_QUERY_MS as warnings (long-running processes). */
@@ -108,22 +128,149 @@ export function tlsOptions(ssl: SslSettings, host: string): false | ConnectionOp
   }
 }
 
+/** Every option createDatabase understands; anything else is a UsageError (SPEC §6). */
+const CONFIG_KEYS: ReadonlySet<string> = new Set<keyof DatabaseConfig>([
+  'connectionString', 'host', 'port', 'user', 'password', 'ssl', 'database',
+  'flags', 'env', 'cwd', 'command', 'logger', 'pool', 'createEmbedded', 'verify', 'logSlowQueries', 'queryTimeoutMs', 'schema',
+])
+const SEED_KEYS = ['connectionString', 'host', 'port', 'user', 'password', 'ssl'] as const
+
+function invalidConfig(message: string): UsageError {
+  return new UsageError('INVALID_DATABASE_CONFIG', `createDatabase: ${message}`, {
+    hint: 'give { connectionString }, { host, port, database, user, password, ssl } or { flags, env } (see DatabaseConfig)',
+  })
+}
+
+/**
+ * The connection flags a config stands for: its `flags`, or the seeds' shapes turned into them.
+ * What it does not understand is refused, never dropped: a dropped connection option would land
+ * on the embedded database instead of the server meant (SPEC §6).
+ */
+export function connectionFlagsOf(config: DatabaseConfig): ConnectionFlags {
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) {
+    throw invalidConfig(`expected a config object, got ${config === null ? 'null' : Array.isArray(config) ? 'an array' : `a ${typeof config}`}`)
+  }
+  const unknown = Object.keys(config).filter((key) => !CONFIG_KEYS.has(key))
+  if (unknown.length > 0) throw invalidConfig(`unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')}`)
+  const seeds = SEED_KEYS.filter((key) => config[key] !== undefined)
+  if (seeds.length === 0) return config.flags ?? {}
+  const flagParts = Object.entries(config.flags ?? {}).filter(([key, value]) => key !== 'from' && value !== undefined && value !== false && value !== '')
+  if (flagParts.length > 0) throw invalidConfig(`${seeds.join(', ')} and flags (${flagParts.map(([key]) => key).join(', ')}) both give the connection: give one`)
+  for (const key of ['connectionString', 'host', 'user', 'password'] as const) {
+    if (config[key] !== undefined && typeof config[key] !== 'string') throw invalidConfig(`${key} must be a string`)
+  }
+  if (config.port !== undefined && typeof config.port !== 'number' && typeof config.port !== 'string') throw invalidConfig('port must be a number')
+  const parts = { host: config.host, port: config.port, user: config.user, password: config.password }
+  if (config.connectionString !== undefined) {
+    const mixed = Object.entries(parts).filter(([, value]) => value !== undefined).map(([key]) => key)
+    if (mixed.length > 0) throw invalidConfig(`connectionString and ${mixed.join(', ')} both give the connection: give one`)
+    return { url: config.connectionString, ssl: config.ssl, from: 'api' }
+  }
+  return { ...parts, database: config.database, ssl: config.ssl, from: 'api' }
+}
+
+/**
+ * libpq's channel_binding=require, which node-postgres lacks: its enableChannelBinding only prefers
+ * SCRAM-SHA-256-PLUS, and goes on with plain SCRAM, a password or trust when the server asks for
+ * that. This client refuses every authentication but SCRAM-SHA-256-PLUS over TLS, before it sends
+ * anything (a server in the middle learns no password), as libpq does. It overrides node-postgres's
+ * authentication handlers (pg 8.x: _handleAuthSASL, _handleAuthCleartextPassword,
+ * _handleAuthMD5Password, _handleReadyForQuery); channel-binding.test.ts holds it to that.
+ */
+const ClientBase = Client as unknown as new (config: object) => {
+  connection: NodeJS.EventEmitter & { stream: { destroy(): void; getPeerCertificate?: unknown } }
+  _handleAuthSASL(message: { mechanisms: string[] }): void
+  _handleReadyForQuery(message: unknown): void
+}
+class ChannelBindingClientImpl extends ClientBase {
+  private bound = false
+  private refused = false
+
+  constructor(config: object) {
+    // Not a copy of config: pg-pool hands its options with the password non-enumerable.
+    super(config)
+    ;(this as unknown as { enableChannelBinding: boolean }).enableChannelBinding = true
+    // Authentication without any SASL exchange (trust) ends in AuthenticationOk alone.
+    this.connection.on('authenticationOk', () => {
+      if (!this.bound) this.refuse('the server authenticated the client without channel binding')
+    })
+  }
+
+  _handleAuthSASL(message: { mechanisms: string[] }): void {
+    if (typeof this.connection.stream.getPeerCertificate !== 'function') return this.refuse('the connection does not use TLS')
+    if (!message.mechanisms.includes('SCRAM-SHA-256-PLUS')) {
+      return this.refuse(`the server did not offer SCRAM-SHA-256-PLUS (it offered ${message.mechanisms.join(', ')})`)
+    }
+    // node-postgres picks SCRAM-SHA-256-PLUS whenever it is offered over TLS with enableChannelBinding,
+    // and the server's final SCRAM message (checked before AuthenticationOk) proves the binding.
+    this.bound = true
+    super._handleAuthSASL(message)
+  }
+
+  _handleAuthCleartextPassword(): void {
+    this.refuse('the server asked for a password in clear text')
+  }
+
+  _handleAuthMD5Password(): void {
+    this.refuse('the server asked for an MD5 password')
+  }
+
+  _handleReadyForQuery(message: unknown): void {
+    if (!this.refused) super._handleReadyForQuery(message) // the rest of a refused handshake is ignored
+  }
+
+  private refuse(why: string): void {
+    if (this.refused) return
+    this.refused = true
+    this.connection.emit('error', Object.assign(new Error(`channel binding required, but ${why}`), { code: 'CHANNEL_BINDING_REQUIRED' }))
+    this.connection.stream.destroy()
+  }
+}
+const ChannelBindingClient = ChannelBindingClientImpl as unknown as typeof Client
+
+/** Does this node-postgres still have the handlers ChannelBindingClient overrides? Else require is refused, never ignored. */
+function channelBindingEnforceable(): boolean {
+  const proto = Client.prototype as unknown as Record<string, unknown>
+  return ['_handleAuthSASL', '_handleAuthCleartextPassword', '_handleAuthMD5Password', '_handleReadyForQuery']
+    .every((name) => typeof proto[name] === 'function')
+}
+
 export async function createDatabase(config: DatabaseConfig = {}): Promise<Database> {
+  const flags = connectionFlagsOf(config)
   const env = config.env ?? process.env
   const logger = config.logger ?? silentLogger
   const schema = resolveSchema(config)
-  const resolved = resolveConnection(config.flags ?? {}, env)
-  const settings = { ...resolvePoolSettings(env), ...config.pool }
+  const resolved = resolveConnection(flags, env)
+  if (resolved.kind === 'external' && resolved.channelBinding === 'require' && !channelBindingEnforceable()) {
+    throw new UsageError('CHANNEL_BINDING_UNSUPPORTED', 'channel_binding=require cannot be enforced with this version of node-postgres', {
+      hint: 'use channel_binding=prefer, or the node-postgres version pipeweave ships with',
+    })
+  }
+  const settings = { ...resolvePoolSettings(env, resolved), ...config.pool }
   if (!config.logSlowQueries) settings.slowQueryMs = Infinity
-  const applicationName = `pipeweave/${VERSION}${config.command ? ` ${config.command}` : ''}`.slice(0, 63)
+  // PGAPPNAME (or application_name in the URL) replaces the default on an external server only:
+  // the embedded server counts the pipeweave processes using it by the default name (SPEC §1.1).
+  const applicationName = (resolved.kind === 'external' && resolved.applicationName
+    ? resolved.applicationName
+    : `pipeweave/${VERSION}${config.command ? ` ${config.command}` : ''}`).slice(0, 63)
 
   let embedded: EmbeddedHandle | undefined
   let target: ExternalTarget
   if (resolved.kind === 'embedded') {
     // Loaded only here: a command on a configured server never needs it (start-up cost).
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { acquireEmbeddedServer } = require('./embedded') as typeof import('./embedded')
-    embedded = await acquireEmbeddedServer({ env, cwd: config.cwd ?? process.cwd(), applicationName, log: (m) => logger.info(m) })
+    const { acquireEmbeddedServer, assertEmbeddedAllowed, embeddedCluster } = require('./embedded') as typeof import('./embedded')
+    const cwd = config.cwd ?? process.cwd()
+    if (config.createEmbedded === false) {
+      assertEmbeddedAllowed(env) // NODE_ENV=production's refusal (exit 2) comes first
+      const cluster = embeddedCluster({ env, cwd })
+      if (!cluster.exists) {
+        throw new ConnectionError('NOTHING_CONFIGURED', `no database is configured, and there is no embedded database at ${cluster.dataDir} yet`, {
+          hint: 'set DATABASE_URL (or --url, DB_HOST, PGHOST) to use your PostgreSQL, or run `pipeweave db:init` to create the embedded one here',
+        })
+      }
+    }
+    embedded = await acquireEmbeddedServer({ env, cwd, applicationName, log: (m) => logger.info(m) })
     const s = embedded.server
     target = {
       kind: 'external', source: 'DATABASE_URL', host: s.host, port: s.port, database: s.database,
@@ -151,11 +298,13 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       keepAliveInitialDelayMillis: 10_000,
       ...(settings.statementTimeoutMs !== undefined ? { statement_timeout: settings.statementTimeoutMs } : {}),
       ...(target.options ? { options: target.options } : {}),
+      ...(target.channelBinding === 'prefer' || target.channelBinding === 'require' ? { enableChannelBinding: true } : {}),
     })
+    const ClientClass = target.channelBinding === 'require' ? ChannelBindingClient : Client
 
     const newPool = () => {
       const created = new Pool({
-        ...clientConfig(), max: settings.max, idleTimeoutMillis: settings.idleTimeoutMs,
+        ...clientConfig(), Client: ClientClass, max: settings.max, min: Math.min(settings.min, settings.max), idleTimeoutMillis: settings.idleTimeoutMs,
         // A query that gets no answer (a connection that died silently) fails instead of hanging
         // its caller for ever; pg-pool destroys the connection it was released with.
         ...(config.queryTimeoutMs ? { query_timeout: config.queryTimeoutMs } : {}),
@@ -191,7 +340,7 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       }
     }
 
-    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, schema, embedded)
+    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, ClientClass, schema, embedded)
   } catch (error) {
     await embedded?.release().catch(() => undefined)
     throw toConnectionError(error, target, settings.connectTimeoutMs)
@@ -214,6 +363,7 @@ class PgDatabase implements Database {
     readonly applicationName: string,
     readonly tls: boolean,
     private readonly clientConfig: () => object,
+    private readonly ClientClass: typeof Client,
     readonly schema: Schema,
     private readonly embedded?: EmbeddedHandle,
   ) {
@@ -264,7 +414,7 @@ class PgDatabase implements Database {
   }
 
   async newClient(): Promise<Client> {
-    const client = new Client(this.clientConfig())
+    const client = new this.ClientClass(this.clientConfig())
     client.on('error', (error) => this.logger.debug(`database connection closed: ${error.message}`))
     try {
       await client.connect()

@@ -156,22 +156,50 @@ function existingAncestor(target: string): string {
   return current
 }
 
+function homeDir(options: Pick<EmbeddedOptions, 'env' | 'cwd'>): string {
+  return path.resolve(options.cwd, options.env.PIPEWEAVE_HOME || '.pipeweave')
+}
+
+function isRoot(): boolean {
+  return typeof process.getuid === 'function' && process.getuid() === 0
+}
+
+/** The state directory: PIPEWEAVE_HOME, or (as root) its fallback where the postgres user can reach it. */
+function stateDirFor(home: string, runAs: RunAs): string {
+  if (canTraverse(existingAncestor(home), runAs)) return home
+  // A clone under /root (mode 700): keep the data where the postgres user can reach it.
+  const project = path.dirname(home)
+  const slug = `${path.basename(project).replace(/[^A-Za-z0-9._-]/g, '_')}-${crypto.createHash('sha1').update(home).digest('hex').slice(0, 8)}`
+  return path.join('/var/lib/pipeweave', slug)
+}
+
+/**
+ * The data directory the embedded server uses (or would use), and whether a cluster is there,
+ * found without creating anything (no user, no directory, no copy of the binaries): what the
+ * read-only commands ask before they decide not to create one (SPEC §1).
+ */
+export function embeddedCluster(options: Pick<EmbeddedOptions, 'env' | 'cwd'>): { dataDir: string; exists: boolean } {
+  const home = homeDir(options)
+  let stateDir = home
+  if (isRoot()) {
+    // Without the postgres user no cluster was ever made as root: it is created with the first one.
+    const runAs = lookupUser(SUPERUSER)
+    if (runAs) stateDir = stateDirFor(home, runAs)
+  }
+  const dataDir = path.join(stateDir, 'pgdata')
+  return { dataDir, exists: fs.existsSync(path.join(dataDir, 'PG_VERSION')) }
+}
+
 function resolveLayout(options: EmbeddedOptions): Layout {
-  const home = path.resolve(options.cwd, options.env.PIPEWEAVE_HOME || '.pipeweave')
+  const home = homeDir(options)
   const packaged = packagedBinDir()
-  if (typeof process.getuid !== 'function' || process.getuid() !== 0) {
+  if (!isRoot()) {
     return { stateDir: home, dataDir: path.join(home, 'pgdata'), binDir: packaged.binDir }
   }
 
   const runAs = unprivilegedUser()
   process.umask(0o022)
-  let stateDir = home
-  if (!canTraverse(existingAncestor(home), runAs)) {
-    // A clone under /root (mode 700): keep the data where the postgres user can reach it.
-    const project = path.dirname(home)
-    const slug = `${path.basename(project).replace(/[^A-Za-z0-9._-]/g, '_')}-${crypto.createHash('sha1').update(home).digest('hex').slice(0, 8)}`
-    stateDir = path.join('/var/lib/pipeweave', slug)
-  }
+  const stateDir = stateDirFor(home, runAs)
   let binDir = packaged.binDir
   if (!canTraverse(packaged.binDir, runAs)) {
     binDir = reachableBinaryCopy(packaged.binDir, packaged.version)

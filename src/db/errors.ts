@@ -2,7 +2,7 @@
  * Turning node-postgres and socket errors into one-line ConnectionErrors that say which failure it
  * is and what to check (SPEC §1). Named SQLSTATEs, in the manner of graphile-worker's migrate.ts.
  */
-import { ConnectionError, PipeweaveError, firstLine } from '../errors'
+import { ConnectionError, PipeweaveError, RefusedError, UsageError, WaitTimeoutError, firstLine } from '../errors'
 import { describeTarget, isSocketHost, type ExternalTarget } from './config'
 
 export const SQLSTATE = {
@@ -23,7 +23,83 @@ export const SQLSTATE = {
   LOCK_NOT_AVAILABLE: '55P03',
   SERIALIZATION_FAILURE: '40001',
   DEADLOCK_DETECTED: '40P01',
+  READ_ONLY_SQL_TRANSACTION: '25006',
+  PROGRAM_LIMIT_EXCEEDED: '54000',
+  OBJECT_IN_USE: '55006',
+  DEPENDENT_OBJECTS_STILL_EXIST: '2BP01',
 } as const
+
+/**
+ * Errors that come from the database's state rather than from pipeweave (SPEC §2): exit 4 with the
+ * server's message and what to check. Class 42 (syntax error or access rule violation) is mostly
+ * pipeweave's own SQL, a bug; only the codes listed here say that an object pipeweave did not
+ * create is in the way (an application's `tasks` table without pipeweave's columns).
+ */
+const OBJECT_IN_THE_WAY = new Set([
+  '42P07', // duplicate_table
+  '42710', // duplicate_object
+  '42723', // duplicate_function
+  '42P06', // duplicate_schema
+  '42809', // wrong_object_type
+  '42703', // undefined_column
+  '42804', // datatype_mismatch
+])
+
+/** Insufficient resources (53, too many connections excepted: a connection failure) and system errors (58). */
+const SERVER_RESOURCES: Record<string, string> = {
+  '53100': 'DISK_FULL',
+  '53200': 'OUT_OF_MEMORY',
+  '53400': 'CONFIGURATION_LIMIT_EXCEEDED',
+  '58000': 'SERVER_SYSTEM_ERROR',
+  '58030': 'SERVER_IO_ERROR',
+}
+
+/**
+ * A foreseen server error as a typed error (SPEC §2), or undefined for one pipeweave did not
+ * foresee (exit 1). Only errors the server sent about a statement (they carry a severity) count.
+ */
+export function serverStateError(error: unknown): PipeweaveError | undefined {
+  const e = error as { code?: string; message?: string; severity?: string }
+  if (!e || typeof e !== 'object' || typeof e.code !== 'string' || e.severity === undefined) return undefined
+  const said = firstLine(e.message ?? e.code)
+  const options = (hint: string) => ({ hint, cause: error })
+  switch (e.code) {
+    case SQLSTATE.QUERY_CANCELED:
+      if (/statement timeout/i.test(said)) {
+        return new WaitTimeoutError('STATEMENT_TIMEOUT', `a statement ran past statement_timeout and was cancelled (${said})`, options(
+          'another session may hold a lock on the table (see pg_locks and pg_stat_activity); raise or unset DB_STATEMENT_TIMEOUT_MS (or the role\'s statement_timeout)'))
+      }
+      return new RefusedError('STATEMENT_CANCELLED', `the server cancelled the statement (${said})`, options(
+        'an administrator or another process cancelled it (pg_cancel_backend); try again'))
+    case SQLSTATE.LOCK_NOT_AVAILABLE:
+      return new WaitTimeoutError('LOCK_TIMEOUT', `a lock held by another session was not granted in time (${said})`, options(
+        'see pg_locks and pg_stat_activity for the session holding it; lock_timeout (a role or server setting) bounds the wait'))
+    case SQLSTATE.INSUFFICIENT_PRIVILEGE:
+      return new RefusedError('PERMISSION_DENIED', `the database refused: ${said}`, options(
+        'the database user lacks a privilege on pipeweave\'s objects: GRANT it (e.g. GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO the user), or connect as the user that ran db:init'))
+    case SQLSTATE.READ_ONLY_SQL_TRANSACTION:
+      return new RefusedError('READ_ONLY', `the database refused a write: ${said}`, options(
+        'the server is a read-only standby (or default_transaction_read_only is on): point the connection at the primary'))
+    case SQLSTATE.OBJECT_IN_USE:
+      return new RefusedError('OBJECT_IN_USE', `the database refused: ${said}`, options(
+        'another session is using the object (see pg_stat_activity); try again once it is done'))
+    case SQLSTATE.DEPENDENT_OBJECTS_STILL_EXIST:
+      return new RefusedError('OBJECT_IN_THE_WAY', `the database refused: ${said}`, options(
+        'objects pipeweave did not create depend on pipeweave\'s (a view, a foreign key of another application): drop or move them first'))
+    case SQLSTATE.PROGRAM_LIMIT_EXCEEDED:
+      return new UsageError('VALUE_TOO_LARGE', `the database refused a value as too large: ${said}`, options('give a shorter value'))
+  }
+  if (OBJECT_IN_THE_WAY.has(e.code)) {
+    return new RefusedError('OBJECT_IN_THE_WAY', `the database holds an object pipeweave did not expect: ${said}`, options(
+      'an object pipeweave did not create is in the way (another application\'s table with one of pipeweave\'s names?): give pipeweave a database of its own, or move that object'))
+  }
+  const resource = SERVER_RESOURCES[e.code]
+  if (resource) {
+    return new RefusedError(resource, `the database server failed: ${said}`, options(
+      'check the server: free disk space for its data directory, memory and its logs'))
+  }
+  return undefined
+}
 
 const TLS_CERT_CODES = new Set([
   'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
@@ -72,6 +148,9 @@ export function toConnectionError(error: unknown, target: ExternalTarget, connec
   const message = e.message ?? String(error)
 
   switch (e.code) {
+    case 'CHANNEL_BINDING_REQUIRED':
+      return make('CHANNEL_BINDING_FAILED', `${firstLine(message)} (${hostPort}; channel_binding=require)`,
+        'the server must authenticate with SCRAM-SHA-256 over TLS (password_encryption = scram-sha-256, a scram-sha-256 line in pg_hba.conf, TLS on); or drop channel_binding=require')
     case 'ECONNREFUSED':
       return make('CONNECTION_REFUSED', `connection refused by ${hostPort}`,
         'is PostgreSQL running there and listening on that port? check the host and port (DATABASE_URL, DB_HOST/DB_PORT, PGHOST/PGPORT)')
@@ -101,6 +180,14 @@ export function toConnectionError(error: unknown, target: ExternalTarget, connec
     case SQLSTATE.CRASH_SHUTDOWN:
       return make('CONNECTION_LOST', `the database server at ${hostPort} closed the connection (${firstLine(message)})`, 'check that the server is up')
   }
+  // FATAL ends the session: at connect time it is the server refusing this connection (no CONNECT
+  // privilege, a database that takes no connections): exit 3 like any connection refusal (SPEC §2).
+  if ((error as { severity?: string }).severity === 'FATAL' && !isConnectionLoss(error)) {
+    return make('CONNECTION_REFUSED_BY_SERVER', `the server at ${hostPort} refused the connection of user "${target.user}" to database "${target.database}": ${firstLine(message)}`,
+      e.code === SQLSTATE.INSUFFICIENT_PRIVILEGE
+        ? `grant it: GRANT CONNECT ON DATABASE ${target.database} TO ${target.user}; or check the user and database settings`
+        : 'check the user and the database in your connection settings, and the server\'s settings for them')
+  }
   // An error the server sent about a statement (it has a severity) is not a connection problem,
   // whatever its text says: `unknown task ssl-renew` must not read as a TLS failure.
   if ((error as { severity?: string }).severity !== undefined && !isConnectionLoss(error)) return error
@@ -114,7 +201,9 @@ export function toConnectionError(error: unknown, target: ExternalTarget, connec
   }
   if (/does not support SSL/i.test(message)) {
     return make('TLS_UNSUPPORTED', `the server at ${hostPort} does not accept TLS, and ${target.ssl.setting} requires it`,
-      'enable TLS on the server, or allow plain connections with sslmode=disable (DB_SSL=false)')
+      target.channelBinding === 'require'
+        ? 'channel binding needs TLS: enable TLS on the server, or drop channel_binding=require'
+        : 'enable TLS on the server, or allow plain connections with sslmode=disable (DB_SSL=false)')
   }
   if (/SSL|TLS|certificate|EPROTO/i.test(message) || e.code === 'EPROTO' || e.code?.startsWith('ERR_SSL') || e.code?.startsWith('ERR_TLS')) {
     return make('TLS_FAILED', `TLS negotiation with ${hostPort} failed: ${firstLine(message)}`,

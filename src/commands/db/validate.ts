@@ -18,7 +18,8 @@ also that no applied migration was changed or is missing from the files. Exit 4 
     } catch (error) {
       // Unreachable, or none to reach (the embedded database refused in CI or production): the
       // files can still be checked.
-      const noDatabase = error instanceof UsageError && error.code === 'NO_DATABASE_CONFIGURED'
+      const noDatabase = (error instanceof UsageError && error.code === 'NO_DATABASE_CONFIGURED')
+        || (error instanceof ConnectionError && error.code === 'NOTHING_CONFIGURED')
       if (!(error instanceof ConnectionError) && !noDatabase) throw error
       this.logger.warn(`${noDatabase ? 'no database is configured' : `the database could not be reached (${(error as Error).message})`}; checked the files only`)
       result = await validateMigrations()

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs'
-import { registerService, type RegisterResult } from '../../api/services'
+import { registerService, validateManifest, type RegisterResult } from '../../api/services'
 import { Args, BaseCommand } from '../../base-command'
 import { UsageError } from '../../errors'
 
@@ -30,6 +30,7 @@ every bad field at once, and nothing is written.`
     } catch (error) {
       throw new UsageError('INVALID_JSON', `${this.args.file} is not valid JSON: ${(error as Error).message}`)
     }
+    validateManifest(manifest) // input (2) before the connection (3), SPEC §2
     return registerService(await this.migratedDatabase(), manifest)
   }
 

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs'
-import { enqueueTask, INT32_MAX, MAX_DELAY_MS, type EnqueueResult } from '../../api/enqueue'
+import { enqueueTask, validateEnqueueOptions, INT32_MAX, MAX_DELAY_MS, type EnqueueResult } from '../../api/enqueue'
 import { Args, BaseCommand, Flags } from '../../base-command'
 import { UsageError } from '../../errors'
 
@@ -22,14 +22,15 @@ export default class TasksEnqueue extends BaseCommand<typeof TasksEnqueue, Enque
   }
 
   protected async execute(): Promise<EnqueueResult> {
-    const input = this.readInput()
-    const result = await enqueueTask(await this.migratedDatabase(), {
+    const options = {
       taskId: this.args.taskId,
-      input,
+      input: this.readInput(),
       priority: this.flags.priority,
       idempotencyKey: this.flags['idempotency-key'],
       delayMs: this.flags['delay-ms'],
-    })
+    }
+    validateEnqueueOptions(options) // input (2) before the connection (3), SPEC §2
+    const result = await enqueueTask(await this.migratedDatabase(), options)
     if (result.deduplicated && result.runId === null) {
       this.logger.info(`deduplicated: idempotency key "${this.flags['idempotency-key']}" is served from the idempotency cache (its run was cleaned up)`)
     } else if (result.deduplicated) {
