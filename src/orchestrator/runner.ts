@@ -106,12 +106,19 @@ export class Runner {
       run, dispatching: true, abortRequested: false, startedAt: performance.now(), promise: Promise.resolve(),
       abort: () => { flight.abortRequested = true; flight.cancel?.() },
     }
+    // Its previous attempt may still be settling here: a retry due at once can be claimed again
+    // (by this claim, which waited for the failure's row lock) before the failure's write has
+    // been answered. That attempt finishes first (its log line, its bookkeeping), then this one.
+    const previous = this.held.get(run.id)
     this.held.set(run.id, flight)
     this.dispatchingCount += 1
     this.deps.hooks.onInFlight?.(this.dispatchingCount)
-    // durationMs: null: nothing has been measured yet (the key is there on every state change).
-    this.deps.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running', durationMs: null })
-    flight.promise = this.execute(flight)
+    const begin = () => {
+      // durationMs: null: nothing has been measured yet (the key is there on every state change).
+      this.deps.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running', durationMs: null })
+      return this.execute(flight)
+    }
+    flight.promise = (previous ? previous.promise.then(begin) : begin())
       .catch(async (error) => {
         // A bug or an unforeseen failure between claim and record: record it as a failed attempt
         // rather than leave the run `running` under a live orchestrator that will never finish it.
@@ -122,7 +129,7 @@ export class Runner {
       })
       .finally(() => {
         this.answered(flight)
-        this.held.delete(run.id)
+        if (this.held.get(run.id) === flight) this.held.delete(run.id)
       })
   }
 

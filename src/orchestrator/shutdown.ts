@@ -19,17 +19,25 @@ import { delay } from './wakeup'
 export async function shutDown(parts: Parts): Promise<void> {
   const { log, runner, writer, liveness, watch, forced } = parts
   await parts.loopDone
-  if (runner.dispatching > 0) {
+  // The shutdown timeout covers everything held: dispatches awaiting a worker, and answers waiting
+  // for the database (an outage). Past it, dispatches are aborted and writes that fail give up:
+  // a platform kills what outlives its grace period anyway, and crash recovery returns those runs.
+  if (runner.size > 0) {
     log.info(`stopping: no new claims; waiting up to ${parts.shutdownTimeoutMs} ms for ${runner.dispatching} run(s) in flight`, { event: 'stopping', inFlight: runner.dispatching })
     const deadline = Date.now() + parts.shutdownTimeoutMs
-    while (runner.dispatching > 0 && Date.now() < deadline && !forced.signal.aborted) {
+    while (runner.size > 0 && Date.now() < deadline && !forced.signal.aborted) {
       const waitingFor = runner.inFlight().map((r) => `${r.taskId} ${r.id}`)
-      log.info(`waiting for ${waitingFor.length} run(s): ${waitingFor.slice(0, 5).join(', ')}${waitingFor.length > 5 ? ', …' : ''}`, { event: 'stopping', inFlight: waitingFor.length })
-      await Promise.race([runner.dispatchesSettled(), delay(Math.min(5000, Math.max(0, deadline - Date.now())), forced.signal)])
+      if (waitingFor.length > 0) {
+        log.info(`waiting for ${waitingFor.length} run(s): ${waitingFor.slice(0, 5).join(', ')}${waitingFor.length > 5 ? ', …' : ''}`, { event: 'stopping', inFlight: waitingFor.length })
+      } else {
+        log.info(`waiting for the results of ${runner.size} run(s) to be written`, { event: 'stopping', inFlight: 0 })
+      }
+      await Promise.race([runner.settled(), delay(Math.min(5000, Math.max(0, deadline - Date.now())), forced.signal)])
     }
-    if (runner.dispatching > 0) {
-      log.warn(`shutdown timeout: aborting ${runner.dispatching} run(s); those already sent come back as a new attempt, the others keep theirs`, { event: 'stopping' })
+    if (runner.size > 0) {
+      log.warn(`shutdown timeout: aborting ${runner.dispatching} run(s) in flight (those already sent come back as a new attempt, the others keep theirs) and giving up on results the database has not taken`, { event: 'stopping' })
       runner.abortAll()
+      forced.abort()
     }
   }
   // Every run settles: aborted ones record SHUTDOWN_ABORTED or are left to the hand-back below,

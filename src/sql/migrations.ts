@@ -22,9 +22,10 @@ export const releaseMigrationLock: Statement = {
 export const migrationsTableExists = statement('migrations_table_exists', (s) => `
   SELECT to_regclass(${s.literal} || '.migrations') IS NOT NULL AS exists,
          to_regclass(${s.literal} || '.pipeweave_migration_log') IS NOT NULL AS has_log,
-         (SELECT count(*) = 4 FROM information_schema.columns c
-           WHERE c.table_schema = ${s.literal} AND c.table_name = 'migrations'
-             AND c.column_name IN ('id', 'name', 'hash', 'executed_at')) AS ours`)
+         -- pg_attribute, not information_schema: the latter hides columns the user has no privilege on.
+         (SELECT count(*) = 4 FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = to_regclass(${s.literal} || '.migrations') AND NOT a.attisdropped
+             AND a.attname IN ('id', 'name', 'hash', 'executed_at')) AS ours`)
 
 export const appliedMigrations = statement('applied_migrations', (s) => `
   SELECT m.id, m.name, m.hash, l.finished_at AS applied_at, l.duration_ms
