@@ -58,7 +58,7 @@ export interface BulkEnqueueResult {
  */
 export function validateEnqueueOptions(options: EnqueueOptions): void {
   requireTaskId(options.taskId)
-  checkItem(options, '')
+  validateEnqueueItem(options)
 }
 
 export async function enqueueTask(db: Queryable, options: EnqueueOptions): Promise<EnqueueResult> {
@@ -82,7 +82,7 @@ export async function enqueueTasks(
   const describe = options.describe ?? ((i: number) => `item ${i + 1}`)
   items.forEach((item, i) => {
     if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new UsageError('INVALID_ITEM', `${describe(i)}: must be an object { input, idempotencyKey?, priority?, delayMs? }`)
-    checkItem(item, `${describe(i)}: `)
+    validateEnqueueItem(item, `${describe(i)}: `)
   })
   const results = await db.withTransaction((tx) => insertRuns(tx, taskId, items, {}))
   return { runIds: results.map((r) => r.runId), deduplicated: results.filter((r) => r.deduplicated).length }
@@ -92,7 +92,11 @@ function requireTaskId(taskId: unknown): void {
   if (typeof taskId !== 'string' || taskId === '') throw new UsageError('TASK_ID_REQUIRED', 'a task id is required')
 }
 
-function checkItem(item: EnqueueItem, where: string): void {
+/**
+ * The checks of one item's priority, delay and idempotency key (exit 2), each message prefixed by
+ * `where` (`line 12 of runs.jsonl: `): `tasks:enqueue --jsonl` runs them line by line as it reads.
+ */
+export function validateEnqueueItem(item: EnqueueItem, where = ''): void {
   if (item.priority !== undefined && !(Number.isInteger(item.priority) && Math.abs(item.priority) <= INT32_MAX)) {
     throw new UsageError('INVALID_PRIORITY', `${where}priority must be a whole number from -${INT32_MAX} to ${INT32_MAX}, not ${item.priority}`)
   }
