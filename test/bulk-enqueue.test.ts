@@ -183,6 +183,12 @@ describe('refused unless the mode is running (exit 4), nothing written; input er
     expect(malformed.code).toBe(2)
     expect(json(malformed)).toMatchObject({ error: { code: 'INVALID_JSON', message: expect.stringMatching(/^line 20000 of /) } })
     expect(await countRuns(db.pool)).toBe(before)
+
+    // An empty file gets the same answer: nothing to write is no reason to say yes.
+    const empty = await pipeweave(['tasks:enqueue', 'work', '--jsonl', writeLines([]), '--json'])
+    expect(empty.code).toBe(4)
+    expect(json(empty)).toMatchObject({ error: { code: 'MAINTENANCE_MODE' } })
+    await db.pool.query(`UPDATE orchestrator_state SET mode = 'running' WHERE id = 'singleton'`)
   })
 })
 
@@ -283,6 +289,10 @@ describe('for a person, and flags for every line', () => {
     expect(result.code).toBe(2)
     expect(json(result)).toMatchObject({ error: { code: 'UNKNOWN_TASK' } })
     expect(await countRuns(db.pool)).toBe(0)
+    // With no line at all, too.
+    const empty = await pipeweave(['tasks:enqueue', 'nope', '--jsonl', writeLines([]), '--json'])
+    expect(empty.code).toBe(2)
+    expect(json(empty)).toMatchObject({ error: { code: 'UNKNOWN_TASK' } })
   })
 })
 

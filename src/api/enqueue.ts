@@ -113,6 +113,14 @@ export function validateEnqueueItem(item: EnqueueItem, where = ''): void {
   }
 }
 
+/** Input before state (SPEC §2): an unknown task (2), then a mode other than running (4). */
+function refuseUnlessEnqueueable(taskId: string, row: { known: boolean; mode: string }): void {
+  if (!row.known) {
+    throw new UsageError('UNKNOWN_TASK', `unknown task "${taskId}"`, { hint: 'register it with `pipeweave services:register FILE` (services:list shows the known tasks)' })
+  }
+  if (row.mode !== 'running') throw new MaintenanceModeError(row.mode)
+}
+
 interface Row {
   mode: string
   known: boolean
@@ -129,6 +137,12 @@ interface Row {
  * the item is tried again and meets the cache, or is inserted.
  */
 async function insertRuns(db: Queryable, taskId: string, items: EnqueueItem[], options: Pick<EnqueueOptions, 'inputPath' | 'pipelineRunId'>): Promise<EnqueueResult[]> {
+  if (items.length === 0) {
+    // Nothing to insert, but the same answers: an unknown task is exit 2, a mode other than running exit 4.
+    const { rows: [check] } = await db.query<{ known: boolean; mode: string }>(runs.enqueueCheck, [taskId])
+    refuseUnlessEnqueueable(taskId, check)
+    return []
+  }
   const results: EnqueueResult[] = new Array(items.length)
   let todo = items.map((_, i) => i)
   for (let round = 0; todo.length > 0; round++) {
@@ -141,11 +155,7 @@ async function insertRuns(db: Queryable, taskId: string, items: EnqueueItem[], o
         return { input: item.input === undefined ? null : item.input, priority: item.priority ?? null, key: item.idempotencyKey ?? null, delayMs: item.delayMs ?? 0 }
       }))
       const { rows } = await db.query<Row>(runs.enqueueRuns, [taskId, payload, options.inputPath ?? null, options.pipelineRunId ?? null])
-      const first = rows[0]
-      if (first && !first.known) {
-        throw new UsageError('UNKNOWN_TASK', `unknown task "${taskId}"`, { hint: 'register it with `pipeweave services:register FILE` (services:list shows the known tasks)' })
-      }
-      if (first && first.mode !== 'running') throw new MaintenanceModeError(first.mode)
+      refuseUnlessEnqueueable(taskId, rows[0])
       for (const row of rows) {
         const index = batch[row.ord - 1]
         if (row.cached) results[index] = { runId: row.run_id, deduplicated: true }

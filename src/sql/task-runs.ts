@@ -91,6 +91,11 @@ export const enqueueRuns = statement('enqueue_runs', (s) => `
     LEFT JOIN inserted n ON n.id = f.id
    ORDER BY i.ord`)
 
+/** What an enqueue of nothing still answers: does task $1 exist, and the mode (no gate: nothing is written). */
+export const enqueueCheck = statement('enqueue_check', (s) => `
+  SELECT EXISTS (SELECT 1 FROM ${s.q}.tasks t WHERE t.id = $1::text) AS known,
+         (SELECT st.mode FROM ${s.q}.orchestrator_state st WHERE st.id = 'singleton') AS mode`)
+
 /** The active (pending or running) runs of task $1 holding the keys $2; task_runs_idempotency_active_uidx. */
 export const resolveActiveKeys = statement('resolve_active_keys', (s) => `
   SELECT r.idempotency_key AS key, r.id FROM ${s.q}.task_runs r
