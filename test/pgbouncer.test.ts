@@ -2,11 +2,12 @@
  * pipeweave through a real PgBouncer in transaction pooling (SPEC §5, issue 10 acceptance 7):
  * Debian's pgbouncer with 3 server connections for a dozen and more pipeweave clients, in front of
  * a fresh database migrated directly (only db:migrate needs a session). Through it: three
- * `run --no-listen` drain 2,000 runs, each received once; tasks:enqueue, the bulk enqueue API;
- * maintenance:request --wait while runs finish, maintenance:exit; db:cleanup, whose hold is a
- * lease row. After each, every pooled server connection is checked for session state left behind
- * (a SET outside a transaction, a session advisory lock, LISTEN, a named prepared statement):
- * in transaction pooling PgBouncer runs no reset query, so the next client would inherit it.
+ * `run --no-listen` drain 2,000 runs queued by `tasks:enqueue --jsonl` and the bulk API, each
+ * received once; tasks:enqueue of one run; maintenance:request --wait while runs finish,
+ * maintenance:exit; db:cleanup, whose hold is a lease row. After each, every pooled server
+ * connection is checked for session state left behind (a SET outside a transaction, a session
+ * advisory lock, LISTEN, a named prepared statement): in transaction pooling PgBouncer runs no
+ * reset query, so the next client would inherit it.
  */
 import { Client, escapeIdentifier } from 'pg'
 import { enqueueTasks } from '../src/api/enqueue'
@@ -128,7 +129,7 @@ describeWithPgBouncer('pipeweave through a real PgBouncer (transaction pooling)'
     expect(servers.length).toBeLessThanOrEqual(POOL)
   }
 
-  it(`three \`run --no-listen\` drain 2,000 runs through it (${POOL} server connections), each received once`, async () => {
+  it(`three \`run --no-listen\` drain 2,000 runs queued by tasks:enqueue --jsonl and the bulk API through it (${POOL} server connections), each received once`, async () => {
     worker.behave('limited', () => ({ kind: 'reply', status: 200, body: { output: 'ok' }, delayMs: 2 }))
     const runs: RunProcess[] = [0, 1, 2].map(() => startRun(quickEnv(env), runArgs(20)))
     const ids = await Promise.all(runs.map((r) => r.started()))
@@ -149,13 +150,17 @@ describeWithPgBouncer('pipeweave through a real PgBouncer (transaction pooling)'
       }
     })()
 
-    // Enqueued through PgBouncer with the bulk API (one transaction per call) while all three claim.
-    // TODO(wt-bulk): the same through `tasks:enqueue T --jsonl FILE` once that lands on main.
+    // Enqueued through PgBouncer while all three claim, in batches of one transaction each: by
+    // `tasks:enqueue --jsonl -` and by the bulk API.
     const enqueued: string[] = []
-    const items = (n: number) => Array.from({ length: n }, (_, i) => ({ input: { n: i + 1 } }))
     for (let batch = 0; batch < 10; batch++) {
-      enqueued.push(...(await enqueueTasks(api, 'fast', items(190))).runIds as string[])
-      enqueued.push(...(await enqueueTasks(api, 'limited', items(10))).runIds as string[])
+      const lines = Array.from({ length: 190 }, (_, i) => JSON.stringify({ batch, n: i + 1 })).join('\n')
+      const bulk = await runCli(['tasks:enqueue', 'fast', '--jsonl', '-', '--json'], { env, input: `${lines}\n` })
+      if (bulk.code !== 0) throw new Error(`tasks:enqueue --jsonl exited ${bulk.code}: ${bulk.stdout}${bulk.stderr}`)
+      const { runIds } = json<{ runIds: string[] }>(bulk)
+      expect(runIds).toHaveLength(190)
+      enqueued.push(...runIds)
+      enqueued.push(...(await enqueueTasks(api, 'limited', Array.from({ length: 10 }, (_, n) => ({ input: { batch, n } })))).runIds as string[])
     }
     expect(new Set(enqueued).size).toBe(2000)
 
@@ -205,8 +210,6 @@ describeWithPgBouncer('pipeweave through a real PgBouncer (transaction pooling)'
     expect((await db.pool.query(`SELECT status FROM ${ALL_RUNS} AS r WHERE id = $1`, [runId])).rows).toEqual([{ status: 'completed' }])
     await expectNoSessionStateLeft()
   })
-
-  it.todo('tasks:enqueue T --jsonl FILE through PgBouncer (the CLI form comes from branch wt-bulk; the bulk API is tested above)')
 
   it('maintenance:request --wait waits for runs in flight to finish, and maintenance:exit resumes', async () => {
     worker.behave('slow', () => hold())
