@@ -11,15 +11,11 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
 import { json, runCli } from './helpers/cli'
+import { describeWithRealPart } from './helpers/real-parts'
 
 const OPENSSL = '/usr/bin/openssl'
-const haveOpenssl = fs.existsSync(OPENSSL)
-if (!haveOpenssl) {
-  // Loud: a skipped file must not pass for a tested one. .ci/run installs openssl.
-  // eslint-disable-next-line no-console
-  console.warn(`SKIPPED test/tls-server.test.ts: ${OPENSSL} is missing; install it with \`apt-get install -y openssl\``)
-}
-const describeWithOpenssl = haveOpenssl ? describe : describe.skip
+// Loud when missing: a skipped file must not pass for a tested one (listed again at the end of the run).
+const describeWithOpenssl = describeWithRealPart(__filename, { program: OPENSSL, install: 'apt-get install -y openssl' })
 
 const openssl = (dir: string, args: string[]) => execFileSync(OPENSSL, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
 
