@@ -273,12 +273,36 @@ export async function runMigrations(db: Database, options: RunMigrationsOptions 
   }
 }
 
+/**
+ * Migrations need one session: postgres-migrations' lock is a session lock, and each migration a
+ * transaction of several statements. Behind a transaction pooler (PgBouncer in transaction mode)
+ * consecutive statements may reach different server connections: the lock would guard nothing and
+ * be left held on a pooled connection. Refused when the backend changes between statements.
+ */
+function pooledSessionError(): RefusedError {
+  return new RefusedError('MIGRATE_THROUGH_POOLER', 'db:migrate needs a session of its own, and its statements reached different server connections (a transaction pooler such as PgBouncer?)', {
+    hint: 'run db:migrate (db:init, run --auto-migrate) against the PostgreSQL server directly, not through the pooler',
+  })
+}
+
+async function backendPid(client: Client): Promise<number> {
+  return (await client.query(sql.backendPid.text)).rows[0].pid as number
+}
+
 async function acquireMigrationLock(client: Client, timeoutSeconds: number, logger: Logger): Promise<void> {
   const deadline = Date.now() + timeoutSeconds * 1000
   let told = false
+  const pid = await backendPid(client)
+  if ((await backendPid(client)) !== pid) throw pooledSessionError()
   for (;;) {
     const { rows } = await client.query(sql.tryMigrationLock.text)
-    if (rows[0].acquired) return
+    if (rows[0].acquired) {
+      if (rows[0].pid !== pid) {
+        await client.query(sql.releaseMigrationLock.text).catch(() => undefined)
+        throw pooledSessionError()
+      }
+      return
+    }
     if (Date.now() >= deadline) {
       throw new WaitTimeoutError('MIGRATION_LOCK_TIMEOUT', `another migrator held the migration lock for more than ${timeoutSeconds} s`, {
         hint: 'wait for the other db:migrate (or an orchestrator started with --auto-migrate) to finish, or raise --lock-timeout',

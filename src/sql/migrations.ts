@@ -7,8 +7,11 @@ export const MIGRATION_LOCK_KEY = '-8525285245963000605'
 
 export const tryMigrationLock: Statement = {
   name: 'try_migration_lock',
-  text: `SELECT pg_try_advisory_lock(${MIGRATION_LOCK_KEY}) AS acquired`,
+  text: `SELECT pg_try_advisory_lock(${MIGRATION_LOCK_KEY}) AS acquired, pg_backend_pid() AS pid`,
 }
+
+/** The server process of this connection: the same for every statement of a real session. */
+export const backendPid: Statement = { name: 'backend_pid', text: 'SELECT pg_backend_pid() AS pid' }
 
 export const releaseMigrationLock: Statement = {
   name: 'release_migration_lock',
