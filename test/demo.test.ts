@@ -12,7 +12,7 @@ import { runMigrations } from '../src/api/migrations'
 import { createDatabase } from '../src/db/database'
 import { acquireEmbeddedServer } from '../src/db/embedded'
 import { type CliResult, json, runCli } from './helpers/cli'
-import { createTestDatabase } from './helpers/db'
+import { TEST_SCHEMA, createTestDatabase } from './helpers/db'
 import { expectNoServerLeft, killLeftovers, logLines, postmasterPid, startTracked } from './helpers/surface'
 import { waitFor } from './helpers/wait'
 
@@ -71,10 +71,11 @@ describe('run --demo', () => {
 
   /** Set the maintenance mode of the demo's (embedded) database, migrating it first if need be. */
   async function setEmbeddedMode(mode: string): Promise<void> {
-    const db = await createDatabase({ env: env(), cwd: home, command: 'test' })
+    // In the suite's schema: the demo's process gets it too (PIPEWEAVE_SCHEMA, helpers/cli.ts).
+    const db = await createDatabase({ env: env(), cwd: home, command: 'test', schema: TEST_SCHEMA })
     try {
       await runMigrations(db)
-      await db.query(`UPDATE orchestrator_state SET mode = $1 WHERE id = 'singleton'`, [mode])
+      await db.query(`UPDATE ${db.schema.q}.orchestrator_state SET mode = $1 WHERE id = 'singleton'`, [mode])
     } finally {
       await db.close()
     }
@@ -137,7 +138,7 @@ describe('run --demo', () => {
       // "Try next" would reach DATABASE_URL, not the demo's database: the output says so.
       expect(result.stdout).toMatch(/DATABASE_URL/)
       // Nothing reached the configured database, and its password appears nowhere.
-      const { rows: [tables] } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'`)
+      const { rows: [tables] } = await db.pool.query(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')`)
       expect(tables.n).toBe(0)
       expect(result.stdout + result.stderr).not.toContain(new URL(db.url).password)
       await expectNoServerLeft(dataDir, postmasters)

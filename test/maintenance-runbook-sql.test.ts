@@ -3,14 +3,10 @@
  * moves mode_changed_at and is recorded in maintenance_events with the database user (and
  * application_name) as actor, without inheriting the previous reason.
  */
-import { spawnSync } from 'node:child_process'
-import * as fs from 'node:fs'
-import { Client } from 'pg'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
+import { TEST_SCHEMA, createTestDatabase, type TestDatabase } from './helpers/db'
 import { json, runCli } from './helpers/cli'
 import { addPendingRun, addTask, claim, eventsAfter, heartbeat, lastEventId, mode, resetTo } from './helpers/maintenance-fixtures'
-
-const PSQL = '/usr/bin/psql'
+import { psql } from './helpers/psql'
 
 let db: TestDatabase
 let dbUser: string
@@ -22,26 +18,8 @@ beforeAll(async () => {
 })
 afterAll(async () => { await db.drop() })
 
-/**
- * Run SQL the way an operator's runbook does: with psql where it is installed (CI has it), else a
- * plain session that introduces itself as psql does (`npm test` needs nothing but Node and npm).
- */
-async function psql(sql: string): Promise<void> {
-  if (fs.existsSync(PSQL)) {
-    const env = { ...process.env }
-    delete env.PGAPPNAME // psql's own application_name, `psql`
-    const result = spawnSync(PSQL, [db.url, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-c', sql], { encoding: 'utf8', env })
-    expect({ status: result.status, stderr: result.stderr }).toEqual({ status: 0, stderr: '' })
-    return
-  }
-  const client = new Client({ connectionString: db.url, application_name: 'psql' })
-  await client.connect()
-  try {
-    await client.query(sql)
-  } finally {
-    await client.end()
-  }
-}
+/** The runbook's SQL by psql, with the suite's schema on the search_path (README: Schema). */
+const runbook = (sql: string) => psql(db.url, sql, { schema: TEST_SCHEMA })
 
 it('UPDATE … SET mode = \'running\' by psql in maintenance: status shows running, the new Mode changed at, the database user as actor', async () => {
   await resetTo(db.pool, 'running')
@@ -51,7 +29,7 @@ it('UPDATE … SET mode = \'running\' by psql in maintenance: status shows runni
   expect(entered).toMatchObject({ mode: 'maintenance', reason: 'restore' })
   const before = await lastEventId(db.pool)
 
-  await psql(`UPDATE orchestrator_state SET mode = 'running' WHERE id = 'singleton'`)
+  await runbook(`UPDATE orchestrator_state SET mode = 'running' WHERE id = 'singleton'`)
 
   const events = await eventsAfter(db.pool, before)
   expect(events).toEqual([expect.objectContaining({ from_mode: 'maintenance', to_mode: 'running', actor: `${dbUser} (psql)`, reason: null })])
@@ -77,9 +55,9 @@ it('UPDATE … SET mode = \'running\' by psql in maintenance: status shows runni
 it('a runbook UPDATE that sets the reason keeps it; one that changes nothing records nothing', async () => {
   await resetTo(db.pool, 'running')
   const before = await lastEventId(db.pool)
-  await psql(`UPDATE orchestrator_state SET mode = 'maintenance', reason = 'disk full' WHERE id = 'singleton'`)
-  await psql(`UPDATE orchestrator_state SET mode = 'maintenance' WHERE id = 'singleton'`)
-  await psql(`UPDATE orchestrator_state SET reason = 'still disk full' WHERE id = 'singleton'`)
+  await runbook(`UPDATE orchestrator_state SET mode = 'maintenance', reason = 'disk full' WHERE id = 'singleton'`)
+  await runbook(`UPDATE orchestrator_state SET mode = 'maintenance' WHERE id = 'singleton'`)
+  await runbook(`UPDATE orchestrator_state SET reason = 'still disk full' WHERE id = 'singleton'`)
   expect((await eventsAfter(db.pool, before)).map((e) => [e.from_mode, e.to_mode, e.actor, e.reason])).toEqual([
     ['running', 'maintenance', `${dbUser} (psql)`, 'disk full'],
   ])
