@@ -1,106 +1,225 @@
 /**
- * Every query on task_runs is served by an index (STYLE.md): the plans of the claim, the drain
- * check, the status counts and the listings, with sequential scans off, name the indexes the
- * migrations create for them. Statements inside the SQL functions are seen through auto_explain,
- * whose plans arrive as notices.
+ * Every query on task_runs is served by an index (STYLE.md): for each statement of
+ * src/sql/task-runs.ts (and the maintenance status counts) that reads or writes task_runs or
+ * task_run_history, the plan names the indexes its comment names. Plans are taken with
+ * `enable_seqscan = off`, so that the planner, free to read a table this small whole, shows the
+ * index it would use on a big one; a statement with no usable index still shows its Seq Scan and
+ * fails. Plans are read from EXPLAIN's JSON, every node (CTEs, sub-plans, arbiters of ON CONFLICT).
+ *
+ * pipeweave_task_room_v1 counts a task's running runs inside plpgsql, where EXPLAIN of the claim
+ * cannot see: its count query, taken from the function's own source, is explained on its own.
  */
 import type { PoolClient } from 'pg'
-import { createTestDatabase, type TestDatabase } from './helpers/db'
-import * as dlq from '../src/sql/dlq'
-import * as runs from '../src/sql/task-runs'
+import type { SchemaStatement } from '../src/db/database'
+import { schemaOf } from '../src/sql/schema'
 import * as state from '../src/sql/orchestrator-state'
+import * as runs from '../src/sql/task-runs'
+import { createTestDatabase, type TestDatabase, TEST_SCHEMA } from './helpers/db'
 
-describe('query plans', () => {
-  let db: TestDatabase
-  let client: PoolClient
-  const notices: string[] = []
+const schema = schemaOf(TEST_SCHEMA)
+/** Tables whose scans the expectations name. */
+const WATCHED = ['task_runs', 'task_run_history', 'dlq']
 
-  beforeAll(async () => {
-    db = await createTestDatabase({ migrated: true })
-    await db.pool.query(`INSERT INTO services (id, version, base_url) VALUES ('s', '1', 'http://127.0.0.1:1')`)
-    await db.pool.query(`INSERT INTO tasks (id, service_id, concurrency) VALUES ('plain', 's', 0), ('limited', 's', 2), ('rare', 's', 0)`)
-    await db.pool.query(`INSERT INTO orchestrators (id, host, pid, version) VALUES ('o', 'h', 1, 'v')`)
-    // Some of everything: finished history, due, scheduled, limited, running.
-    await db.pool.query(`INSERT INTO task_runs (task_id, status, completed_at) SELECT 'plain', 'completed', now() FROM generate_series(1, 2000)`)
-    await db.pool.query(`INSERT INTO task_runs (task_id, status, completed_at) SELECT 'plain', 'failed', now() FROM generate_series(1, 20)`)
-    await db.pool.query(`INSERT INTO task_runs (task_id) SELECT 'plain' FROM generate_series(1, 50)`)
-    await db.pool.query(`INSERT INTO task_runs (task_id, scheduled_for) SELECT 'plain', now() + interval '1 hour' FROM generate_series(1, 50)`)
-    await db.pool.query(`INSERT INTO task_runs (task_id) SELECT 'limited' FROM generate_series(1, 50)`)
-    await db.pool.query(`INSERT INTO task_runs (task_id, status, completed_at) SELECT 'rare', 'completed', now() FROM generate_series(1, 5)`)
-    await db.pool.query(`ANALYZE task_runs`)
-    client = await db.pool.connect()
-    client.on('notice', (n) => { notices.push(String(n.message)) })
-    await client.query(`LOAD 'auto_explain'`)
-    await client.query(`SET auto_explain.log_min_duration = 0`)
-    await client.query(`SET auto_explain.log_nested_statements = on`)
-    await client.query(`SET auto_explain.log_level = notice`)
-    await client.query(`SET client_min_messages = notice`)
-    await client.query(`SET enable_seqscan = off`)
-  })
+let db: TestDatabase
+let client: PoolClient
+/** The indexes of the watched tables. */
+let watchedIndexes: Set<string>
+/** A few run ids of each kind, for the statements that take ids. */
+const ids: Record<'pending' | 'running' | 'completed' | 'failed', string[]> = { pending: [], running: [], completed: [], failed: [] }
 
-  afterAll(async () => {
-    client?.release(true)
-    await db.drop()
-  })
+beforeAll(async () => {
+  db = await createTestDatabase({ migrated: true })
+  const q = (text: string) => db.pool.query(text)
+  await q(`INSERT INTO services (id, version, base_url) VALUES ('s', '1', 'http://127.0.0.1:1')`)
+  await q(`INSERT INTO tasks (id, service_id, concurrency, idempotency_ttl_seconds, allowed_next)
+           VALUES ('plain', 's', 0, 60, '{plain}'), ('limited', 's', 2, NULL, '{}'), ('rare', 's', 0, NULL, '{}')`)
+  await q(`INSERT INTO orchestrators (id, host, pid, version) VALUES ('o', 'h', 1, 'v')`)
+  // Some of everything live: due, scheduled for later, limited, running (two of them by an
+  // orchestrator that has no row any more).
+  await q(`INSERT INTO task_runs (task_id, idempotency_key) SELECT 'plain', 'k' || i FROM generate_series(1, 200) i`)
+  await q(`INSERT INTO task_runs (task_id, scheduled_for) SELECT 'plain', now() + interval '1 hour' FROM generate_series(1, 200)`)
+  await q(`INSERT INTO task_runs (task_id) SELECT 'limited' FROM generate_series(1, 50)`)
+  await q(`INSERT INTO task_runs (task_id, status, orchestrator_id, started_at, heartbeat_at)
+           SELECT t, 'running', o, now(), now() FROM (VALUES ('limited', 'o'), ('limited', 'o'), ('plain', 'o'), ('plain', 'gone'), ('plain', 'gone')) AS v(t, o)`)
+  // Finished history, a few of them failed (with their DLQ entries), and a rare task.
+  await q(`INSERT INTO task_run_history (id, task_id, status, completed_at, created_at)
+           SELECT pipeweave_new_id(), 'plain', 'completed', now() - interval '2 days', now() - interval '2 days' FROM generate_series(1, 5000)`)
+  await q(`INSERT INTO task_run_history (id, task_id, status, error, completed_at, created_at)
+           SELECT pipeweave_new_id(), 'plain', 'failed', 'boom', now() - interval '2 days', now() - interval '2 days' FROM generate_series(1, 20)`)
+  await q(`INSERT INTO task_run_history (id, task_id, status, completed_at) SELECT pipeweave_new_id(), 'rare', 'completed', now() FROM generate_series(1, 5)`)
+  await q(`INSERT INTO dlq (task_run_id, task_id, error, attempts) SELECT id, task_id, error, 1 FROM task_run_history WHERE status = 'failed'`)
+  await q(`ANALYZE`)
+  const pick = async (sql: string) => (await db.pool.query<{ id: string }>(sql)).rows.map((r) => r.id)
+  ids.pending = await pick(`SELECT id FROM task_runs WHERE status = 'pending' ORDER BY id LIMIT 3`)
+  ids.running = await pick(`SELECT id FROM task_runs WHERE status = 'running' AND orchestrator_id = 'o' ORDER BY id`)
+  ids.completed = await pick(`SELECT id FROM task_run_history WHERE status = 'completed' ORDER BY id LIMIT 3`)
+  ids.failed = await pick(`SELECT id FROM task_run_history WHERE status = 'failed' ORDER BY id LIMIT 3`)
+  const { rows } = await db.pool.query<{ name: string }>(
+    `SELECT indexname AS name FROM pg_indexes WHERE schemaname = $1 AND tablename = ANY ($2::text[])`, [TEST_SCHEMA, WATCHED])
+  watchedIndexes = new Set(rows.map((r) => r.name))
+  client = await db.pool.connect()
+})
 
-  /** The plans of a statement and of every statement it runs inside functions. */
-  async function plans(text: string, values: unknown[] = []): Promise<string> {
-    notices.length = 0
-    await client.query('BEGIN')
-    try {
-      await client.query(text, values)
-    } finally {
-      await client.query('ROLLBACK')
+afterAll(async () => {
+  client?.release()
+  await db?.drop()
+})
+
+interface PlanNode {
+  'Node Type': string
+  'Relation Name'?: string
+  'Index Name'?: string
+  'Conflict Arbiter Indexes'?: string[]
+  Plans?: PlanNode[]
+}
+
+/**
+ * What the plan of `text` reads task_runs, task_run_history and dlq with: the indexes (scans and
+ * ON CONFLICT arbiters), and `Seq Scan on <table>` for a table read whole. Sorted, no repeats.
+ */
+async function accessPaths(text: string, values: unknown[] = []): Promise<string[]> {
+  await client.query('BEGIN')
+  try {
+    await client.query('SET LOCAL enable_seqscan = off')
+    const { rows: [row] } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(`EXPLAIN (FORMAT JSON) ${text}`, values)
+    const found = new Set<string>()
+    const walk = (node: PlanNode) => {
+      // A Bitmap Index Scan names its index but not its table.
+      for (const index of [node['Index Name'] ?? [], node['Conflict Arbiter Indexes'] ?? []].flat()) {
+        if (watchedIndexes.has(index)) found.add(index)
+      }
+      const table = node['Relation Name']
+      if (table && WATCHED.includes(table) && node['Node Type'] === 'Seq Scan') found.add(`Seq Scan on ${table}`)
+      for (const child of node.Plans ?? []) walk(child)
     }
-    return notices.join('\n')
+    walk(row['QUERY PLAN'][0].Plan)
+    return [...found].sort()
+  } finally {
+    await client.query('ROLLBACK')
   }
+}
 
-  it('the claim takes due, due-after-a-backoff and limited runs from their partial indexes', async () => {
-    const plan = await plans(`SELECT * FROM pipeweave_claim_runs('o', 10)`)
-    expect(plan).toContain('task_runs_claim_idx')
-    expect(plan).toContain('task_runs_claim_scheduled_idx')
-    expect(plan).toContain('task_runs_claim_task_idx')
-    expect(plan).not.toMatch(/Seq Scan on task_runs/)
+/** The statements explained so far (the last test checks that none was left out). */
+const explained = new Set<string>()
+
+const plan = (st: SchemaStatement, values: unknown[] = []) => {
+  explained.add(st.statementName)
+  return accessPaths(st(schema).text, values)
+}
+
+/** A JSON batch of completions or failures of the runs `o` holds. */
+const held = (extra: Record<string, unknown>) => JSON.stringify(ids.running.map((id) => ({ id, attempt: 1, ...extra })))
+
+describe('the hot path', () => {
+  it('claimRuns: the (task, priority) groups and their heads from task_runs_claim_idx, the claimed rows by task_runs_pkey', async () => {
+    expect(await plan(runs.claimRuns, ['o', 10, 30_000])).toEqual(['task_runs_claim_idx', 'task_runs_pkey'])
   })
 
-  it('the drain check and the status counts use the live-runs index', async () => {
-    for (const text of [`SELECT * FROM pipeweave_drain_check(30000, 'test')`]) {
-      const plan = await plans(text)
-      expect(plan).toContain('task_runs_active_idx')
-      expect(plan).not.toMatch(/Seq Scan on task_runs/)
-    }
-    const status = await plans(state.status.text, [30000])
-    expect(status).toContain('task_runs_active_idx')
-    expect(status).not.toMatch(/Seq Scan on task_runs/)
-    const queue = await plans(runs.queueStats.text)
-    expect(queue).toContain('task_runs_active_idx')
+  it("pipeweave_task_room_v1: a task's running runs counted from task_runs_running_idx", async () => {
+    // The count as the function runs it: its own text, its argument a parameter (what plpgsql does).
+    const { rows: [fn] } = await db.pool.query<{ src: string }>(
+      `SELECT prosrc AS src FROM pg_proc WHERE proname = 'pipeweave_task_room_v1' AND pronamespace = $1::regnamespace`, [TEST_SCHEMA])
+    const count = /\(SELECT count\(\*\) FROM task_runs r[\s\S]*?p_task_id\)/.exec(fn.src)
+    expect(count).not.toBeNull()
+    const text = count![0].slice(1, -1).replace(/--[^\n]*/g, '').replace('p_task_id', '$1::text')
+    expect(await accessPaths(text, ['limited'])).toEqual(['task_runs_running_idx'])
   })
 
-  it('completing and failing a run find it by primary key, not by walking the running runs', async () => {
-    // Statistics (ANALYZE above) that count no running run: the planner's favourite case for
-    // walking task_runs_active_idx, which after a busy drain holds an entry for every run completed
-    // since the last vacuum.
-    const { rows } = await db.pool.query<{ id: string }>(
-      `INSERT INTO task_runs (task_id, status, orchestrator_id, started_at) SELECT 'plain', 'running', 'o', now() FROM generate_series(1, 3) RETURNING id`)
-    try {
-      const results = JSON.stringify(rows.map(({ id }) => ({ id, output: null, runNext: [], fromCache: false })))
-      const complete = await plans(`SELECT * FROM pipeweave_complete_runs('o', $1)`, [results])
-      expect(complete).toMatch(/Update on task_runs[\s\S]*task_runs_pkey/)
-      expect(complete).not.toContain('task_runs_active_idx')
-
-      const fail = await plans(`SELECT * FROM pipeweave_fail_run($1, 'o', 'boom', 'E', true, false)`, [rows[0].id])
-      expect(fail).toMatch(/on task_runs r[\s\S]*task_runs_pkey/)
-      expect(fail).not.toContain('task_runs_active_idx')
-    } finally {
-      await db.pool.query(`DELETE FROM task_runs WHERE id = ANY ($1::text[])`, [rows.map((r) => r.id)])
-    }
+  it('completeRuns: the runs by task_runs_pkey', async () => {
+    expect(await plan(runs.completeRuns, ['o', held({ output: { ok: true }, next: ['plain'], cached: false })])).toEqual(['task_runs_pkey'])
   })
 
-  it('listings and cleanup use their indexes', async () => {
-    expect(await plans(runs.list.text, ['failed', null, 50])).toContain('task_runs_unsuccessful_idx')
-    expect(await plans(runs.list.text, [null, 'rare', 50])).toContain('task_runs_task_created_idx')
-    expect(await plans(runs.list.text, [null, null, 50])).toContain('task_runs_created_at_idx')
-    expect(await plans(runs.deleteFinishedBatch.text, [new Date(), '-infinity', '', 100])).toContain('task_runs_finished_idx')
-    expect(await plans(dlq.list.text, [null, false, 50])).toContain('dlq_failed_at_idx')
+  it('failRuns: the retried and the dead by task_runs_pkey', async () => {
+    const failures = held({ orchestrator: 'o', error: 'boom', code: 'E', retry: true, delayMs: 0, status: 'failed' })
+    expect(await plan(runs.failRuns, [failures])).toEqual(['task_runs_pkey'])
   })
+
+  it('releaseHeld: the running runs from task_runs_running_idx', async () => {
+    expect(await plan(runs.releaseHeld, ['o', [ids.running[0]], null])).toEqual(['task_runs_running_idx'])
+  })
+
+  it('workRemains: task_runs_running_idx, then the groups and their due heads from task_runs_claim_idx', async () => {
+    expect(await plan(runs.workRemains)).toEqual(['task_runs_claim_idx', 'task_runs_running_idx'])
+  })
+})
+
+describe('upkeep and counts', () => {
+  it('lostRuns: the running runs from task_runs_running_idx', async () => {
+    expect(await plan(runs.lostRuns)).toEqual(['task_runs_running_idx'])
+  })
+
+  it('sweepFinished: the stray finished runs found and deleted by task_runs_stray_finished_idx, moved into task_run_history_pkey', async () => {
+    expect(await plan(runs.sweepFinished, [1000])).toEqual(['task_run_history_pkey', 'task_runs_stray_finished_idx'])
+  })
+
+  it('maintenance status: due, running and scheduled counted from task_runs_claim_idx and task_runs_running_idx', async () => {
+    expect(await plan(state.status, [30_000])).toEqual(['task_runs_claim_idx', 'task_runs_running_idx'])
+  })
+
+  it('queueStats: the due pending runs from task_runs_claim_idx', async () => {
+    expect(await plan(runs.queueStats)).toEqual(['task_runs_claim_idx'])
+  })
+})
+
+describe('enqueue and cancel', () => {
+  it('enqueueRuns: a held key decided by task_runs_idempotency_active_uidx (ON CONFLICT)', async () => {
+    expect(await plan(runs.enqueueRuns, ['plain', JSON.stringify([{ input: 1, key: 'k1' }]), null, null])).toEqual(['task_runs_idempotency_active_uidx'])
+  })
+
+  it('resolveActiveKeys: task_runs_idempotency_active_uidx', async () => {
+    expect(await plan(runs.resolveActiveKeys, ['plain', ['k1', 'k2']])).toEqual(['task_runs_idempotency_active_uidx'])
+  })
+
+  it('cancelRuns: both primary keys', async () => {
+    expect(await plan(runs.cancelRuns, [[...ids.pending, ids.completed[0]]])).toEqual(['task_run_history_pkey', 'task_runs_pkey'])
+  })
+})
+
+describe('reading runs', () => {
+  it('listRuns: the newest of each table by its primary key, walked backwards', async () => {
+    expect(await plan(runs.listRuns, [null, null, 50])).toEqual(['task_run_history_pkey', 'task_runs_pkey'])
+  })
+
+  it('listRuns --task: the history by task_run_history_task_idx', async () => {
+    expect(await plan(runs.listRuns, [null, 'rare', 50])).toEqual(['task_run_history_task_idx', 'task_runs_pkey'])
+  })
+
+  it('listRuns --status failed: the history by task_run_history_unsuccessful_idx (live failed runs are strays: task_runs_stray_finished_idx)', async () => {
+    expect(await plan(runs.listRuns, ['failed', null, 50])).toEqual(['task_run_history_unsuccessful_idx', 'task_runs_stray_finished_idx'])
+  })
+
+  it('showRun: both primary keys', async () => {
+    expect(await plan(runs.showRun, [ids.completed[0]])).toEqual(['task_run_history_pkey', 'task_runs_pkey'])
+  })
+})
+
+describe('db:cleanup', () => {
+  it('deleteFinishedBatch: the walk on task_run_history_pkey, DLQ entries by dlq_task_run_id_idx', async () => {
+    expect(await plan(runs.deleteFinishedBatch, [new Date(Date.now() - 86_400_000), '', 500])).toEqual(['dlq_task_run_id_idx', 'task_run_history_pkey'])
+  })
+
+  it('countFinishedDeletable: task_run_history_pkey below the id bound, DLQ entries by dlq_task_run_id_idx', async () => {
+    expect(await plan(runs.countFinishedDeletable, [new Date(Date.now() - 86_400_000), new Date(Date.now() - 30 * 86_400_000)])).toEqual(['dlq_task_run_id_idx', 'task_run_history_pkey'])
+  })
+})
+
+describe('run --demo', () => {
+  it('unfinishedOfTasks: task_runs_claim_idx and task_runs_running_idx', async () => {
+    expect(await plan(runs.unfinishedOfTasks, [['plain', 'rare']])).toEqual(['task_runs_claim_idx', 'task_runs_running_idx'])
+  })
+
+  it('summaryOfTasks: the history by task_run_history_task_idx, and no table read whole', async () => {
+    // Its comment names no index for the live part (pending, running and waiting runs of the tasks).
+    const paths = await plan(runs.summaryOfTasks, [['plain', 'rare'], new Date(Date.now() - 60_000)])
+    expect({ history: paths.includes('task_run_history_task_idx'), seqScans: paths.filter((p) => p.startsWith('Seq Scan')) })
+      .toEqual({ history: true, seqScans: [] })
+  })
+})
+
+it('every statement of src/sql/task-runs.ts on task_runs or task_run_history has its plan checked above', () => {
+  const onRuns = Object.values(runs)
+    .filter((v): v is SchemaStatement => typeof v === 'function' && 'statementName' in v)
+    .filter((st) => /\.task_run(s|_history)\b/.test(st(schema).text))
+    .map((st) => st.statementName)
+  expect(onRuns.filter((name) => !explained.has(name))).toEqual([])
 })
