@@ -10,7 +10,7 @@
  * Rows are arranged the way pipeweave leaves them: runs enqueued by the bulk enqueue statement,
  * claimed, completed and failed by the orchestrator's own repository, and pipeweave's own upkeep
  * applied as `run` applies it (src/orchestrator/watch.ts: a VACUUM of task_runs every
- * VACUUM_EVERY_RUNS finished runs, counted as the runner counts them). Autovacuum runs at its
+ * VACUUM_EVERY_CLAIMS runs claimed, counted as the claimer counts them). Autovacuum runs at its
  * defaults, which in a test this short usually means not at all. Statistics are brought up to
  * date (ANALYZE) before each measurement, as autovacuum's analyze would, so that the plan is the
  * one a busy queue gets.
@@ -112,7 +112,7 @@ async function claimPlan(): Promise<string> {
   }
 }
 
-/** pipeweave's own upkeep of task_runs, as `run` has it (Watch.finished, called by the runner). */
+/** pipeweave's own upkeep of task_runs, as `run` has it (Watch.claimed, called by the claimer). */
 function upkeep(): Watch {
   return new Watch({
     repo, log: silentLogger, actor: 'claim-cost', liveness: undefined as never,
@@ -131,17 +131,16 @@ async function attempt(count: number, outcome: { complete: true } | { retryDelay
   for (let done = 0; done < count;) {
     const { runs: claimed } = await repo.claim(Math.min(BATCH, count - done), ANY_LEASE_MS)
     if (claimed.length === 0) throw new Error(`claimed nothing after ${done} of ${count} runs`)
+    // What the claimer counts (claimer.ts): every run claimed leaves a dead claim-index entry.
+    watch.claimed(claimed.length)
     if ('complete' in outcome) {
       const results = await repo.complete(claimed.map((r) => ({ runId: r.id, attempt: r.attempt, output: { ok: true }, runNext: [], fromCache: false })))
       expect(results.every((r) => r.completed)).toBe(true)
-      watch.finished(results.length)
     } else {
       const results = await repo.fail(claimed.map((r) => ({
         runId: r.id, attempt: r.attempt, error: 'boom', code: 'WORKER_ERROR', retry: true, delayMs: outcome.retryDelayMs, status: 'failed' as const,
       })))
       expect(results.every((r) => r.outcome === 'retried')).toBe(true)
-      // What the runner counts (runner.ts afterWrite): a retried attempt did not finish its run.
-      watch.finished(results.filter((r) => r.outcome !== 'retried').length)
     }
     done += claimed.length
   }
@@ -192,7 +191,7 @@ it(`(a) ${KIND} finished runs, claimed and completed through the repository, wit
 })
 
 it(`(a) for the record, not bounded here: ${KIND - 1} finished runs, the claim just before pipeweave's next VACUUM`, async () => {
-  // VACUUM_EVERY_RUNS − 1 dead claim-index entries at the head of A's group: the most the
+  // Dead claim-index entries at the head of A's group short of the next VACUUM: the most the
   // upkeep's cadence lets a claim walk past (the figure is printed with the others).
   await emptyQueue()
   await attempt(KIND - 1, { complete: true })

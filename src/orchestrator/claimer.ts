@@ -30,6 +30,8 @@ export interface ClaimerDeps {
   /** Every run this process holds `running` (kept when runs held unknowingly are handed back). */
   heldIds(): string[]
   start(run: ClaimedRun): void
+  /** Runs claimed (the upkeep of the live table counts them). */
+  claimed(count: number): void
   onMode(mode: Mode): void
   /** --until-idle found nothing due or running. */
   onIdle(): void
@@ -129,6 +131,7 @@ export class Claimer {
         } finally {
           this.reserved -= free
         }
+        if (claimed.length > 0) deps.claimed(claimed.length)
         for (const run of claimed) deps.start(run)
         if (claimed.length === free) continue // every slot filled: more may be due
         this.due = false

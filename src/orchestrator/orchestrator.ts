@@ -143,7 +143,6 @@ class Loop implements Orchestrator {
       slotFreed: () => this.claimer.slotFreed(),
       workDue: () => this.claimer.workDue(),
       drainMayBeDone: () => watch.drainMayBeDone(),
-      finished: (n) => watch.finished(n),
       heldUnknown: () => this.claimer.heldUnknown(),
     })
     this.claimer = new Claimer({
@@ -153,6 +152,7 @@ class Loop implements Orchestrator {
       load: () => ({ dispatching: runner.dispatching, unwritten: writer.size }),
       heldIds: () => runner.heldIds(),
       start: (run) => runner.start(run),
+      claimed: (n) => watch.claimed(n),
       onMode: (mode) => this.observeMode(mode),
       onIdle: () => {
         this.log.info('no due or running task runs left (--until-idle): stopping', { event: 'idle' })

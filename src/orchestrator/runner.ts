@@ -50,8 +50,6 @@ export interface RunnerDeps {
   workDue(): void
   /** A run finished while the mode is waiting_for_maintenance: check the drain now. */
   drainMayBeDone(): void
-  /** Runs finished (for the upkeep of the live table). */
-  finished(count: number): void
   /** A run may be `running` under this orchestrator in the database though nothing here holds it. */
   heldUnknown(): void
 }
@@ -152,7 +150,7 @@ export class Runner {
       if (done.ok && done.value.completed) {
         deps.hooks.onOutcome?.(run.taskId, 'cached')
         deps.log.info(`run ${run.id} completed from the idempotency cache`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'completed', cached: true, durationMs: 0 })
-        this.afterWrite(done.value.mode, 1)
+        this.afterWrite(done.value.mode)
       }
       return
     }
@@ -223,11 +221,10 @@ export class Runner {
       if (followUp) deps.log.info(`run ${followUp} queued as a follow-up of ${run.id}`, { event: 'run', runId: followUp, taskId, attempt: 1, status: 'pending', durationMs: null, parentRunId: run.id })
     })
     if (done.followUps.length > 0) deps.workDue()
-    this.afterWrite(done.mode, 1)
+    this.afterWrite(done.mode)
   }
 
-  private afterWrite(mode: Mode, finished: number): void {
-    this.deps.finished(finished)
+  private afterWrite(mode: Mode): void {
     if (mode === 'waiting_for_maintenance') this.deps.drainMayBeDone()
   }
 
@@ -280,7 +277,7 @@ export class Runner {
           event: 'run', ...fields, status: failed.outcome, durationMs, errorCode: failure.code,
         })
     }
-    this.afterWrite(failed.mode, failed.outcome === 'retried' ? 0 : 1)
+    this.afterWrite(failed.mode)
   }
 
   /**

@@ -5,17 +5,22 @@
  *     and the sweep of finished runs a runbook left in task_runs;
  *   - right after a run finishes while the mode is waiting_for_maintenance: the drain check, so
  *     the end of a drain is seen at once;
- *   - every VACUUM_EVERY_RUNS finished runs: VACUUM of task_runs. Each claim and each finish
- *     leaves dead entries at the head of the claim index until a vacuum removes them, and
- *     autovacuum looks at a table at most once a minute; a short live table is cheap to vacuum.
+ *   - every VACUUM_EVERY_CLAIMS runs claimed: VACUUM of task_runs. Each claim leaves the run's
+ *     pending entry dead at the head of the claim index (and a finish, dead entries in the others)
+ *     until a vacuum removes them; the claim reads them, and autovacuum looks at a table at most
+ *     once a minute. A short live table is cheap to vacuum.
  */
 import type { Logger } from '../logger'
 import type { DrainCheckResult, Mode } from '../maintenance/maintenance'
 import type { Liveness } from './liveness'
 import type { Repository } from './repository'
 
-/** Finished runs between two VACUUMs of task_runs by this orchestrator. */
-export const VACUUM_EVERY_RUNS = 5000
+/**
+ * Runs claimed by this orchestrator between two VACUUMs of task_runs: dead entries at the head of
+ * a task's group in the claim index cost the claim about a buffer per 130, read twice (the skip
+ * scan and the head). claim-cost.test.ts holds the claim within 2× of an empty queue with it.
+ */
+export const VACUUM_EVERY_CLAIMS = 2000
 
 export interface WatchDeps {
   repo: Pick<Repository, 'drainCheck' | 'schemaVersion' | 'sweep' | 'vacuum'>
@@ -31,15 +36,21 @@ export interface WatchDeps {
 export class Watch {
   /** The newest migration this binary knows (set at start). */
   knownVersion = 0
-  private checking = false
+  private checking?: Promise<void>
   private again = false
-  private finishedSinceVacuum = 0
+  private claimedSinceVacuum = 0
   private vacuuming?: Promise<void>
+  private ticking?: Promise<void>
 
   constructor(private readonly deps: WatchDeps) {}
 
-  /** The interval's work. */
-  async tick(): Promise<void> {
+  /** The interval's work (one at a time: a tick still running when the next is due skips it). */
+  tick(): Promise<void> {
+    if (!this.ticking) this.ticking = this.tickOnce().finally(() => { this.ticking = undefined })
+    return this.ticking
+  }
+
+  private async tickOnce(): Promise<void> {
     const { deps } = this
     try {
       await this.drainCheck()
@@ -71,8 +82,7 @@ export class Watch {
       this.again = true
       return
     }
-    this.checking = true
-    void (async () => {
+    this.checking = (async () => {
       do {
         this.again = false
         try {
@@ -80,23 +90,23 @@ export class Watch {
         } catch (error) {
           this.deps.liveness.trouble(error, 'drain check')
         }
-      } while (this.again)
-      this.checking = false
-    })()
+      } while (this.again && !this.deps.isStopping())
+    })().finally(() => { this.checking = undefined })
   }
 
-  /** Count finished runs; VACUUM task_runs every VACUUM_EVERY_RUNS of them. */
-  finished(count: number): void {
-    this.finishedSinceVacuum += count
-    if (this.finishedSinceVacuum < VACUUM_EVERY_RUNS || this.vacuuming) return
-    this.finishedSinceVacuum = 0
+  /** Count claimed runs; VACUUM task_runs every VACUUM_EVERY_CLAIMS of them. */
+  claimed(count: number): void {
+    this.claimedSinceVacuum += count
+    if (this.claimedSinceVacuum < VACUUM_EVERY_CLAIMS || this.vacuuming) return
+    this.claimedSinceVacuum = 0
     this.vacuuming = this.deps.repo.vacuum()
       .catch((error) => this.deps.log.debug(`VACUUM of task_runs failed: ${(error as Error).message}`))
       .finally(() => { this.vacuuming = undefined })
   }
 
+  /** Resolves when no check, tick or vacuum of this watch is running (the shutdown waits for them). */
   async stopped(): Promise<void> {
-    await this.vacuuming
+    await Promise.all([this.ticking, this.checking, this.vacuuming])
   }
 
   /** The runs a drain check took back from dead orchestrators: a count, then a line for each. */

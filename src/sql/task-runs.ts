@@ -137,26 +137,28 @@ export const claimRuns = statement('claim_runs', (s) => `
     SELECT t.id AS task_id, CASE WHEN t.concurrency > 0 THEN ${s.q}.pipeweave_task_room_v1(t.id) END AS room
       FROM ${s.q}.tasks t WHERE t.id IN (SELECT g.task_id FROM groups g)
   ), candidates AS (
-    SELECT c.id, c.task_id, c.priority, c.due_at, rm.room
+    SELECT c.ctid, c.id, c.task_id, c.priority, c.due_at, rm.room
       FROM groups g
       JOIN room rm ON rm.task_id = g.task_id AND (rm.room IS NULL OR rm.room > 0)
      CROSS JOIN LATERAL (
-       SELECT r.id, r.task_id, r.priority, r.due_at FROM ${s.q}.task_runs r
+       SELECT r.ctid, r.id, r.task_id, r.priority, r.due_at FROM ${s.q}.task_runs r
         WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()
         ORDER BY r.due_at, r.id
         LIMIT LEAST(COALESCE(rm.room, $2::int), $2::int)
           FOR UPDATE SKIP LOCKED) AS c
   ), chosen AS (
-    SELECT c.id FROM (
+    SELECT c.ctid FROM (
       SELECT c.*, row_number() OVER (PARTITION BY c.task_id ORDER BY c.priority, c.due_at, c.id) AS nth FROM candidates c
     ) AS c
      WHERE c.room IS NULL OR c.nth <= c.room
      ORDER BY c.priority, c.due_at, c.id
      LIMIT $2::int
   ), claimed AS (
-    UPDATE ${s.q}.task_runs r                                        -- task_runs_pkey
+    -- The locked rows themselves, by their tuple ids (a TID scan): no plan to choose, however
+    -- small or bloated the table looks to the planner.
+    UPDATE ${s.q}.task_runs r
        SET status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(), orchestrator_id = $1::text
-     WHERE r.id = ANY (ARRAY(SELECT c.id FROM chosen c))
+     WHERE r.ctid = ANY (ARRAY(SELECT c.ctid FROM chosen c)) AND r.status = 'pending'
     RETURNING r.id, r.task_id, r.pipeline_run_id, r.attempt, r.priority, r.input, r.input_path,
               r.previous_attempts, r.idempotency_key, r.created_at, r.started_at, r.due_at
   )
@@ -188,8 +190,11 @@ export const completeRuns = statement('complete_runs', (s) => `
   WITH input AS (
     SELECT x.* FROM ${records('$2', [['id', 'text'], ['attempt', 'integer'], ['output', 'jsonb'], ['next', 'text[]'], ['cached', 'boolean']])}
   ), done AS (
+    -- By primary key (id = ANY of the batch's ids): joined to the JSON rows alone, the planner
+    -- guesses 100 of them and hashes every running run instead.
     DELETE FROM ${s.q}.task_runs r USING input i                    -- task_runs_pkey
-     WHERE r.id = i.id AND r.attempt = i.attempt AND r.status = 'running' AND r.orchestrator_id = $1::text
+     WHERE r.id = ANY (ARRAY(SELECT x.id FROM input x)) AND r.id = i.id
+       AND r.attempt = i.attempt AND r.status = 'running' AND r.orchestrator_id = $1::text
     RETURNING r.*, i.output AS result, i.next, i.cached AS from_cache
   ), history AS (
     INSERT INTO ${s.q}.task_run_history (${COLUMNS})
@@ -252,12 +257,14 @@ export const failRuns = statement('fail_runs', (s) => `
            scheduled_for = (SELECT c.at FROM clock c) + GREATEST(i."delayMs", 0) * interval '1 millisecond',
            started_at = NULL, heartbeat_at = NULL, orchestrator_id = NULL
       FROM input i
-     WHERE r.id = i.id AND i.retry AND r.attempt = i.attempt AND r.status = 'running'
+     WHERE r.id = ANY (ARRAY(SELECT x.id FROM input x WHERE x.retry)) AND r.id = i.id
+       AND i.retry AND r.attempt = i.attempt AND r.status = 'running'
        AND r.orchestrator_id IS NOT DISTINCT FROM i.orchestrator
     RETURNING r.id, r.scheduled_for, i."delayMs" AS delay_ms
   ), dead AS (
     DELETE FROM ${s.q}.task_runs r USING input i                    -- task_runs_pkey
-     WHERE r.id = i.id AND NOT i.retry AND r.attempt = i.attempt AND r.status = 'running'
+     WHERE r.id = ANY (ARRAY(SELECT x.id FROM input x WHERE NOT x.retry)) AND r.id = i.id
+       AND NOT i.retry AND r.attempt = i.attempt AND r.status = 'running'
        AND r.orchestrator_id IS NOT DISTINCT FROM i.orchestrator
     RETURNING r.*, i.error AS failure, i.code AS failure_code, i.status AS final_status,
               r.previous_attempts || jsonb_build_array(jsonb_build_object(
@@ -478,15 +485,20 @@ export const countFinishedDeletable = statement('count_finished_deletable', (s) 
 // ---------------------------------------------------------------------------------------------
 // run --demo
 
-/** The demo's runs not finished yet ($1 its tasks); task_runs_claim_idx, task_runs_running_idx. */
+/** The demo's runs not finished yet ($1 its tasks): pending on task_runs_claim_idx, running on task_runs_running_idx. */
 export const unfinishedOfTasks = statement('demo_unfinished', (s) => `
-  SELECT count(*)::int AS n FROM ${s.q}.task_runs
-   WHERE task_id = ANY ($1::text[]) AND status IN ('pending', 'running')`)
+  SELECT (SELECT count(*) FROM ${s.q}.task_runs WHERE task_id = ANY ($1::text[]) AND status = 'pending')::int
+       + (SELECT count(*) FROM ${s.q}.task_runs WHERE task_id = ANY ($1::text[]) AND status = 'running')::int AS n`)
 
 /** The demo's runs created since $2, oldest first, with what happened to each. */
 export const summaryOfTasks = statement('demo_summary', (s) => `
   WITH runs AS (
-    SELECT ${RUN_COLUMNS} FROM ${s.q}.task_runs r WHERE r.task_id = ANY ($1::text[]) AND r.created_at >= $2::timestamptz
+    -- Live runs by status, each on its index (the demo makes no 'waiting' runs).
+    SELECT ${RUN_COLUMNS} FROM ${s.q}.task_runs r                        -- task_runs_claim_idx
+     WHERE r.status = 'pending' AND r.task_id = ANY ($1::text[]) AND r.created_at >= $2::timestamptz
+    UNION ALL
+    SELECT ${RUN_COLUMNS} FROM ${s.q}.task_runs r                        -- task_runs_running_idx
+     WHERE r.status = 'running' AND r.task_id = ANY ($1::text[]) AND r.created_at >= $2::timestamptz
     UNION ALL
     SELECT ${RUN_COLUMNS} FROM ${s.q}.task_run_history r                 -- task_run_history_task_idx
      WHERE r.task_id = ANY ($1::text[]) AND r.created_at >= $2::timestamptz
