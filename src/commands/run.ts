@@ -140,6 +140,9 @@ not pass SIGTERM on).`
     // connection (or past DB_STATEMENT_TIMEOUT_MS, which then answers first).
     const statementTimeout = optionalInt(process.env, 'DB_STATEMENT_TIMEOUT_MS') ?? 0
     config.queryTimeoutMs = optionalInt(process.env, 'DB_QUERY_TIMEOUT_MS', 1) ?? Math.max(60_000, statementTimeout + 10_000)
+    // Planned once per connection (planning costs more than running the claim and completion):
+    // not with --no-listen, which is what a transaction pooler needs (it drops named statements).
+    config.prepareStatements = !this.flags['no-listen']
     if (demo) {
       const wiring = lazy<typeof import('../demo/wiring')>('../demo/wiring').demoDatabaseConfig({ ...config, env: process.env }, this.logger)
       config = wiring.config

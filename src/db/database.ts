@@ -69,6 +69,13 @@ export interface DatabaseConfig {
   logSlowQueries?: boolean
   /** Fail a pooled query that gets no answer within this long (long-running processes). */
   queryTimeoutMs?: number
+  /**
+   * Run pipeweave's statements as named prepared statements, planned once per connection (the
+   * orchestrator's hot path: planning cost more than running its statements). Never behind a
+   * transaction pooler, which does not carry them from one transaction to the next: `run`
+   * prepares only while it LISTENs (--no-listen, what a pooler needs, turns this off).
+   */
+  prepareStatements?: boolean
   /** The schema of pipeweave's objects (`--schema`); else PIPEWEAVE_SCHEMA, else `public`. */
   schema?: string
 }
@@ -132,6 +139,7 @@ export function tlsOptions(ssl: SslSettings, host: string): false | ConnectionOp
 const CONFIG_KEYS: ReadonlySet<string> = new Set<keyof DatabaseConfig>([
   'connectionString', 'host', 'port', 'user', 'password', 'ssl', 'database',
   'flags', 'env', 'cwd', 'command', 'logger', 'pool', 'createEmbedded', 'verify', 'logSlowQueries', 'queryTimeoutMs', 'schema',
+  'prepareStatements',
 ])
 const SEED_KEYS = ['connectionString', 'host', 'port', 'user', 'password', 'ssl'] as const
 
@@ -340,7 +348,7 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       }
     }
 
-    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, ClientClass, schema, embedded)
+    return new PgDatabase(pool, target, settings, logger, applicationName, ssl !== false, clientConfig, ClientClass, schema, embedded, Boolean(config.prepareStatements))
   } catch (error) {
     await embedded?.release().catch(() => undefined)
     throw toConnectionError(error, target, settings.connectTimeoutMs)
@@ -366,6 +374,7 @@ class PgDatabase implements Database {
     private readonly ClientClass: typeof Client,
     readonly schema: Schema,
     private readonly embedded?: EmbeddedHandle,
+    private readonly prepare = false,
   ) {
     this.description = describeTarget(target)
     this.embeddedDataDir = embedded?.server.dataDir
@@ -429,6 +438,10 @@ class PgDatabase implements Database {
     return toConnectionError(error, this.target, this.settings.connectTimeoutMs)
   }
 
+  get prepareStatements(): boolean {
+    return this.prepare
+  }
+
   slowQueryMs(): number {
     return this.settings.slowQueryMs
   }
@@ -459,8 +472,10 @@ async function timedQuery<R extends QueryResultRow>(
   const { name, text } = typeof statement === 'string' ? { name: 'sql', text: statement } : statement
   const started = performance.now()
   try {
-    // Unnamed statements only: named prepared statements do not survive a transaction pooler.
-    return await runner.query<R>({ text, values })
+    // Unnamed statements unless asked (prepareStatements): a transaction pooler does not carry
+    // named ones across transactions. A prepared statement's name is its schema's and its own.
+    const prepared = db.prepareStatements && typeof statement !== 'string' ? `pw_${db.schema.name}_${name}` : undefined
+    return await runner.query<R>({ name: prepared, text, values })
   } catch (error) {
     throw db.mapError(error)
   } finally {
