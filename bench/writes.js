@@ -18,6 +18,7 @@
  * Writes: pg_stat_user_tables n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del of each table of the
  * system's schema, after − before, read once every process that wrote has exited (its backends
  * flush their counts at exit), with pg_stat_force_next_flush() (PG15+) and pg_stat_clear_snapshot().
+ * Transactions per run (the drain's commits and rollbacks: pg_stat_database, less this script's polls).
  * Index entries: pg_stat_user_indexes has no insert counter, so they are counted as
  *   inserts × (indexes whose predicate matches an inserted row) + non-HOT updates × (indexes whose
  *   predicate matches the updated row); a HOT update adds no index entry, a delete none.
@@ -102,11 +103,30 @@ async function checkpoint(client) {
 async function measure(client, schema, work) {
   await checkpoint(client)
   const before = await lib.settledCounters(client, [schema])
+  const xactsBefore = await transactions(client)
+  const ownBefore = client.queryCount
   const walBefore = await lib.walPosition(client)
   const extra = await work()
   const walAfter = await lib.walPosition(client)
   const after = await lib.settledCounters(client, [schema])
-  return { wal: Number(walAfter - walBefore), delta: lib.counterDelta(before, after), extra }
+  // The database's transactions, less this script's own statements (polls, samples) meanwhile.
+  const xacts = (await transactions(client)) - xactsBefore - (client.queryCount - ownBefore)
+  return { wal: Number(walAfter - walBefore), delta: lib.counterDelta(before, after), xacts, extra }
+}
+
+/** Committed and rolled-back transactions of this database so far (call after the stats settled). */
+async function transactions(client) {
+  const { rows: [r] } = await client.query(`SELECT (xact_commit + xact_rollback)::bigint AS n FROM pg_stat_database WHERE datname = current_database()`)
+  return Number(r.n)
+}
+
+/** A client that counts its statements (each one a transaction of its own). */
+async function countingClient(url) {
+  const client = await lib.connect(url)
+  const query = client.query.bind(client)
+  client.queryCount = 0
+  client.query = (...args) => { client.queryCount += 1; return query(...args) }
+  return client
 }
 
 /** Poll until `done()`; meanwhile catch a row in the updated state. */
@@ -178,7 +198,7 @@ async function run(server, options = {}) {
   const log = options.log ?? ((m) => process.stderr.write(`${m}\n`))
   const database = await lib.createDatabase(server, { migrated: true })
   const worker = await lib.startWorker()
-  const client = await lib.connect(database.url)
+  const client = await countingClient(database.url)
   const batching = graphile.batchingPreset(CONCURRENCY)
   const loads = [lib.load()]
   try {
@@ -225,13 +245,14 @@ function report(systems, results, loads) {
     { title: 'total', align: 'right' },
     { title: 'row writes/run enqueue', align: 'right' }, { title: 'drain', align: 'right' },
     { title: 'index entries/run enqueue', align: 'right' }, { title: 'drain', align: 'right' },
+    { title: 'transactions/run drain', align: 'right' },
   ], systems.map((s) => {
     const r = results[s.key]
     const rowWrites = (p) => sumOf(p, 'ins') + sumOf(p, 'upd') + sumOf(p, 'del')
     return [
       s.title, lib.fmt(r.enqueue.wal / RUNS), lib.fmt(r.drain.wal / RUNS), lib.fmt(r.vacuum.wal / RUNS),
       lib.fmt((r.enqueue.wal + r.drain.wal + r.vacuum.wal) / RUNS),
-      per(rowWrites(r.enqueue)), per(rowWrites(r.drain)), per(entriesOf(r.enqueue)), per(entriesOf(r.drain)),
+      per(rowWrites(r.enqueue)), per(rowWrites(r.drain)), per(entriesOf(r.enqueue)), per(entriesOf(r.drain)), per(r.drain.xacts),
     ]
   })))
   const p = results.pipeweave
@@ -259,6 +280,7 @@ function report(systems, results, loads) {
     { title: 'idx/insert', align: 'right' }, { title: 'idx/update', align: 'right' }, { title: 'index entries/run', align: 'right' },
   ], rows))
   lines.push('method: counters from pg_stat_user_tables after every writer exited (pg_stat_force_next_flush, pg_stat_clear_snapshot); WAL from pg_current_wal_lsn(), CHECKPOINT before each phase;')
+  lines.push('  transactions/run: pg_stat_database xact_commit + xact_rollback over the drain, less this script\'s own polls (claims, completions, heartbeats, LISTEN wake-ups: the round trips that commit);')
   lines.push('  idx/insert, idx/update = indexes whose predicate holds for a real inserted / updated row (caught mid-drain) out of the table\'s indexes; * = no such row, every index counted')
   return lines.join('\n')
 }
