@@ -1,6 +1,6 @@
 'use strict'
 /**
- * Cold start (issues 3 and 4): `pipeweave db:status --json` and `pipeweave maintenance:status --json`
+ * Cold start (issues 3, 4 and 10): `pipeweave db:status --json` and `pipeweave maintenance:status --json`
  * as whole processes against a running, migrated server, beside `node -e 0` and `psql -c 'select 1'`
  * in the same run, interleaved. Target: each within 3× `node -e 0`.
  *
@@ -10,7 +10,10 @@
  * pays for starting the server, and for stopping it again when it ends (SPEC §1.1).
  *
  *   node bench/cold-start.js            (a dedicated embedded server, or PIPEWEAVE_BENCH_DATABASE_URL)
- *   BENCH_COLD_START_RUNS=20 BENCH_EMBEDDED_RUNS=5
+ * Environment (defaults in brackets):
+ *   BENCH_COLD_START_RUNS [20]   runs of each command against the running server
+ *   BENCH_EMBEDDED_RUNS [5]      runs of db:status on the stopped embedded database
+ *   BENCH_PSQL [/usr/bin/psql]
  */
 const fs = require('node:fs')
 const path = require('node:path')

@@ -1,14 +1,17 @@
 'use strict'
 /**
- * Drain latency (issue 5): with `pipeweave run` (the real CLI process, --concurrency 10, default
+ * Drain latency (issues 5 and 10): with `pipeweave run` (the real CLI process, --concurrency 10, default
  * intervals) alive and busy on a queue of runs that each take BENCH_DRAIN_TASK_MS at the worker,
  * maintenance is requested (requestMaintenance, as `maintenance:request` does) half-way through;
- * the figure is the time from the last run completing (its completed_at) to the mode becoming
+ * the figure is the time from the last run completing (its completed_at in task_run_history) to the mode becoming
  * `maintenance` (the maintenance_events row's `at`), both stamped by the database. Then
  * `maintenance:exit` and the same process goes on with the next round. Goal: ≤ 1 s, every round.
  *
  *   node bench/drain.js
- *   BENCH_DRAIN_ROUNDS=5 BENCH_DRAIN_RUNS=300 BENCH_DRAIN_TASK_MS=20
+ * Environment (defaults in brackets):
+ *   BENCH_DRAIN_ROUNDS [5]      maintenance requests, one per round
+ *   BENCH_DRAIN_RUNS [300]      runs queued per round
+ *   BENCH_DRAIN_TASK_MS [20]    how long the worker takes to answer each run
  */
 const lib = require('./lib')
 
@@ -33,21 +36,24 @@ async function run(server, options = {}) {
     const samples = []
     for (let round = 0; round < ROUNDS; round++) {
       await lib.seedRuns(client, 'work', RUNS)
-      const count = async (status) => (await client.query('SELECT count(*)::int AS n FROM task_runs WHERE status = $1', [status])).rows[0].n
-      const doneBefore = await count('completed')
-      await lib.waitFor(async () => (await count('completed')) - doneBefore >= RUNS / 2, { intervalMs: 20, what: 'half of the runs to complete' })
+      // Finished runs leave task_runs for task_run_history in the statement that finishes them.
+      const completed = async () => (await client.query(`SELECT count(*)::int AS n FROM task_run_history WHERE status = 'completed'`)).rows[0].n
+      const doneBefore = await completed()
+      await lib.waitFor(async () => (await completed()) - doneBefore >= RUNS / 2, { intervalMs: 20, what: 'half of the runs to complete' })
       const requested = await requestMaintenance(db, { reason: 'bench: drain latency' })
       if (requested.mode === 'maintenance') throw new Error('the queue had drained before the request: raise BENCH_DRAIN_RUNS or BENCH_DRAIN_TASK_MS')
       const { rows: [{ id: eventBefore }] } = await client.query(`SELECT COALESCE(max(id), 0) AS id FROM maintenance_events`)
       await lib.waitFor(async () => (await client.query(`SELECT mode FROM orchestrator_state`)).rows[0].mode === 'maintenance',
         { intervalMs: 20, timeoutMs: 120_000, what: 'the mode to become maintenance' })
       const { rows: [r] } = await client.query(`
-        SELECT extract(epoch FROM e.at - (SELECT max(completed_at) FROM task_runs)) * 1000 AS latency_ms,
-               e.actor, (SELECT count(*)::int FROM task_runs WHERE status <> 'completed') AS unfinished
+        SELECT extract(epoch FROM e.at - (SELECT max(completed_at) FROM task_run_history)) * 1000 AS latency_ms,
+               e.actor, (SELECT count(*)::int FROM task_runs) AS unfinished,
+               (SELECT count(*)::int FROM task_run_history WHERE status <> 'completed') AS unsuccessful
           FROM maintenance_events e
          WHERE e.to_mode = 'maintenance' AND e.id >= $1
          ORDER BY e.id DESC LIMIT 1`, [eventBefore])
-      if (r.unfinished !== 0) throw new Error(`${r.unfinished} runs not completed at maintenance`)
+      if (r.unfinished !== 0) throw new Error(`${r.unfinished} runs still live (task_runs) at maintenance`)
+      if (r.unsuccessful !== 0) throw new Error(`${r.unsuccessful} runs finished otherwise than completed`)
       samples.push({ ms: Number(r.latency_ms), actor: r.actor })
       log(`drain round ${round + 1}/${ROUNDS}: ${lib.fmt(Number(r.latency_ms), 1)} ms (${r.actor}), ${lib.load()}`)
       await exitMaintenance(db, { reason: 'bench: next round' })

@@ -5,12 +5,16 @@
  * run` has. Settings are graphile-worker's defaults (LISTEN/NOTIFY, poll interval, pool size, its
  * console logger) except the concurrency, and no signal handling (the parent stops it).
  *
- * Configured by one JSON argument: { connectionString, concurrency, task, workerUrl, report }
+ * Configured by one JSON argument: { connectionString, concurrency, task, workerUrl, report, batching }
  *   task    'noop'  the task function returns at once
  *           'http'  the task function POSTs the job to workerUrl/tasks/<identifier> over a
  *                   keep-alive node:http Agent and reads the JSON answer, as pipeweave dispatches
  *   report  true    send { started: wallclock ms, payload } to the parent as each task function starts
  *   identifier      the task identifier it serves (default 'noop')
+ *   batching        null: graphile-worker's defaults (each worker fetches its own job, completes it
+ *                   alone). { localQueueSize, completeJobBatchDelay, failJobBatchDelay }: its
+ *                   batching settings, as `preset: { worker: { localQueue: { size },
+ *                   completeJobBatchDelay, failJobBatchDelay } }` (0.17's documented preset).
  * Messages to the parent: { ready: wallclock ms } once its first worker exists (it looks for a job
  * at once), { stopped: true } after `stop`.
  */
@@ -51,12 +55,22 @@ async function main() {
     if (config.report) process.send({ started: wallNow(), payload })
     if (config.task === 'http') await post(helpers.job)
   }
+  const batching = config.batching
   const runner = await run({
     connectionString: config.connectionString,
     concurrency: config.concurrency,
     noHandleSignals: true,
     taskList: { [identifier]: task },
     events,
+    ...(batching ? {
+      preset: {
+        worker: {
+          localQueue: { size: batching.localQueueSize },
+          completeJobBatchDelay: batching.completeJobBatchDelay,
+          failJobBatchDelay: batching.failJobBatchDelay,
+        },
+      },
+    } : {}),
   })
   process.on('message', async (message) => {
     if (message && message.stop) {

@@ -44,6 +44,7 @@ function startRunner(url, options = {}) {
     workerUrl: options.workerUrl,
     report: Boolean(options.onStart),
     identifier: options.identifier ?? 'noop',
+    batching: options.batching ?? null,
   }
   const child = fork(path.join(__dirname, 'graphile-runner.js'), [JSON.stringify(config)], {
     cwd: lib.ROOT,
@@ -75,11 +76,50 @@ function startRunner(url, options = {}) {
   }
 }
 
-/** addJob from this process (graphile's WorkerUtils), for pickup latency. `release()` ends it. */
+/** addJob and addJobs from this process (graphile's WorkerUtils). `release()` ends it. */
 async function workerUtils(url) {
   const { makeWorkerUtils } = require('graphile-worker')
   const utils = await makeWorkerUtils({ connectionString: url, logger: quietLogger() })
-  return { addJob: (identifier, payload) => utils.addJob(identifier, payload), release: () => utils.release() }
+  return {
+    addJob: (identifier, payload) => utils.addJob(identifier, payload),
+    addJobs: (specs) => utils.addJobs(specs),
+    release: () => utils.release(),
+  }
 }
 
-module.exports = { migrate, seedJobs, JOBS_LEFT, startRunner, workerUtils }
+/**
+ * `count` jobs of `identifier` through WorkerUtils.addJobs in batches of `batch` (one statement
+ * and one commit each, graphile's bulk path), one after another from one client. Returns the ms.
+ */
+async function addJobsInBatches(utils, identifier, count, batch = 1000) {
+  const started = performance.now()
+  for (let start = 0; start < count; start += batch) {
+    const specs = []
+    for (let i = start; i < Math.min(count, start + batch); i++) specs.push({ identifier, payload: { i } })
+    const jobs = await utils.addJobs(specs)
+    if (jobs.length !== specs.length) throw new Error(`addJobs returned ${jobs.length} jobs for ${specs.length} specs`)
+  }
+  return performance.now() - started
+}
+
+/**
+ * graphile-worker's batching, as its documentation recommends it for 0.17: a local queue of
+ * concurrency + 1 jobs (worker.graphile.org/docs/performance, "a good starting point is often
+ * concurrentJobs + 1") and batched completions and failures with no added delay (0, as the
+ * performance page's configuration has it). BENCH_GRAPHILE_LOCAL_QUEUE_SIZE and
+ * BENCH_GRAPHILE_COMPLETE_BATCH_DELAY override the two.
+ */
+function batchingPreset(concurrency) {
+  const delay = Number(process.env.BENCH_GRAPHILE_COMPLETE_BATCH_DELAY ?? 0)
+  return {
+    localQueueSize: Number(process.env.BENCH_GRAPHILE_LOCAL_QUEUE_SIZE || concurrency + 1),
+    completeJobBatchDelay: delay,
+    failJobBatchDelay: delay,
+  }
+}
+
+function describeBatching(b) {
+  return `localQueue.size ${b.localQueueSize}, completeJobBatchDelay ${b.completeJobBatchDelay}`
+}
+
+module.exports = { migrate, seedJobs, JOBS_LEFT, startRunner, workerUtils, addJobsInBatches, batchingPreset, describeBatching }

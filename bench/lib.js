@@ -319,7 +319,8 @@ async function registerService(url, baseUrl, tasks) {
 
 /**
  * `count` pending runs of `taskId` in one INSERT … SELECT (bypassing enqueue: a queue filled
- * before the clock starts), then VACUUM (ANALYZE) so that every benchmark starts from a settled table.
+ * before the clock starts; ids from pipeweave_new_id(), the column's default), then VACUUM (ANALYZE)
+ * so that every benchmark starts from a settled table.
  */
 async function seedRuns(client, taskId, count) {
   await client.query(`INSERT INTO task_runs (task_id, input)
@@ -327,9 +328,95 @@ async function seedRuns(client, taskId, count) {
   await client.query('VACUUM (ANALYZE) task_runs')
 }
 
-/** Every run and what refers to runs, gone (between rounds). */
+/**
+ * `count` pending runs of `taskId` through pipeweave's own bulk enqueue (enqueueTasks: one
+ * transaction, the gate, batches of 5,000), as an application would queue them.
+ */
+async function enqueueBulk(url, taskId, count, makeInput = (i) => ({ i })) {
+  const { enqueueTasks } = requireDist('api/enqueue')
+  const db = await openDatabase(url, 'bench-enqueue')
+  try {
+    const items = Array.from({ length: count }, (_, i) => ({ input: makeInput(i) }))
+    const result = await enqueueTasks(db, taskId, items)
+    if (result.runIds.length !== count || result.deduplicated !== 0) throw new Error(`enqueueTasks returned ${result.runIds.length} ids (${result.deduplicated} deduplicated) for ${count} items`)
+    return result
+  } finally {
+    await db.close()
+  }
+}
+
+/** Every run, live and finished, and what refers to runs, gone (between rounds). */
 async function clearRuns(client) {
-  await client.query('TRUNCATE task_runs, dlq, idempotency_cache, pipeline_runs')
+  await client.query('TRUNCATE task_runs, task_run_history, dlq, idempotency_cache, pipeline_runs')
+}
+
+/** Live runs left (task_runs holds pending, running and waiting runs only): none means drained. */
+const RUNS_LEFT = 'SELECT id FROM task_runs ORDER BY id LIMIT 1'
+
+// ---------------------------------------------------------------------------------------------
+// What the server wrote: WAL position and the cumulative statistics of tables
+
+/** The server's major version number (15, 18, …). */
+async function serverMajor(client) {
+  const { rows: [{ v }] } = await client.query(`SELECT current_setting('server_version_num')::int AS v`)
+  return Math.floor(v / 10000)
+}
+
+/** The current WAL insert position as a BigInt of bytes (pg_current_wal_lsn() − '0/0'). */
+async function walPosition(client) {
+  const { rows: [{ lsn }] } = await client.query(`SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::text AS lsn`)
+  return BigInt(lsn.split('.')[0])
+}
+
+/**
+ * Cumulative statistics as of now: this backend's pending counts flushed (PG15+:
+ * pg_stat_force_next_flush), the snapshot cleared, then read. Other backends flush their own
+ * counts at transaction end at most once a second, and at exit: stop the processes whose writes
+ * you count (and wait for `settleMs`) before reading.
+ */
+async function freshStats(client) {
+  if ((await serverMajor(client)) >= 15) await client.query('SELECT pg_stat_force_next_flush()')
+  await client.query('SELECT pg_stat_clear_snapshot()')
+}
+
+/**
+ * n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del (and n_dead_tup) of every table of `schemas`,
+ * keyed by "schema.table". Call freshStats first.
+ */
+async function tableCounters(client, schemas) {
+  const { rows } = await client.query(`
+    SELECT schemaname || '.' || relname AS name, n_tup_ins::bigint AS ins, n_tup_upd::bigint AS upd,
+           n_tup_hot_upd::bigint AS hot, n_tup_del::bigint AS del, n_dead_tup::bigint AS dead
+      FROM pg_stat_user_tables WHERE schemaname = ANY ($1::text[])`, [schemas])
+  return Object.fromEntries(rows.map((r) => [r.name, { ins: Number(r.ins), upd: Number(r.upd), hot: Number(r.hot), del: Number(r.del), dead: Number(r.dead) }]))
+}
+
+/** Counters read until two reads `settleMs` apart agree (stats of exited backends arriving). */
+async function settledCounters(client, schemas, { settleMs = 600, attempts = 10 } = {}) {
+  let last
+  for (let i = 0; i < attempts; i++) {
+    await freshStats(client)
+    const now = await tableCounters(client, schemas)
+    if (last && JSON.stringify(stripDead(now)) === JSON.stringify(stripDead(last))) return now
+    last = now
+    await sleep(settleMs)
+  }
+  return last
+}
+
+function stripDead(counters) {
+  return Object.fromEntries(Object.entries(counters).map(([k, v]) => [k, { ...v, dead: 0 }]))
+}
+
+/** after − before, per table, leaving out tables nothing was written to. */
+function counterDelta(before, after) {
+  const out = {}
+  for (const [name, a] of Object.entries(after)) {
+    const b = before[name] ?? { ins: 0, upd: 0, hot: 0, del: 0 }
+    const d = { ins: a.ins - b.ins, upd: a.upd - b.upd, hot: a.hot - b.hot, del: a.del - b.del }
+    if (d.ins || d.upd || d.hot || d.del) out[name] = d
+  }
+  return out
 }
 
 /**
@@ -428,5 +515,6 @@ module.exports = {
   acquireServer, createDatabase, migrate, connect, openDatabase, urlFor, maskUrl,
   timeProcess, timeInterleaved, timeAsync, percentile, median, summary,
   fmt, table, heading, runAlone,
-  load, wallNow, startWorker, registerService, seedRuns, clearRuns, startRun, waitUntilEmpty, waitFor, rotate, sleep,
+  load, wallNow, startWorker, registerService, seedRuns, enqueueBulk, clearRuns, RUNS_LEFT, startRun, waitUntilEmpty, waitFor, rotate, sleep,
+  serverMajor, walPosition, freshStats, tableCounters, settledCounters, counterDelta,
 }

@@ -1,25 +1,27 @@
 'use strict'
 /**
- * Pickup latency (issue 5): from an enqueue's commit to the worker receiving the run, with an idle
+ * Pickup latency (issues 5 and 10): from an enqueue's commit to the worker receiving the run, with an idle
  * `pipeweave run` (the real CLI process, LISTEN/NOTIFY on, default poll interval), over 200 runs
  * enqueued one at a time (enqueueTask) with a short random gap; beside graphile-worker 0.17.3
  * (default settings, a process of its own) from addJob to its task function starting, and to a
- * task that POSTs the job to the same worker receiving it. Goal: pipeweave's p50 within 2×
- * graphile-worker's (addJob → task function start).
+ * task that POSTs the job to the same worker receiving it. Goal: pipeweave's p50 within 1.5×
+ * graphile-worker's (addJob → task function start); p99 printed beside it.
  *
  * The clock starts when the enqueue (addJob) call has returned, i.e. after its commit; it stops on
  * the wall clock of the process that sees the arrival (performance.timeOrigin + performance.now(),
  * one clock for every process on this machine). Samples interleave the three, rotating the order.
  *
  *   node bench/pickup.js
- *   BENCH_PICKUP_RUNS=200 BENCH_PICKUP_GAP_MS=10-50
+ * Environment (defaults in brackets):
+ *   BENCH_PICKUP_RUNS [200]        samples of each path
+ *   BENCH_PICKUP_GAP_MS [10-50]    random idle gap before each enqueue, ms
  */
 const lib = require('./lib')
 const graphile = require('./graphile')
 
 const RUNS = Number(process.env.BENCH_PICKUP_RUNS || 200)
 const [GAP_MIN, GAP_MAX] = (process.env.BENCH_PICKUP_GAP_MS || '10-50').split('-').map(Number)
-const TARGET_RATIO = 2
+const TARGET_RATIO = 1.5
 const ARRIVAL_TIMEOUT_MS = 10_000
 
 /** One arrival at a time: `next()` is a promise of the next arrival's wall clock. */
@@ -119,7 +121,9 @@ function report(systems, samples, loads) {
   })))
   lines.push('')
   const ratio = lib.median(samples.pipeweave) / lib.median(samples.graphile)
-  lines.push(`target pipeweave p50 ≤ ${TARGET_RATIO}× graphile-worker's (task start): ${lib.fmt(ratio, 2)}× — ${ratio <= TARGET_RATIO ? 'met' : 'NOT met'}`)
+  const p99 = lib.percentile(samples.pipeweave, 99) / lib.percentile(samples.graphile, 99)
+  lines.push(`goal pipeweave p50 ≤ ${TARGET_RATIO}× graphile-worker's (task start): ${lib.fmt(ratio, 2)}× — ${ratio <= TARGET_RATIO ? 'met' : 'NOT met'}` +
+    ` (p99: ${lib.fmt(p99, 2)}×; vs graphile-worker's own POST to the worker: p50 ${lib.fmt(lib.median(samples.pipeweave) / lib.median(samples.graphileHttp), 2)}×)`)
   return lines.join('\n')
 }
 

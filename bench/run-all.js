@@ -6,12 +6,17 @@
  *
  *   npm run bench                      build, then every benchmark
  *   node bench/run-all.js cleanup      only the benchmarks whose name contains "cleanup"
+ *
+ * Each script documents its sizes at its top, every one overridable by an environment variable
+ * (BENCH_*), e.g. BENCH_THROUGHPUT_RUNS=2000 for a quick check. The names a filter matches:
+ * cold start, cleanup, enqueue rate, throughput, sustained drain, writes per run, pickup latency,
+ * drain latency, claim cost.
  */
 const os = require('node:os')
 const lib = require('./lib')
 
 /** In running order. A new benchmark exports { name, run(server, { log }) } and is listed here. */
-const BENCHMARKS = ['./cold-start', './cleanup', './enqueue', './throughput', './pickup', './drain', './claim']
+const BENCHMARKS = ['./cold-start', './cleanup', './enqueue', './throughput', './sustained', './writes', './pickup', './drain', './claim']
 
 async function main() {
   const only = process.argv.slice(2)
