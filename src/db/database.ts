@@ -305,7 +305,12 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       keepAlive: true,
       keepAliveInitialDelayMillis: 10_000,
       ...(settings.statementTimeoutMs !== undefined ? { statement_timeout: settings.statementTimeoutMs } : {}),
-      ...(target.options ? { options: target.options } : {}),
+      // Prepared statements (run) keep one generic plan each: re-planning a custom plan at every
+      // call is the cost they save (PostgreSQL kept custom plans for the claim). Session state,
+      // so never through a pooler: prepareStatements is off there.
+      ...(target.options || config.prepareStatements
+        ? { options: [target.options, config.prepareStatements ? '-c plan_cache_mode=force_generic_plan' : undefined].filter(Boolean).join(' ') }
+        : {}),
       ...(target.channelBinding === 'prefer' || target.channelBinding === 'require' ? { enableChannelBinding: true } : {}),
     })
     const ClientClass = target.channelBinding === 'require' ? ChannelBindingClient : Client

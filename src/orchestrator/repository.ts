@@ -19,14 +19,10 @@ export interface ClaimedRun {
   taskId: string
   pipelineRunId: string | null
   attempt: number
-  priority: number
   input: unknown
   inputPath: string | null
   previousAttempts: unknown[]
   idempotencyKey: string | null
-  createdAt: Date
-  startedAt: Date
-  serviceId: string
   baseUrl: string
   codeVersion: number
   codeHash: string | null
@@ -217,14 +213,10 @@ interface ClaimRow {
   task_id: string
   pipeline_run_id: string | null
   attempt: number
-  priority: number
   input: unknown
   input_path: string | null
   previous_attempts: unknown[]
   idempotency_key: string | null
-  created_at: Date
-  started_at: Date
-  service_id: string
   base_url: string
   code_version: number
   code_hash: string | null
@@ -239,9 +231,9 @@ interface ClaimRow {
 
 function toClaimedRun(r: ClaimRow): ClaimedRun {
   return {
-    id: r.id!, taskId: r.task_id, pipelineRunId: r.pipeline_run_id, attempt: r.attempt, priority: r.priority,
+    id: r.id!, taskId: r.task_id, pipelineRunId: r.pipeline_run_id, attempt: r.attempt,
     input: r.input, inputPath: r.input_path, previousAttempts: r.previous_attempts, idempotencyKey: r.idempotency_key,
-    createdAt: r.created_at, startedAt: r.started_at, serviceId: r.service_id, baseUrl: r.base_url,
+    baseUrl: r.base_url,
     codeVersion: r.code_version, codeHash: r.code_hash, timeoutSeconds: r.timeout_seconds,
     retry: { retries: r.retries, retryBackoff: r.retry_backoff, retryDelayMs: r.retry_delay_ms, maxRetryDelayMs: r.max_retry_delay_ms },
     cached: r.cached, cachedOutput: r.cached_output,

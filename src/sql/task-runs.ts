@@ -160,17 +160,23 @@ export const claimRuns = statement('claim_runs', (s) => `
        SET status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(), orchestrator_id = $1::text
      WHERE r.ctid = ANY (ARRAY(SELECT c.ctid FROM chosen c)) AND r.status = 'pending'
     RETURNING r.id, r.task_id, r.pipeline_run_id, r.attempt, r.priority, r.input, r.input_path,
-              r.previous_attempts, r.idempotency_key, r.created_at, r.started_at, r.due_at
+              r.previous_attempts, r.idempotency_key, r.due_at
   )
-  SELECT g.state, c.*, t.service_id, sv.base_url, t.code_version, t.code_hash, t.timeout_seconds,
+  -- Only what a dispatch needs: every column here is parsed by the orchestrator for every run.
+  SELECT g.state, c.id, c.task_id, c.pipeline_run_id, c.attempt, c.input, c.input_path, c.previous_attempts,
+         c.idempotency_key, sv.base_url, t.code_version, t.code_hash, t.timeout_seconds,
          t.retries, t.retry_backoff, t.retry_delay_ms, t.max_retry_delay_ms,
          (ic.task_id IS NOT NULL) AS cached, ic.output AS cached_output
     FROM gate g
     LEFT JOIN (claimed c
       JOIN ${s.q}.tasks t ON t.id = c.task_id
       JOIN ${s.q}.services sv ON sv.id = t.service_id
-      LEFT JOIN ${s.q}.idempotency_cache ic                          -- idempotency_cache_pkey
-        ON ic.task_id = c.task_id AND ic.idempotency_key = c.idempotency_key AND ic.expires_at > now()
+      -- A look-up per run with a key (idempotency_cache_pkey), whatever the cache's size: never a
+      -- join a cached plan could have chosen while the cache was empty.
+      LEFT JOIN LATERAL (
+        SELECT x.task_id, x.output FROM ${s.q}.idempotency_cache x
+         WHERE c.idempotency_key IS NOT NULL AND x.task_id = c.task_id AND x.idempotency_key = c.idempotency_key
+           AND x.expires_at > now()) AS ic ON true
     ) ON true
    ORDER BY c.priority, c.due_at, c.id`)
 
