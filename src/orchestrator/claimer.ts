@@ -91,8 +91,10 @@ export class Claimer {
     let unregistered = 0
     while (!deps.isStopping()) {
       // Claim in the next turn of the event loop, not now: answers read together free their
-      // slots one after another in this turn, and one claim then fills them all.
-      await nextTurn()
+      // slots one after another in this turn, and one claim then fills them all. With nothing in
+      // flight there is nothing to wait for: a run notified to an idle orchestrator goes at once.
+      const load = deps.load()
+      if (load.dispatching > 0 || load.unwritten > 0) await nextTurn()
       if (deps.isStopping()) break
       if (!this.due && performance.now() - this.lastLookedEmpty >= deps.pollIntervalMs) this.due = true
       const free = this.freeSlots()
