@@ -16,6 +16,7 @@
 import * as net from 'node:net'
 import { Client } from 'pg'
 import { createRepository } from '../src/orchestrator/repository'
+import { runCli } from './helpers/cli'
 import { createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA } from './helpers/db'
 import { startInProcess, stopLeftoverOrchestrators } from './helpers/in-process'
 import { allIn, enqueueMany, killLeftoverRuns, registerTasks, type RunProcess, startRun } from './helpers/orchestrator'
@@ -162,6 +163,61 @@ describe('claim fencing', () => {
     } finally {
       await proxy.close()
     }
+  })
+
+  it('an orchestrator reaped by maintenance:status that claims its own run again sends the new attempt at once, and its shutdown aborts both attempts', async () => {
+    // A task timeout far beyond the shutdown timeout: the old attempt's request stays out.
+    await registerTasks(db.url, worker.url, [{ id: 'slow', retries: 3, retryBackoff: 'fixed', retryDelayMs: 0, timeout: 120 }], 'slow-service')
+    worker.behave('slow', () => hold())
+    const [id] = await enqueueMany(db.pool, 'slow', 1)
+    const a = startRun(env(), ['--log-format', 'json', '--concurrency', '4', '--shutdown-timeout', '1000'])
+    const aId = await a.started()
+    await worker.until(() => worker.held().length === 1, { what: 'attempt 1 sent' })
+    a.child.kill('SIGSTOP')
+    try {
+      // No other orchestrator: the drain check of maintenance:status reaps it, and its run is
+      // pending again as attempt 2.
+      await waitFor(async () => {
+        const status = await runCli(['maintenance:status', '--json'], { env: env() })
+        const { rows } = await db.pool.query('SELECT id FROM orchestrators WHERE id = $1', [aId])
+        return status.code === 0 && rows.length === 0
+      }, { what: 'maintenance:status to reap the frozen orchestrator' })
+    } finally {
+      a.child.kill('SIGCONT')
+    }
+    await a.waitForLog((l) => l.event === 'reregistered', { what: 'the re-registration' })
+    // It claims the run again itself, after registering (its new row), and sends attempt 2 while
+    // attempt 1 is still out: the attempt fences the old one's answer, nothing waits for it.
+    await worker.until(() => worker.requestsFor(id).length === 2, { what: 'attempt 2 sent' })
+    expect(worker.requestsFor(id).map((r) => r.attempt)).toEqual([1, 2])
+    const { rows: claimed } = await db.pool.query<{ after: boolean }>(
+      `SELECT r.started_at > o.started_at AS after FROM task_runs r JOIN orchestrators o ON o.id = r.orchestrator_id
+        WHERE r.id = $1 AND o.id = $2`, [id, aId])
+    expect(claimed).toEqual([{ after: true }])
+
+    // The shutdown holds both attempts: it waits for them, by name, then aborts both.
+    a.child.kill('SIGTERM')
+    // 1 s of shutdown timeout, 120 s of task timeout: 20 s is generous.
+    await waitFor(() => a.exited(), { timeoutMs: 20_000, what: 'the orchestrator to exit' })
+    expect((await a.done).code).toBe(0)
+    const waiting = a.logs().filter((l) => l.event === 'stopping' && l.msg.startsWith('waiting for'))
+    expect(waiting.length).toBeGreaterThan(0)
+    expect(waiting.every((l) => l.msg.includes(id))).toBe(true)
+    await worker.until(() => worker.requestsFor(id).every((r) => r.abandonedAt !== undefined), { what: 'both requests to be hung up on' })
+    // Attempt 2 is spent (it was sent); attempt 1's abort is fenced, it was not this orchestrator's.
+    expect(a.logs().filter((l) => l.event === 'fenced' && l.runId === id).map((l) => l.attempt)).toEqual([1])
+    const { rows: [row] } = await db.pool.query<{ status: string; attempt: number; previous_attempts: Array<Record<string, unknown>> }>(
+      `SELECT status, attempt, previous_attempts FROM ${ALL_RUNS} AS r WHERE id = $1`, [id])
+    expect(row).toMatchObject({ status: 'pending', attempt: 3 })
+    expect(row.previous_attempts).toEqual([
+      expect.objectContaining({ attempt: 1, errorCode: 'ORCHESTRATOR_LOST' }),
+      expect.objectContaining({ attempt: 2, errorCode: 'SHUTDOWN_ABORTED' }),
+    ])
+
+    // The next orchestrator sends attempt 3: every attempt reached the worker once.
+    worker.behave('slow', () => ok('done'))
+    expect((await startRun(env(), ['--log-format', 'json', '--until-idle']).done).code).toBe(0)
+    expect(worker.requestsFor(id).map((r) => r.attempt)).toEqual([1, 2, 3])
   })
 
   it('hands back, unsent, the runs a claim brings after the lease has lapsed (in-process: the claim committed in time, its answer came late)', async () => {
