@@ -17,7 +17,7 @@ import * as net from 'node:net'
 import { Client } from 'pg'
 import { createRepository } from '../src/orchestrator/repository'
 import { runCli } from './helpers/cli'
-import { createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA } from './helpers/db'
+import { apiDatabase, createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA } from './helpers/db'
 import { startInProcess, stopLeftoverOrchestrators } from './helpers/in-process'
 import { allIn, enqueueMany, killLeftoverRuns, registerTasks, type RunProcess, startRun } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
@@ -218,6 +218,37 @@ describe('claim fencing', () => {
     worker.behave('slow', () => ok('done'))
     expect((await startRun(env(), ['--log-format', 'json', '--until-idle']).done).code).toBe(0)
     expect(worker.requestsFor(id).map((r) => r.attempt)).toEqual([1, 2, 3])
+  })
+
+  it('fences results by attempt within one statement: a late attempt written beside the current one of the same run is reported fenced', async () => {
+    // One orchestrator may hold two attempts of a run (it claimed its own reaped run again), and
+    // their results may go in one batch (both aborted at shutdown, say).
+    const [done, failed] = await enqueueMany(db.pool, 'job', 2)
+    const api = await apiDatabase(db.url)
+    try {
+      const repo = createRepository(api, 'fencing-test')
+      await repo.heartbeat()
+      const attempt1 = await repo.claim(2, 10_000)
+      expect(attempt1.runs.map((r) => r.attempt)).toEqual([1, 1])
+      const retry = { error: 'dropped', code: 'CONNECTION_DROPPED', retry: true, delayMs: 0, status: 'failed' as const }
+      expect((await repo.fail([done, failed].map((runId) => ({ runId, attempt: 1, ...retry })))).map((r) => r.outcome)).toEqual(['retried', 'retried'])
+      const attempt2 = await repo.claim(2, 10_000)
+      expect(attempt2.runs.map((r) => r.attempt)).toEqual([2, 2])
+
+      const completed = await repo.complete([1, 2].map((attempt) => ({ runId: done, attempt, output: { attempt }, runNext: [], fromCache: false })))
+      expect(completed.map((r) => r.completed)).toEqual([false, true])
+      const failures = await repo.fail([1, 2].map((attempt) => ({ runId: failed, attempt, ...retry })))
+      expect(failures.map((r) => r.outcome)).toEqual(['fenced', 'retried'])
+      expect(failures[0].scheduledFor).toBeNull()
+
+      const { rows } = await db.pool.query(`SELECT id, status, attempt, output FROM ${ALL_RUNS} AS r ORDER BY id`)
+      expect(rows).toEqual([
+        { id: done, status: 'completed', attempt: 2, output: { attempt: 2 } },
+        { id: failed, status: 'pending', attempt: 3, output: null },
+      ].sort((x, y) => x.id.localeCompare(y.id)))
+    } finally {
+      await api.close()
+    }
   })
 
   it('hands back, unsent, the runs a claim brings after the lease has lapsed (in-process: the claim committed in time, its answer came late)', async () => {
