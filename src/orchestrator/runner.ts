@@ -55,7 +55,10 @@ export interface RunnerDeps {
 }
 
 export class Runner {
-  private readonly held = new Map<string, Flight>()
+  /** Every flight, from its claim until its result is written. One run may have two (start()). */
+  private readonly held = new Set<Flight>()
+  /** The newest flight of each run. */
+  private readonly latest = new Map<string, Flight>()
   private dispatchingCount = 0
 
   constructor(private readonly deps: RunnerDeps) {}
@@ -67,7 +70,7 @@ export class Runner {
 
   /** Every run this process holds `running`, from its claim until its result is written. */
   heldIds(): string[] {
-    return [...this.held.keys()]
+    return [...this.latest.keys()]
   }
 
   get size(): number {
@@ -76,22 +79,22 @@ export class Runner {
 
   /** What shutdown waits for: the runs still awaiting a worker. */
   inFlight(): ClaimedRun[] {
-    return [...this.held.values()].filter((f) => f.dispatching).map((f) => f.run)
+    return [...this.held].filter((f) => f.dispatching).map((f) => f.run)
   }
 
   /** Resolves when every run held now is settled. */
   settled(): Promise<void> {
-    return Promise.all([...this.held.values()].map((f) => f.promise)).then(() => undefined)
+    return Promise.all([...this.held].map((f) => f.promise)).then(() => undefined)
   }
 
   dispatchesSettled(): Promise<void> {
-    return Promise.all([...this.held.values()].filter((f) => f.dispatching).map((f) => f.promise)).then(() => undefined)
+    return Promise.all([...this.held].filter((f) => f.dispatching).map((f) => f.promise)).then(() => undefined)
   }
 
   /** Stop every dispatch in flight (shutdown timeout, forced stop). */
   abortAll(): number {
     let n = 0
-    for (const flight of this.held.values()) {
+    for (const flight of this.held) {
       if (!flight.dispatching) continue
       flight.abort()
       n += 1
@@ -107,8 +110,14 @@ export class Runner {
     // Its previous attempt may still be settling here: a retry due at once can be claimed again
     // (by this claim, which waited for the failure's row lock) before the failure's write has
     // been answered. That attempt finishes first (its log line, its bookkeeping), then this one.
-    const previous = this.held.get(run.id)
-    this.held.set(run.id, flight)
+    // Not so a previous attempt still awaiting its worker: this orchestrator was taken for dead
+    // and the run came back to it as its next attempt. That request may stay out until the task's
+    // timeout and its answer is fenced by its attempt: this one starts now, and both are held
+    // (a shutdown aborts both).
+    const previous = this.latest.get(run.id)
+    const after = previous && !(previous.dispatching && previous.run.attempt < run.attempt) ? previous : undefined
+    this.held.add(flight)
+    this.latest.set(run.id, flight)
     this.dispatchingCount += 1
     this.deps.hooks.onInFlight?.(this.dispatchingCount)
     const begin = () => {
@@ -116,7 +125,7 @@ export class Runner {
       this.deps.log.info(`run ${run.id} started`, { event: 'run', runId: run.id, taskId: run.taskId, attempt: run.attempt, status: 'running', durationMs: null })
       return this.execute(flight)
     }
-    flight.promise = (previous ? previous.promise.then(begin) : begin())
+    flight.promise = (after ? after.promise.then(begin) : begin())
       .catch(async (error) => {
         // A bug or an unforeseen failure between claim and record: record it as a failed attempt
         // rather than leave the run `running` under a live orchestrator that will never finish it.
@@ -127,7 +136,8 @@ export class Runner {
       })
       .finally(() => {
         this.answered(flight)
-        if (this.held.get(run.id) === flight) this.held.delete(run.id)
+        this.held.delete(flight)
+        if (this.latest.get(run.id) === flight) this.latest.delete(run.id)
       })
   }
 

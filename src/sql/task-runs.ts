@@ -231,11 +231,11 @@ export const completeRuns = statement('complete_runs', (s) => `
     SELECT ${notify(s)} FROM (SELECT 1 FROM follow LIMIT 1) AS any_follow_up
   )
   SELECT i.id AS run_id, (d.id IS NOT NULL) AS completed,
-         COALESCE((SELECT array_agg(f.id ORDER BY f.pos) FROM follow f WHERE f.parent_id = i.id), '{}') AS follow_ups,
-         COALESCE((SELECT array_agg(w.name ORDER BY w.pos) FROM wanted w WHERE w.parent_id = i.id AND NOT w.allowed), '{}') AS ignored_next,
+         COALESCE((SELECT array_agg(f.id ORDER BY f.pos) FROM follow f WHERE f.parent_id = d.id), '{}') AS follow_ups,
+         COALESCE((SELECT array_agg(w.name ORDER BY w.pos) FROM wanted w WHERE w.parent_id = d.id AND NOT w.allowed), '{}') AS ignored_next,
          (SELECT st.mode FROM ${s.q}.orchestrator_state st WHERE st.id = 'singleton') AS mode,
          (SELECT count(*) FROM woken)::int AS notified
-    FROM input i LEFT JOIN done d ON d.id = i.id
+    FROM input i LEFT JOIN done d ON d.id = i.id AND d.attempt = i.attempt
    ORDER BY i.ord`)
 
 /**
@@ -266,7 +266,7 @@ export const failRuns = statement('fail_runs', (s) => `
      WHERE r.id = ANY (ARRAY(SELECT x.id FROM input x WHERE x.retry)) AND r.id = i.id
        AND i.retry AND r.attempt = i.attempt AND r.status = 'running'
        AND r.orchestrator_id IS NOT DISTINCT FROM i.orchestrator
-    RETURNING r.id, r.scheduled_for, i."delayMs" AS delay_ms
+    RETURNING r.id, i.attempt AS failed_attempt, r.scheduled_for, i."delayMs" AS delay_ms
   ), dead AS (
     DELETE FROM ${s.q}.task_runs r USING input i                    -- task_runs_pkey
      WHERE r.id = ANY (ARRAY(SELECT x.id FROM input x WHERE NOT x.retry)) AND r.id = i.id
@@ -294,8 +294,8 @@ export const failRuns = statement('fail_runs', (s) => `
          (SELECT st.mode FROM ${s.q}.orchestrator_state st WHERE st.id = 'singleton') AS mode,
          (SELECT count(*) FROM woken)::int AS notified
     FROM input i
-    LEFT JOIN retried t ON t.id = i.id
-    LEFT JOIN dead d ON d.id = i.id
+    LEFT JOIN retried t ON t.id = i.id AND t.failed_attempt = i.attempt
+    LEFT JOIN dead d ON d.id = i.id AND d.attempt = i.attempt
    ORDER BY i.ord`)
 
 /**
