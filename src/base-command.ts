@@ -109,6 +109,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     this.flags = flags as BaseFlags<T>
     this.args = args as BaseArgs<T>
     this.positionals = argv.map(String)
+    refuseVagueBooleans(this.ctor.flags ?? {}, process.env)
     // A misspelt setting is ignored like any unknown variable: say so, once (SPEC §1).
     for (const { name, meant } of settingTypos(process.env)) {
       this.logger.warn(`${name} is not a pipeweave setting (did you mean ${meant}?); it is ignored`)
@@ -261,6 +262,23 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
 }
 
 /** What the failing command knows of itself, for "did you mean" (SPEC §2). */
+/**
+ * A boolean flag's environment twin (AUTO_MIGRATE, PIPEWEAVE_NO_LISTEN) must say yes or no: oclif
+ * reads anything it does not know as false, so `AUTO_MIGRATE=maybe` would quietly mean no (exit 2).
+ */
+function refuseVagueBooleans(flags: Record<string, unknown>, env: Record<string, string | undefined>): void {
+  for (const flag of Object.values(flags) as Array<{ type?: string; env?: string }>) {
+    if (flag?.type !== 'boolean' || !flag.env) continue
+    const value = env[flag.env]
+    if (value === undefined || value === '') continue
+    if (!['1', 'true', 'y', 'yes', '0', 'false', 'n', 'no'].includes(value.trim().toLowerCase())) {
+      throw new UsageError('INVALID_SETTING', `${flag.env}="${value}" is neither true nor false`, {
+        hint: `set ${flag.env}=true or ${flag.env}=false (or unset it)`,
+      })
+    }
+  }
+}
+
 export interface FailureContext {
   /** Its flags, as typed (`--limit`). */
   flags?: string[]

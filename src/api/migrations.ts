@@ -190,14 +190,22 @@ export function refuseSchemaAhead(unknown: AppliedMigration[], hint = 'run a pip
 }
 
 export async function getMigrationStatus(db: Queryable, dir = MIGRATIONS_DIR): Promise<MigrationStatus> {
+  return (await inspectMigrations(db, dir)).status
+}
+
+/** db:status's answer, and the applied migrations whose files changed since (said beside it). */
+export async function inspectMigrations(db: Queryable, dir = MIGRATIONS_DIR): Promise<{ status: MigrationStatus; changed: MigrationFile[] }> {
   const { files } = readMigrationFiles(dir)
   const applied = (await getAppliedMigrations(db)) ?? []
-  const { pending } = diffSchema(files, applied)
+  const { pending, changed } = diffSchema(files, applied)
   return {
-    initialized: applied.length > 0,
-    currentVersion: applied.length > 0 ? Math.max(...applied.map((m) => m.id)) : null,
-    applied: applied.map((m) => ({ id: m.id, name: m.name, appliedAt: m.appliedAt ? m.appliedAt.toISOString() : null, durationMs: m.durationMs })),
-    pending: pending.map((f) => ({ id: f.id, name: f.name })),
+    status: {
+      initialized: applied.length > 0,
+      currentVersion: applied.length > 0 ? Math.max(...applied.map((m) => m.id)) : null,
+      applied: applied.map((m) => ({ id: m.id, name: m.name, appliedAt: m.appliedAt ? m.appliedAt.toISOString() : null, durationMs: m.durationMs })),
+      pending: pending.map((f) => ({ id: f.id, name: f.name })),
+    },
+    changed,
   }
 }
 

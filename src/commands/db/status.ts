@@ -1,4 +1,4 @@
-import { getMigrationStatus, type MigrationStatus } from '../../api/migrations'
+import { inspectMigrations, type MigrationStatus } from '../../api/migrations'
 import { BaseCommand, Flags } from '../../base-command'
 import { ExitCode } from '../../errors'
 
@@ -14,7 +14,11 @@ export default class DbStatus extends BaseCommand<typeof DbStatus, MigrationStat
   }
 
   protected async execute(): Promise<MigrationStatus> {
-    const status = await getMigrationStatus(await this.database())
+    const { status, changed } = await inspectMigrations(await this.database())
+    // Beside the answer, never in it (its JSON shape is relied on): db:validate and run refuse these.
+    for (const file of changed) {
+      this.logger.warn(`${file.fileName} was changed after it was applied (its hash differs from the recorded one): \`${this.config.bin} db:validate\` lists it, and run and db:migrate refuse to start`)
+    }
     if (this.flags['exit-code'] && status.pending.length > 0) this.resultExitCode = ExitCode.REFUSED
     return status
   }
