@@ -3,17 +3,17 @@
  * the runs pushed through; /readyz turns 503 on SIGTERM before the process exits; /healthz is
  * 503 while the database is down and 200 again once it is back.
  */
-import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import type { Pool } from 'pg'
 import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
-import { runCli } from './helpers/cli'
+import { runCli, startCli } from './helpers/cli'
 import { enqueueOne } from './helpers/orchestrator'
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
+import { spawnTracked } from './helpers/processes'
 import {
-  type StubWorker, httpGet, httpPortOf, killLeftovers, migratedTestDatabase, postmasterPid, startStubWorker, startTracked, stubManifest,
+  type StubWorker, httpGet, httpPortOf, migratedTestDatabase, postmasterPid, startStubWorker, stubManifest,
 } from './helpers/surface'
 import { deferred, waitFor } from './helpers/wait'
 
@@ -168,7 +168,6 @@ async function register(db: TestDatabase, worker: StubWorker, tasks: Array<Recor
 describe('run --http-port', () => {
   const cleanups: Array<() => Promise<unknown>> = []
   afterEach(async () => {
-    await killLeftovers()
     while (cleanups.length > 0) await cleanups.pop()!().catch(() => undefined)
   })
 
@@ -204,7 +203,7 @@ describe('run --http-port', () => {
     await db.pool.query(`UPDATE task_runs SET idempotency_key = 'k1' WHERE task_id = 'm.cached'`)
     await db.pool.query(`INSERT INTO idempotency_cache (task_id, idempotency_key, output, expires_at) VALUES ('m.cached', 'k1', '{"from":"cache"}', now() + interval '1 hour')`)
 
-    const run = startTracked(['run', '--http-port', '0', '--poll-interval', '100'], { env: db.env })
+    const run = startCli(['run', '--http-port', '0', '--poll-interval', '100'], { env: db.env })
     const port = await httpPortOf(run)
     const scrape = async () => {
       const response = await httpGet(`http://127.0.0.1:${port}/metrics`)
@@ -294,7 +293,7 @@ describe('run --http-port', () => {
     cleanups.push(async () => release.resolve())
     await register(db, worker, [{ id: 'r.hold' }])
 
-    const run = startTracked(['run', '--http-port', '0', '--poll-interval', '100', '--shutdown-timeout', '60000'], { env: db.env })
+    const run = startCli(['run', '--http-port', '0', '--poll-interval', '100', '--shutdown-timeout', '60000'], { env: db.env })
     const port = await httpPortOf(run)
     const url = (p: string) => `http://127.0.0.1:${port}${p}`
     await waitFor(async () => (await httpGet(url('/readyz'))).status === 200, { what: '/readyz to be 200' })
@@ -351,7 +350,7 @@ describe('run --http-port', () => {
       const file = asRoot ? 'runuser' : path.join(bin, 'pg_ctl')
       const argv = asRoot ? ['-u', 'postgres', '--', path.join(bin, 'pg_ctl'), ...args] : args
       return new Promise((resolve, reject) => {
-        const child = spawn(file, argv, {
+        const child = spawnTracked(file, argv, {
           detached: true, stdio: ['ignore', 'pipe', 'pipe'],
           env: { PATH: process.env.PATH, LC_ALL: 'C', LANG: 'C', TZ: 'UTC', LD_LIBRARY_PATH: path.join(path.dirname(bin), 'lib') },
         })
@@ -370,7 +369,7 @@ describe('run --http-port', () => {
       binDir = path.dirname(fs.readlinkSync(`/proc/${postmasterPid(dataDir)}/exe`))
       const url = `postgres://${server.user}:${encodeURIComponent(server.password)}@${server.host}:${server.port}/${server.database}`
 
-      const run = startTracked(['run', '--http-port', '0', '--auto-migrate', '--poll-interval', '100'], { env: { DATABASE_URL: url } })
+      const run = startCli(['run', '--http-port', '0', '--auto-migrate', '--poll-interval', '100'], { env: { DATABASE_URL: url } })
       const port = await httpPortOf(run)
       const healthz = () => httpGet(`http://127.0.0.1:${port}/healthz`)
       // Ready = started (migrated, registered): an outage during start-up is a failed start, not this.

@@ -1,15 +1,14 @@
 /**
  * Helpers of the operator-surface tests: a stub worker whose replies each test decides (and can
- * hold back), the processes of an embedded PostgreSQL data directory, and a registry of every
- * child process a test starts so that afterEach can kill what a failing test left behind.
+ * hold back), the processes of an embedded PostgreSQL data directory, the JSON log lines of `run`,
+ * and its health server. (The registry of child processes is helpers/processes.ts.)
  */
-import type { ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import * as path from 'node:path'
 import { runMigrations } from '../../src/api/migrations'
-import { type CliOptions, type RunningCli, startCli } from './cli'
+import type { RunningCli } from './cli'
 import { apiDatabase, createTestDatabase, type TestDatabase } from './db'
 import { waitFor } from './wait'
 
@@ -28,35 +27,6 @@ export async function migratedTestDatabase(prefix: string): Promise<TestDatabase
     await db.close()
   }
   return testDb
-}
-
-// ---------------------------------------------------------------------------------------------
-// Children: started through here, killed by killLeftovers() whatever the test did.
-
-const children = new Set<ChildProcess>()
-
-/** startCli, remembered for killLeftovers(). */
-export function startTracked(args: string[], options: CliOptions = {}): RunningCli {
-  const cli = startCli(args, options)
-  track(cli.child)
-  return cli
-}
-
-export function track(child: ChildProcess): ChildProcess {
-  children.add(child)
-  child.once('exit', () => children.delete(child))
-  return child
-}
-
-/** Kill (SIGKILL) every tracked child still alive and wait for each to exit. Returns how many. */
-export async function killLeftovers(): Promise<number> {
-  const alive = [...children].filter((c) => c.exitCode === null && c.signalCode === null)
-  await Promise.all(alive.map((c) => new Promise<void>((resolve) => {
-    c.once('exit', () => resolve())
-    c.kill('SIGKILL')
-  })))
-  children.clear()
-  return alive.length
 }
 
 // ---------------------------------------------------------------------------------------------
