@@ -1,6 +1,9 @@
 /** @type {import('jest').Config} */
 module.exports = {
-  testEnvironment: 'node',
+  // node, plus the leak check (test/helpers/leaks.ts): a test that leaves a child process or an
+  // in-process orchestrator running fails, naming it. An environment, not setupFilesAfterEnv hooks:
+  // those would run before the test file's own afterEach/afterAll (leak-environment.ts says why).
+  testEnvironment: '<rootDir>/test/helpers/leak-environment.ts',
   roots: ['<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
   transform: { '^.+\\.ts$': ['ts-jest', { diagnostics: false }] },

@@ -211,7 +211,8 @@ const ROLLBACK = new Error('rollback')
 
 /** One claim through the repository, in a transaction rolled back afterwards; its round trip in ms. */
 async function claimOnce(db, lease) {
-  let ms
+  let ms = NaN
+  /** @type {any} the repository's claim result (dist/ is not typed from here) */
   let result
   await db.pw.withTransaction(async (tx) => {
     const repo = repositoryIn(tx, CLAIMER)
@@ -229,6 +230,7 @@ async function claimOnce(db, lease) {
 /** EXPLAIN (ANALYZE, BUFFERS) of the claim, rolled back: buffers touched, planning and execution ms. */
 async function explainOnce(db, lease) {
   const text = lib.requireDist('sql/task-runs').claimRuns(db.pw.schema).text
+  /** @type {any} one plan of EXPLAIN's JSON */
   let plan
   await db.pw.withTransaction(async (tx) => {
     const { rows } = await tx.query(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${text}`, [CLAIMER, BATCH, lease])
@@ -255,12 +257,12 @@ async function run(server, options = {}) {
     const loads = [lib.load()]
     // Warm each (catalog caches, buffers) before counting.
     for (const state of STATES) for (let i = 0; i < 20; i++) await claimOnce(dbs[state.key], lease)
-    const explains = Object.fromEntries(STATES.map((s) => [s.key, []]))
+    const explains = /** @type {Record<string, Array<Awaited<ReturnType<typeof explainOnce>>>>} */ (Object.fromEntries(STATES.map((s) => [s.key, []])))
     for (let i = 0; i < EXPLAINS; i++) for (const state of STATES) explains[state.key].push(await explainOnce(dbs[state.key], lease))
-    const rounds = Object.fromEntries(STATES.map((s) => [s.key, []]))
+    const rounds = /** @type {Record<string, number[][]>} */ (Object.fromEntries(STATES.map((s) => [s.key, []])))
     for (let round = 0; round < ROUNDS; round++) {
       for (const state of STATES) await dbs[state.key].repo.heartbeat()
-      const samples = Object.fromEntries(STATES.map((s) => [s.key, []]))
+      const samples = /** @type {Record<string, number[]>} */ (Object.fromEntries(STATES.map((s) => [s.key, []])))
       for (let i = 0; i < SAMPLES; i++) {
         if (i > 0 && i % 100 === 0) for (const state of STATES) await dbs[state.key].repo.heartbeat()
         for (const state of lib.rotate(STATES, i)) samples[state.key].push(await claimOnce(dbs[state.key], lease))

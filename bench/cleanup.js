@@ -173,6 +173,8 @@ async function cleanup(client, url, t) {
   }
 }
 
+/** @typedef {{ ms: number, rows: number, statements?: unknown[] }} Timed one delete, plain or batched */
+
 async function run(server, options = {}) {
   const log = options.log ?? ((m) => process.stderr.write(`${m}\n`))
   const database = await lib.createDatabase(server, { migrated: true })
@@ -181,6 +183,7 @@ async function run(server, options = {}) {
   try {
     for (const [key, t] of Object.entries(TABLES)) {
       if (t.rows === 0) continue
+      /** @type {{ plain: Timed[], batched: Timed[] }} */
       const r = { plain: [], batched: [] }
       // A B B A …: whichever runs second in a pair does not always meet the same machine state.
       for (let round = 0; round < ROUNDS; round++) {

@@ -61,7 +61,10 @@ function checkMaintenanceStatus(stdout) {
   }
 }
 
-/** The pipeweave commands timed against the running server: [key, title, args, check]. */
+/**
+ * The pipeweave commands timed against the running server: [key, title, args, check].
+ * @type {Array<[key: string, title: string, args: string[], check: (stdout: string) => void]>}
+ */
 const PIPEWEAVE_COMMANDS = [
   ['dbStatus', 'pipeweave db:status --json', ['db:status', '--json'], checkStatus(true)],
   ['maintenanceStatus', 'pipeweave maintenance:status --json', ['maintenance:status', '--json'], checkMaintenanceStatus],

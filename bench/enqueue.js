@@ -117,7 +117,7 @@ async function bulk(database, client, log) {
     // Warm-up (connections, plans, the graphile task row), not counted.
     await resetTables(client)
     await graphile.addJobsInBatches(utils, 'enqueued', Math.min(GRAPHILE_BATCH, BULK_RUNS), GRAPHILE_BATCH)
-    const samples = Object.fromEntries(systems.map((s) => [s.key, []]))
+    const samples = /** @type {Record<string, number[]>} */ (Object.fromEntries(systems.map((s) => [s.key, []])))
     for (let round = 0; round < BULK_ROUNDS; round++) {
       for (const system of lib.rotate(systems, round)) {
         await resetTables(client)

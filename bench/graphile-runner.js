@@ -22,6 +22,8 @@ const http = require('node:http')
 const { EventEmitter } = require('node:events')
 const { run } = require('graphile-worker')
 
+if (!process.send) throw new Error('bench/graphile-runner.js is the child of bench/graphile.js: it needs the IPC channel of fork()')
+const send = process.send.bind(process)
 const config = JSON.parse(process.argv[2])
 const identifier = config.identifier ?? 'noop'
 const wallNow = () => performance.timeOrigin + performance.now()
@@ -50,9 +52,9 @@ function post(job) {
 
 async function main() {
   const events = new EventEmitter()
-  events.once('worker:create', () => process.send({ ready: wallNow() }))
+  events.once('worker:create', () => send({ ready: wallNow() }))
   const task = async (payload, helpers) => {
-    if (config.report) process.send({ started: wallNow(), payload })
+    if (config.report) send({ started: wallNow(), payload })
     if (config.task === 'http') await post(helpers.job)
   }
   const batching = config.batching
@@ -72,11 +74,11 @@ async function main() {
       },
     } : {}),
   })
-  process.on('message', async (message) => {
+  process.on('message', async (/** @type {any} */ message) => {
     if (message && message.stop) {
       await runner.stop()
       agent.destroy()
-      process.send({ stopped: true }, () => process.exit(0))
+      send({ stopped: true }, () => process.exit(0))
     }
   })
 }

@@ -54,12 +54,12 @@ function startRunner(url, options = {}) {
   })
   let tail = ''
   const keep = (chunk) => { tail = (tail + chunk.toString('utf8')).slice(-4000) }
-  child.stdout.on('data', keep)
-  child.stderr.on('data', keep)
+  child.stdout?.on('data', keep)
+  child.stderr?.on('data', keep)
   let exited
   const exit = new Promise((resolve) => child.on('exit', (code, signal) => { exited = { code, signal }; resolve(exited) }))
   const ready = new Promise((resolve, reject) => {
-    child.on('message', (message) => {
+    child.on('message', (/** @type {any} */ message) => {
       if (message.ready) resolve(message.ready)
       else if (message.started && options.onStart) options.onStart(message.started, message.payload)
     })

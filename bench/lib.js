@@ -35,8 +35,13 @@ function requireDist(module) {
 /** Variables that select a database (SPEC §1): removed so that a child uses exactly what we give it. */
 const CONNECTION_VARIABLES = /^(DATABASE_URL|DB_.*|PG.*|PIPEWEAVE_HOME|PIPEWEAVE_EMBEDDED|NODE_ENV)$/
 
-/** The current environment without any connection setting, plus `extra`. */
+/**
+ * The current environment without any connection setting, plus `extra`.
+ * @param {NodeJS.ProcessEnv} [extra]
+ * @returns {NodeJS.ProcessEnv}
+ */
 function cleanEnv(extra = {}) {
+  /** @type {NodeJS.ProcessEnv} */
   const env = {}
   for (const [key, value] of Object.entries(process.env)) {
     if (!CONNECTION_VARIABLES.test(key) && value !== undefined) env[key] = value
@@ -182,9 +187,11 @@ function timeProcess(command, args, options = {}) {
 /**
  * Run several commands `runs` times each, interleaved (A B C A B C …) after `warmup` rounds, so
  * that a drift in the machine's speed touches every command alike. Returns the samples by name.
+ * @param {Array<{ name: string, command: string, args: string[], env?: NodeJS.ProcessEnv, check?: (stdout: string, stderr: string) => void }>} commands
+ * @param {{ runs: number, warmup?: number, onRound?: (round: number, runs: number) => void }} options
  */
-function timeInterleaved(commands, { runs, warmup = 1, onRound } = {}) {
-  const samples = Object.fromEntries(commands.map((c) => [c.name, []]))
+function timeInterleaved(commands, { runs, warmup = 1, onRound }) {
+  const samples = /** @type {Record<string, number[]>} */ (Object.fromEntries(commands.map((c) => [c.name, []])))
   for (let round = -warmup; round < runs; round++) {
     for (const c of commands) {
       const ms = timeProcess(c.command, c.args, c)
@@ -295,14 +302,14 @@ async function startWorker(options = {}) {
     sockets.add(socket)
     socket.on('close', () => sockets.delete(socket))
   })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(undefined)))
   return {
-    url: `http://127.0.0.1:${server.address().port}`,
+    url: `http://127.0.0.1:${/** @type {import('node:net').AddressInfo} */ (server.address()).port}`,
     bodies,
     get requests() { return requests },
     close: () => new Promise((resolve) => {
       for (const socket of sockets) socket.destroy()
-      server.close(() => resolve())
+      server.close(() => resolve(undefined))
     }),
   }
 }

@@ -87,7 +87,7 @@ async function run(server, options = {}) {
       { key: 'graphileHttp', title: 'graphile-worker: addJob → worker receives the task\'s POST',
         send: (i) => utils.addJob('pickup_http', { i }), arrivals: toGraphileHttp },
     ]
-    const samples = Object.fromEntries(systems.map((s) => [s.key, []]))
+    const samples = /** @type {Record<string, number[]>} */ (Object.fromEntries(systems.map((s) => [s.key, []])))
     for (let i = 0; i < RUNS; i++) {
       for (const system of lib.rotate(systems, i)) {
         await lib.sleep(GAP_MIN + Math.random() * (GAP_MAX - GAP_MIN))

@@ -86,7 +86,7 @@ async function run(server, options = {}) {
       { key: 'graphileBatched', title: `graphile-worker 0.17.3 batching (${graphile.describeBatching(batching)}), no-op task`, round: () => graphileRound(database, client, worker, 'noop', batching) },
       { key: 'graphileHttp', title: `graphile-worker 0.17.3 default, task POSTs to the worker`, round: () => graphileRound(database, client, worker, 'http', null) },
     ]
-    const samples = Object.fromEntries(systems.map((s) => [s.key, []]))
+    const samples = /** @type {Record<string, number[]>} */ (Object.fromEntries(systems.map((s) => [s.key, []])))
     for (let round = 0; round < ROUNDS; round++) {
       for (const system of lib.rotate(systems, round)) {
         const ms = await system.round()

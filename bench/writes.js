@@ -122,10 +122,10 @@ async function transactions(client) {
 
 /** A client that counts its statements (each one a transaction of its own). */
 async function countingClient(url) {
-  const client = await lib.connect(url)
+  const client = Object.assign(await lib.connect(url), { queryCount: 0 })
+  /** @type {(...args: unknown[]) => any} */
   const query = client.query.bind(client)
-  client.queryCount = 0
-  client.query = (...args) => { client.queryCount += 1; return query(...args) }
+  client.query = (/** @type {unknown[]} */ ...args) => { client.queryCount += 1; return query(...args) }
   return client
 }
 

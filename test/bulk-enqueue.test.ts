@@ -15,6 +15,7 @@ import { UsageError } from '../src/errors'
 import { apiDatabase, createTestDatabase, type TestDatabase } from './helpers/db'
 import { BIN, cleanEnv, json, runCli, type CliResult } from './helpers/cli'
 import { addTask, claim, complete, countRuns, heartbeat, resetTo } from './helpers/maintenance-fixtures'
+import { track } from './helpers/processes'
 
 let db: TestDatabase
 let api: Database
@@ -382,7 +383,7 @@ describe('readEnqueueJsonl (the reader, chunk by chunk)', () => {
 function runWithStdinFrom(file: string, args: string[], env: Record<string, string>): Promise<CliResult> {
   const fd = fs.openSync(file, 'r')
   const started = Date.now()
-  const child = spawn(process.execPath, [BIN, ...args], { env: cleanEnv(env), cwd: os.tmpdir(), stdio: [fd, 'pipe', 'pipe'] })
+  const child = track(spawn(process.execPath, [BIN, ...args], { env: cleanEnv(env), cwd: os.tmpdir(), stdio: [fd, 'pipe', 'pipe'] }), `pipeweave ${args.join(' ')} < ${file}`)
   fs.closeSync(fd)
   let stdout = ''
   let stderr = ''

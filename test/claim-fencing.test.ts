@@ -19,7 +19,7 @@ import { createRepository } from '../src/orchestrator/repository'
 import { runCli } from './helpers/cli'
 import { apiDatabase, createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA } from './helpers/db'
 import { startInProcess, stopLeftoverOrchestrators } from './helpers/in-process'
-import { allIn, enqueueMany, killLeftoverRuns, registerTasks, type RunProcess, startRun } from './helpers/orchestrator'
+import { allIn, enqueueMany, registerTasks, type RunProcess, startRun } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -40,7 +40,6 @@ describe('claim fencing', () => {
 
   afterEach(async () => {
     await stopLeftoverOrchestrators()
-    await killLeftoverRuns()
     await worker.close()
     await db.drop()
   })

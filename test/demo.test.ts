@@ -11,9 +11,9 @@ import * as path from 'node:path'
 import { runMigrations } from '../src/api/migrations'
 import { createDatabase } from '../src/db/database'
 import { acquireEmbeddedServer } from '../src/db/embedded'
-import { type CliResult, json, runCli } from './helpers/cli'
+import { type CliResult, json, runCli, startCli } from './helpers/cli'
 import { TEST_SCHEMA, createTestDatabase } from './helpers/db'
-import { expectNoServerLeft, killLeftovers, logLines, postmasterPid, startTracked } from './helpers/surface'
+import { expectNoServerLeft, logLines, postmasterPid } from './helpers/surface'
 import { waitFor } from './helpers/wait'
 
 interface DemoRow {
@@ -56,10 +56,6 @@ describe('run --demo', () => {
     dataDir = path.join(home, 'pgdata')
   })
 
-  afterEach(async () => {
-    await killLeftovers()
-  })
-
   afterAll(async () => {
     // A failed test may have left the server up: stop it the way pipeweave does, then remove all.
     if (postmasterPid(dataDir)) {
@@ -83,7 +79,7 @@ describe('run --demo', () => {
 
   /** Run the demo to its end, noting the postmaster's pid while it runs. */
   async function demo(extraEnv: Record<string, string> = {}): Promise<{ result: CliResult; postmasters: number[] }> {
-    const cli = startTracked(['run', '--demo'], { cwd: home, env: { ...env(), ...extraEnv }, timeoutMs: 90_000 })
+    const cli = startCli(['run', '--demo'], { cwd: home, env: { ...env(), ...extraEnv }, timeoutMs: 90_000 })
     const postmasters: number[] = []
     await waitFor(() => {
       const pid = postmasterPid(dataDir)
@@ -151,7 +147,7 @@ describe('run --demo', () => {
     await setEmbeddedMode('maintenance')
     try {
       // A hang ends in SIGKILL after 30 s (the refusal itself takes a second or two).
-      const result = await startTracked(['run', '--demo'], { cwd: home, env: env(), timeoutMs: 30_000 }).done
+      const result = await startCli(['run', '--demo'], { cwd: home, env: env(), timeoutMs: 30_000 }).done
       expect({ code: result.code, signal: result.signal }).toEqual({ code: 4, signal: null })
       expect(result.stderr).toMatch(/in maintenance mode.*maintenance:exit/)
       await expectNoServerLeft(dataDir)
@@ -161,7 +157,7 @@ describe('run --demo', () => {
   })
 
   it('on Ctrl-C mid-demo, stops gracefully with exit 0, leaves no run queued and no server running', async () => {
-    const cli = startTracked(['run', '--demo'], { cwd: home, env: env(), timeoutMs: 90_000 })
+    const cli = startCli(['run', '--demo'], { cwd: home, env: env(), timeoutMs: 90_000 })
     await waitFor(() => logLines(cli.stderr()).find((l) => l.taskId === 'demo.slow' && l.status === 'running'), {
       timeoutMs: 60_000, what: 'demo.slow to be in flight',
     })
@@ -187,7 +183,7 @@ describe('run --demo', () => {
     const lock = path.join(home, 'embedded.lock')
     fs.writeFileSync(lock, String(process.pid), { flag: 'wx' })
     try {
-      const cli = startTracked(['run', '--demo'], { cwd: home, env: env(), timeoutMs: 90_000 })
+      const cli = startCli(['run', '--demo'], { cwd: home, env: env(), timeoutMs: 90_000 })
       await waitFor(() => logLines(cli.stderr()).find((l) => l.event === 'demo-start'), { what: 'the demo to begin' })
       cli.child.kill('SIGINT')
       await waitFor(() => logLines(cli.stderr()).find((l) => l.event === 'signal'), { what: 'the demo to see the signal' })

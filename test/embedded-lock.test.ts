@@ -8,6 +8,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { withLock } from '../src/db/embedded'
+import { track } from './helpers/processes'
 import { waitFor } from './helpers/wait'
 
 const DIST_EMBEDDED = path.resolve(__dirname, '..', 'dist', 'db', 'embedded.js')
@@ -27,7 +28,7 @@ function contender(dir: string, rounds: number): Promise<number | null> {
         })
       }
     })().then(() => process.exit(0), (e) => { console.error(e.message); process.exit(1) })`
-  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'inherit'] })
+  const child = track(spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'inherit'] }), 'a lock contender (node -e)')
   return new Promise((resolve) => child.on('close', (code) => resolve(code)))
 }
 
@@ -43,7 +44,7 @@ describe('the embedded lock', () => {
   })
 
   it('breaks a lock whose holder is dead', async () => {
-    const dead = spawn(process.execPath, ['-e', '0'])
+    const dead = track(spawn(process.execPath, ['-e', '0']))
     await new Promise((resolve) => dead.on('close', resolve))
     fs.writeFileSync(path.join(dir, 'embedded.lock'), `${dead.pid}\n`)
     await expect(withLock(dir, async () => 'in')).resolves.toBe('in')

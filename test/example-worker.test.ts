@@ -9,7 +9,6 @@
  * the commands use a fresh database on the test server (DATABASE_URL) instead of the embedded one
  * (demo.test.ts covers the embedded database), which keeps this file fast.
  */
-import { spawn } from 'node:child_process'
 import * as crypto from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -18,7 +17,8 @@ import { json, runCli } from './helpers/cli'
 import { enqueueOne } from './helpers/orchestrator'
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { unusedPort } from './helpers/fake-server'
-import { killLeftovers, migratedTestDatabase, track } from './helpers/surface'
+import { spawnTracked } from './helpers/processes'
+import { migratedTestDatabase } from './helpers/surface'
 import { waitFor } from './helpers/wait'
 
 const ROOT = path.resolve(__dirname, '..')
@@ -58,9 +58,9 @@ interface ExampleWorker {
 /** Start examples/worker/worker.js on a free port (PORT), with a manifest copy pointing at it. */
 async function startExampleWorker(scratch: string, env: Record<string, string> = {}): Promise<ExampleWorker> {
   const port = await unusedPort()
-  const child = track(spawn(process.execPath, [WORKER], {
+  const child = spawnTracked(process.execPath, [WORKER], {
     env: { PATH: process.env.PATH, PORT: String(port), ...env }, stdio: ['ignore', 'pipe', 'pipe'],
-  }))
+  }, 'examples/worker/worker.js')
   let output = ''
   child.stdout!.on('data', (chunk) => { output += chunk })
   child.stderr!.on('data', (chunk) => { output += chunk })
@@ -91,9 +91,6 @@ describe('the example worker and the README walkthrough', () => {
 
   beforeAll(() => {
     scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'pipeweave-example-'))
-  })
-  afterEach(async () => {
-    await killLeftovers()
   })
   afterAll(async () => {
     await Promise.all(databases.map((db) => db.drop()))

@@ -3,19 +3,18 @@
  * the runs pushed through; /readyz turns 503 on SIGTERM before the process exits; /healthz is
  * 503 while the database is down and 200 again once it is back.
  */
-import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import type { Pool } from 'pg'
 import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
-import { runCli } from './helpers/cli'
+import { runCli, startCli } from './helpers/cli'
 import { enqueueOne } from './helpers/orchestrator'
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
-import {
-  type StubWorker, httpGet, httpPortOf, killLeftovers, migratedTestDatabase, postmasterPid, startStubWorker, startTracked, stubManifest,
-} from './helpers/surface'
+import { spawnTracked } from './helpers/processes'
+import { httpGet, httpPortOf, migratedTestDatabase, postmasterPid } from './helpers/surface'
 import { deferred, waitFor } from './helpers/wait'
+import { type ManifestTask, type StubWorker, hold, ok, reply, startWorker } from './helpers/worker'
 
 // ---------------------------------------------------------------------------------------------
 // A Prometheus text-format (0.0.4) parser that rejects what a scraper would reject.
@@ -154,9 +153,9 @@ const enqueue = (pool: Pool, task: string, input: unknown = {}, delayMs = 0) =>
 const statuses = async (pool: Pool) => (await pool.query<{ task_id: string; status: string; n: number }>(
   `SELECT task_id, status, count(*)::int AS n FROM ${ALL_RUNS} AS task_runs GROUP BY 1, 2 ORDER BY 1, 2`)).rows.map((r) => `${r.task_id} ${r.status} ${r.n}`)
 
-async function register(db: TestDatabase, worker: StubWorker, tasks: Array<Record<string, unknown> & { id: string }>): Promise<void> {
+async function register(db: TestDatabase, worker: StubWorker, tasks: ManifestTask[]): Promise<void> {
   const file = path.join(os.tmpdir(), `pipeweave-health-manifest-${process.pid}-${worker.port}.json`)
-  fs.writeFileSync(file, JSON.stringify(stubManifest(worker.baseUrl, tasks)))
+  fs.writeFileSync(file, JSON.stringify(worker.manifest(tasks)))
   try {
     const result = await runCli(['services:register', file], { env: db.env })
     if (result.code !== 0) throw new Error(result.stderr)
@@ -168,7 +167,6 @@ async function register(db: TestDatabase, worker: StubWorker, tasks: Array<Recor
 describe('run --http-port', () => {
   const cleanups: Array<() => Promise<unknown>> = []
   afterEach(async () => {
-    await killLeftovers()
     while (cleanups.length > 0) await cleanups.pop()!().catch(() => undefined)
   })
 
@@ -176,18 +174,13 @@ describe('run --http-port', () => {
     const db = await migratedTestDatabase('pw_metrics')
     cleanups.push(() => db.drop())
     const gate = deferred()
-    const never = deferred() // m.slow never answers: its dispatch times out
-    cleanups.push(async () => never.resolve())
-    const worker = await startStubWorker(async ({ taskId, body }) => {
-      switch (taskId) {
-        case 'm.ok': return { status: 200, body: { output: { ok: true } } }
-        case 'm.flaky': return body.attempt === 1 ? { status: 503, body: { error: 'warming up', code: 'WARMING_UP' } } : { status: 200, body: {} }
-        case 'm.bad': return { status: 400, body: { error: 'no such thing', code: 'BAD_INPUT' } }
-        case 'm.held': await gate.promise; return { status: 200 }
-        case 'm.slow': await never.promise; return { status: 200 }
-        default: return { status: 404 }
-      }
-    })
+    const worker = (await startWorker())
+      .behave('m.ok', () => ok({ ok: true }))
+      .behave('m.flaky', (r) => (r.attempt === 1 ? reply(503, { error: 'warming up', code: 'WARMING_UP' }) : reply(200, {})))
+      .behave('m.bad', () => reply(400, { error: 'no such thing', code: 'BAD_INPUT' }))
+      .behave('m.held', async () => { await gate.promise; return reply(200) })
+      .behave('m.slow', () => hold()) // never answered: its dispatch times out
+      .otherwise(() => reply(404))
     cleanups.push(() => worker.close())
     await register(db, worker, [
       { id: 'm.ok' }, { id: 'm.flaky', retries: 1 }, { id: 'm.bad', retries: 3 }, { id: 'm.held', concurrency: 1 },
@@ -204,7 +197,7 @@ describe('run --http-port', () => {
     await db.pool.query(`UPDATE task_runs SET idempotency_key = 'k1' WHERE task_id = 'm.cached'`)
     await db.pool.query(`INSERT INTO idempotency_cache (task_id, idempotency_key, output, expires_at) VALUES ('m.cached', 'k1', '{"from":"cache"}', now() + interval '1 hour')`)
 
-    const run = startTracked(['run', '--http-port', '0', '--poll-interval', '100'], { env: db.env })
+    const run = startCli(['run', '--http-port', '0', '--poll-interval', '100'], { env: db.env })
     const port = await httpPortOf(run)
     const scrape = async () => {
       const response = await httpGet(`http://127.0.0.1:${port}/metrics`)
@@ -284,22 +277,16 @@ describe('run --http-port', () => {
   it('/readyz turns 503 on SIGTERM while the run in flight finishes, before the process exits', async () => {
     const db = await migratedTestDatabase('pw_readyz')
     cleanups.push(() => db.drop())
-    const release = deferred()
-    const worker = await startStubWorker(async () => {
-      await release.promise
-      return { status: 200, body: { output: 'finished late' } }
-    })
+    const worker = (await startWorker()).otherwise(() => hold())
     cleanups.push(() => worker.close())
-    release.promise.catch(() => undefined)
-    cleanups.push(async () => release.resolve())
     await register(db, worker, [{ id: 'r.hold' }])
 
-    const run = startTracked(['run', '--http-port', '0', '--poll-interval', '100', '--shutdown-timeout', '60000'], { env: db.env })
+    const run = startCli(['run', '--http-port', '0', '--poll-interval', '100', '--shutdown-timeout', '60000'], { env: db.env })
     const port = await httpPortOf(run)
     const url = (p: string) => `http://127.0.0.1:${port}${p}`
     await waitFor(async () => (await httpGet(url('/readyz'))).status === 200, { what: '/readyz to be 200' })
     const runId = await enqueue(db.pool, 'r.hold')
-    await waitFor(() => worker.requests.length === 1, { what: 'the run to reach the worker' })
+    const request = await worker.nthRequest(1)
 
     run.child.kill('SIGTERM')
     await waitFor(async () => (await httpGet(url('/readyz'))).status === 503, { what: '/readyz to be 503' })
@@ -308,7 +295,7 @@ describe('run --http-port', () => {
     expect((await httpGet(url('/healthz'))).status).toBe(200)
     expect((await db.pool.query(`SELECT status FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])).rows[0].status).toBe('running')
 
-    release.resolve()
+    request.release(ok('finished late'))
     const result = await run.done
     expect(result.code).toBe(0)
     expect((await db.pool.query(`SELECT status, output FROM ${ALL_RUNS} AS task_runs WHERE id = $1`, [runId])).rows[0]).toEqual({ status: 'completed', output: 'finished late' })
@@ -317,7 +304,7 @@ describe('run --http-port', () => {
   it('a port already in use is a setting to change (exit 2, says which port), not an internal error', async () => {
     const db = await createTestDatabase({ prefix: 'pw_busy_port' })
     cleanups.push(() => db.drop())
-    const busy = await startStubWorker(() => ({ status: 200 }))
+    const busy = await startWorker()
     cleanups.push(() => busy.close())
     const result = await runCli(['run', '--http-port', String(busy.port), '--json'], { env: db.env })
     expect(result.code).toBe(2)
@@ -351,7 +338,7 @@ describe('run --http-port', () => {
       const file = asRoot ? 'runuser' : path.join(bin, 'pg_ctl')
       const argv = asRoot ? ['-u', 'postgres', '--', path.join(bin, 'pg_ctl'), ...args] : args
       return new Promise((resolve, reject) => {
-        const child = spawn(file, argv, {
+        const child = spawnTracked(file, argv, {
           detached: true, stdio: ['ignore', 'pipe', 'pipe'],
           env: { PATH: process.env.PATH, LC_ALL: 'C', LANG: 'C', TZ: 'UTC', LD_LIBRARY_PATH: path.join(path.dirname(bin), 'lib') },
         })
@@ -370,7 +357,7 @@ describe('run --http-port', () => {
       binDir = path.dirname(fs.readlinkSync(`/proc/${postmasterPid(dataDir)}/exe`))
       const url = `postgres://${server.user}:${encodeURIComponent(server.password)}@${server.host}:${server.port}/${server.database}`
 
-      const run = startTracked(['run', '--http-port', '0', '--auto-migrate', '--poll-interval', '100'], { env: { DATABASE_URL: url } })
+      const run = startCli(['run', '--http-port', '0', '--auto-migrate', '--poll-interval', '100'], { env: { DATABASE_URL: url } })
       const port = await httpPortOf(run)
       const healthz = () => httpGet(`http://127.0.0.1:${port}/healthz`)
       // Ready = started (migrated, registered): an outage during start-up is a failed start, not this.

@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { BIN, cleanEnv, runCli } from './helpers/cli'
+import { track } from './helpers/processes'
 
 const ROOT = path.resolve(__dirname, '..')
 const manifest = JSON.parse(fs.readFileSync(path.join(ROOT, 'oclif.manifest.json'), 'utf8')) as {
@@ -81,7 +82,7 @@ describe('the front door', () => {
     // script(1) gives the CLI a pseudo-terminal, 60 columns wide.
     const command = `stty cols 60 rows 50; "${process.execPath}" "${BIN}" maintenance:request --help`
     const out = await new Promise<string>((resolve) => {
-      const child = spawn('script', ['-qec', command, '/dev/null'], { env: cleanEnv({ TERM: 'xterm' }), stdio: ['ignore', 'pipe', 'pipe'] })
+      const child = track(spawn('script', ['-qec', command, '/dev/null'], { env: cleanEnv({ TERM: 'xterm' }), stdio: ['ignore', 'pipe', 'pipe'] }))
       let text = ''
       child.stdout.on('data', (chunk) => { text += chunk })
       child.on('close', () => resolve(text))

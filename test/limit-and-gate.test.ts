@@ -7,7 +7,7 @@ import type { PoolClient } from 'pg'
 import { schemaOf } from '../src/sql/schema'
 import { createTestDatabase, type TestDatabase, TEST_SCHEMA } from './helpers/db'
 import { claim, complete, heartbeat } from './helpers/maintenance-fixtures'
-import { enqueueMany, enqueueOne, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts, allIn } from './helpers/orchestrator'
+import { enqueueMany, enqueueOne, quickEnv, registerTasks, startRun, statusCounts, allIn } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -58,7 +58,6 @@ describe('the maintenance gate held open', () => {
     worker.behave('job', () => ok('done'))
     await registerTasks(db.url, worker.url, [{ id: 'job', retries: 0 }])
   })
-  afterEach(async () => { await killLeftoverRuns() })
   afterAll(async () => {
     await worker.close()
     await db.drop()

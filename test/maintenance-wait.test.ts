@@ -10,6 +10,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { BIN, cleanEnv, json, runCli, startCli } from './helpers/cli'
+import { track } from './helpers/processes'
 import { waitFor } from './helpers/wait'
 import { addTask, eventsAfter, heartbeat, lastEventId, mode, resetTo, startRun, complete } from './helpers/maintenance-fixtures'
 
@@ -130,7 +131,7 @@ describe('maintenance:request --wait', () => {
     const env = cleanEnv({ ...db.env, ORCHESTRATOR_STALE_MS: STALE_MS, NO_COLOR: undefined, TERM: 'xterm' })
     const command = `"${process.execPath}" "${BIN}" maintenance:request --wait --timeout 1`
     const result = await new Promise<{ code: number | null; out: string }>((resolve) => {
-      const child = spawn('script', ['-qec', command, '/dev/null'], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+      const child = track(spawn('script', ['-qec', command, '/dev/null'], { env, stdio: ['ignore', 'pipe', 'pipe'] }))
       let out = ''
       child.stdout.on('data', (chunk) => { out += chunk })
       child.on('close', (code) => resolve({ code, out }))
@@ -198,7 +199,7 @@ describe('the deploy-script loop of SPEC §4', () => {
 
     const script = `until [ "$(pipeweave maintenance:status | grep 'Mode:' | awk '{print $2}')" = maintenance ]; do sleep 1; done`
     const env = cleanEnv({ ...db.env, ORCHESTRATOR_STALE_MS: STALE_MS, PATH: `${shimDir}:${process.env.PATH}` })
-    const bash = spawn('bash', ['-c', script], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const bash = track(spawn('bash', ['-c', script], { env, stdio: ['ignore', 'pipe', 'pipe'] }))
     let stderr = ''
     bash.stderr.on('data', (chunk) => { stderr += chunk })
     const done = new Promise<number | null>((resolve) => bash.on('close', (code) => resolve(code)))

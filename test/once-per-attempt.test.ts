@@ -12,7 +12,7 @@ import type * as net from 'node:net'
 import type { Duplex } from 'node:stream'
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { startInProcess, stopLeftoverOrchestrators } from './helpers/in-process'
-import { enqueueMany, killLeftoverRuns, quickEnv, registerTasks, type RunRow, startRun, statusCounts } from './helpers/orchestrator'
+import { enqueueMany, quickEnv, registerTasks, type RunRow, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, startWorker, type StubWorker } from './helpers/worker'
 
@@ -73,7 +73,6 @@ describe('once per attempt', () => {
 
   afterEach(async () => {
     await stopLeftoverOrchestrators()
-    await killLeftoverRuns()
     await db.drop()
   })
 

@@ -15,7 +15,7 @@ import { type Database } from '../src/db/database'
 import { VERSION } from '../src/version'
 import { type CliResult, json, runCli, startCli } from './helpers/cli'
 import { ALL_RUNS, TEST_SCHEMA, type TestDatabase, adminUrl, apiDatabase, createTestDatabase } from './helpers/db'
-import { allIn, killLeftoverRuns, quickEnv, registerTasks, type RunProcess, startRun, statusCounts } from './helpers/orchestrator'
+import { allIn, quickEnv, registerTasks, type RunProcess, startRun, statusCounts } from './helpers/orchestrator'
 import { PGBOUNCER, type PgBouncer, alive, runningPgBouncers, startPgBouncer } from './helpers/pgbouncer'
 import { describeWithRealPart } from './helpers/real-parts'
 import { waitFor } from './helpers/wait'
@@ -57,16 +57,9 @@ describeWithPgBouncer('pipeweave through a real PgBouncer (transaction pooling)'
     api = await apiDatabase(bouncer.url(ALIAS))
   }, 60_000)
 
-  afterEach(async () => {
-    await killLeftoverRuns()
-  })
-
   afterAll(async () => {
-    await killLeftoverRuns()
     await api?.close()
     await bouncer?.stop()
-    // Whatever a failed test left (the last test checks that nothing is).
-    for (const pid of runningPgBouncers()) process.kill(pid, 'SIGKILL')
     await worker?.close()
     await db?.drop()
   })

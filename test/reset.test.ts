@@ -8,6 +8,7 @@ import { BIN, cleanEnv, json, runCli } from './helpers/cli'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { type FakeServer, blackHoleServer } from './helpers/fake-server'
 import { INITIAL_SCHEMA, createInstall } from './helpers/install'
+import { track } from './helpers/processes'
 import { waitFor } from './helpers/wait'
 import { LATEST_VERSION, MIGRATIONS, SHIPPED } from './helpers/migrations'
 
@@ -16,9 +17,9 @@ import { LATEST_VERSION, MIGRATIONS, SHIPPED } from './helpers/migrations'
  * type `keys` once the prompt shows.
  */
 async function resetOnTerminal(env: Record<string, string>, keys: string): Promise<{ code: number | null; output: string }> {
-  const child = spawn('script', ['-qec', `"${process.execPath}" "${BIN}" db:reset`, '/dev/null'], {
+  const child = track(spawn('script', ['-qec', `"${process.execPath}" "${BIN}" db:reset`, '/dev/null'], {
     env: cleanEnv({ ...env, TERM: 'dumb' }), stdio: ['pipe', 'pipe', 'pipe'],
-  })
+  }), 'pipeweave db:reset (under script)')
   let output = ''
   child.stdout.on('data', (chunk) => { output += chunk })
   child.stderr.on('data', (chunk) => { output += chunk })

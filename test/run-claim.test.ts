@@ -3,7 +3,7 @@
  * more running runs of a task than its `tasks.concurrency`. A real `pipeweave run`, a real worker.
  */
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
-import { allIn, enqueueMany, enqueueOne, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
+import { allIn, enqueueMany, enqueueOne, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -22,7 +22,6 @@ describe('pipeweave run: the claim', () => {
   })
 
   afterEach(async () => {
-    await killLeftoverRuns()
     await worker.close()
     await db.drop()
   })

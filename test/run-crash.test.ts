@@ -4,7 +4,7 @@
  * each such run uses up its attempt ("orchestrator lost") and none stays `running`.
  */
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
-import { allIn, enqueueMany, killLeftoverRuns, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
+import { allIn, enqueueMany, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -20,7 +20,6 @@ describe('pipeweave run: crash recovery', () => {
   })
 
   afterEach(async () => {
-    await killLeftoverRuns()
     await worker.close()
     await db.drop()
   })

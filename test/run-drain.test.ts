@@ -5,7 +5,7 @@
  */
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { json, runCli, startCli } from './helpers/cli'
-import { enqueueMany, enqueueOne, finished, getRun, killLeftoverRuns, registerTasks, startRun } from './helpers/orchestrator'
+import { enqueueMany, enqueueOne, finished, getRun, registerTasks, startRun } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -24,7 +24,6 @@ describe('pipeweave run: the drain', () => {
   })
 
   afterEach(async () => {
-    await killLeftoverRuns()
     await worker.close()
     await db.drop()
   })

@@ -7,7 +7,7 @@
 import * as crypto from 'node:crypto'
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import {
-  dlqFor, enqueueOne, finished, getRun, killLeftoverRuns, quickEnv, registerTasks, type RunProcess, startRun,
+  dlqFor, enqueueOne, finished, getRun, quickEnv, registerTasks, type RunProcess, startRun,
 } from './helpers/orchestrator'
 import { type Action, destroy, fail, garbled, hold, ok, startWorker, type StubWorker, type WorkerRequest } from './helpers/worker'
 
@@ -55,7 +55,6 @@ describe('pipeweave run: worker answers, retries and the DLQ', () => {
     // No assertion here: a failure in afterAll is reported apart from any test (the last test
     // checks that a `run` stops with exit 0 on SIGTERM, on its own process).
     await run.stop('SIGTERM')
-    await killLeftoverRuns()
     await worker.close()
     await db.drop()
   })

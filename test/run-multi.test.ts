@@ -3,7 +3,7 @@
  * them, and a task's concurrency limit holds across all of them.
  */
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
-import { allIn, enqueueMany, killLeftoverRuns, quickEnv, registerTasks, type RunProcess, startRun, statusCounts } from './helpers/orchestrator'
+import { allIn, enqueueMany, quickEnv, registerTasks, type RunProcess, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { startWorker, type StubWorker } from './helpers/worker'
 
@@ -21,7 +21,6 @@ describe('pipeweave run: three orchestrators on one database', () => {
   })
 
   afterEach(async () => {
-    await killLeftoverRuns()
     await worker.close()
     await db.drop()
   })

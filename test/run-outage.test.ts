@@ -15,7 +15,8 @@ import { Pool } from 'pg'
 import { runMigrations } from '../src/api/migrations'
 import { acquireEmbeddedServer, type EmbeddedHandle } from '../src/db/embedded'
 import { createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA, apiDatabase } from './helpers/db'
-import { allIn, enqueueMany, FINAL, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
+import { allIn, enqueueMany, FINAL, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
+import { track } from './helpers/processes'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -32,11 +33,11 @@ function pgCtl(args: string[]): Promise<{ code: number | null; output: string }>
   const file = path.join(binDir, 'pg_ctl')
   const [command, argv] = asRoot ? ['runuser', ['-u', 'postgres', '--', file, ...args]] : [file, args]
   return new Promise((resolve) => {
-    const child = spawn(command, argv, {
+    const child = track(spawn(command, argv, {
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { PATH: process.env.PATH, LC_ALL: 'C', LANG: 'C', TZ: 'UTC', LD_LIBRARY_PATH: path.join(path.dirname(binDir), 'lib') },
-    })
+    }), `pg_ctl ${args.join(' ')}`)
     let output = ''
     child.stdout.on('data', (c) => { output += c })
     child.stderr.on('data', (c) => { output += c })
@@ -52,7 +53,6 @@ describe('pipeweave run: database outages', () => {
   })
 
   afterEach(async () => {
-    await killLeftoverRuns()
     await worker.close()
   })
 
@@ -98,7 +98,6 @@ describe('pipeweave run: database outages', () => {
     })
 
     afterEach(async () => {
-      await killLeftoverRuns()
       await pool.end().catch(() => undefined)
     })
 

@@ -6,7 +6,7 @@
  * the held runs back.
  */
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
-import { allIn, enqueueMany, getRun, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
+import { allIn, enqueueMany, getRun, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { hold, ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -21,7 +21,6 @@ describe('pipeweave run: graceful shutdown', () => {
   })
 
   afterEach(async () => {
-    await killLeftoverRuns()
     await worker.close()
     await db.drop()
   })

@@ -5,7 +5,7 @@
  */
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
 import { json, runCli } from './helpers/cli'
-import { enqueueMany, enqueueOne, killLeftoverRuns, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
+import { enqueueMany, enqueueOne, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { ok, startWorker, type StubWorker } from './helpers/worker'
 
@@ -14,7 +14,6 @@ describe('pipeweave run: start-up and exit', () => {
   let worker: StubWorker
 
   afterEach(async () => {
-    await killLeftoverRuns()
     await worker?.close()
     await db?.drop()
   })

@@ -16,7 +16,7 @@ import { schemaOf } from '../src/sql/schema'
 import { json, runCli, type CliResult } from './helpers/cli'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { LATEST_VERSION } from './helpers/migrations'
-import { killLeftoverRuns, quickEnv, startRun } from './helpers/orchestrator'
+import { quickEnv, startRun } from './helpers/orchestrator'
 import { psql } from './helpers/psql'
 import { waitFor } from './helpers/wait'
 import { fail, hold, ok, startWorker, type StubWorker } from './helpers/worker'
@@ -159,10 +159,6 @@ async function modeOf(pool: Pool, schema: string): Promise<string> {
 /** The server process of a pg client (pg_locks.pid). */
 const processId = (client: Client) => (client as unknown as { processID: number }).processID
 
-afterEach(async () => {
-  expect(await killLeftoverRuns()).toBe(0)
-})
-
 describe('--schema pipeweave beside an application\'s tables in public', () => {
   let app: AppDatabase
   let worker: StubWorker
@@ -172,7 +168,6 @@ describe('--schema pipeweave beside an application\'s tables in public', () => {
     worker = await startWorker()
   })
   afterEach(async () => {
-    await killLeftoverRuns()
     await worker.close()
     await app.close()
   })
@@ -397,7 +392,6 @@ describe('two schemas in one database', () => {
     }
   })
   afterAll(async () => {
-    await killLeftoverRuns()
     for (const worker of Object.values(workers)) await worker.close()
     await app.close()
   })
@@ -550,7 +544,6 @@ describe('the runbook one-liners (SPEC §3), unchanged, with SET search_path TO 
     await registerTasks(api, worker.url, [{ id: 'slow', retries: 0 }, { id: 'work', retries: 0 }])
   })
   afterAll(async () => {
-    await killLeftoverRuns()
     await worker.close()
     // The app's tasks never met the runbook's SQL: the search_path named pipeweave's schema only.
     expect(await appSnapshot(app.pool)).toEqual(before)

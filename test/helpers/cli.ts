@@ -1,11 +1,13 @@
 /**
  * Running the built CLI (bin/run.js) as a real process, the way operators and scripts do.
  * The child gets a clean environment: no connection variable leaks in from the machine.
+ * Every child is tracked (helpers/processes.ts): a test that leaves one running fails.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import { track } from './processes'
 
 export const BIN = path.resolve(__dirname, '..', '..', 'bin', 'run.js')
 
@@ -70,13 +72,16 @@ export interface RunningCli {
   stderr(): string
 }
 
-/** Start `pipeweave <args>` and return at once (long-running commands, signals). */
+/**
+ * Start `pipeweave <args>` and return at once (long-running commands, signals). The test must see
+ * it end (await `done`, after a signal if need be): the leak check fails a test that leaves it.
+ */
 export function startCli(args: string[], options: CliOptions = {}): RunningCli {
-  const child = spawn(process.execPath, [options.bin ?? BIN, ...args], {
+  const child = track(spawn(process.execPath, [options.bin ?? BIN, ...args], {
     env: cleanEnv(options.env),
     cwd: options.cwd ?? os.tmpdir(),
     stdio: ['pipe', 'pipe', 'pipe'],
-  })
+  }), `pipeweave ${args.join(' ')}`)
   const started = Date.now()
   let stdout = ''
   let stderr = ''

@@ -1,7 +1,7 @@
 /**
  * `pipeweave run` as a real process for the orchestrator tests: JSON log lines parsed as they
- * arrive, waits on log events, and a registry so that an afterEach can kill whatever a test left.
- * Also the arranging helpers those tests share: register a stub worker's tasks, enqueue in bulk,
+ * arrive, and waits on log events. Its process is tracked by startCli (helpers/processes.ts): a
+ * test that leaves it running fails, so each test stops its runs (`await run.stop()`). Also the arranging helpers those tests share: register a stub worker's tasks, enqueue in bulk,
  * read runs back.
  */
 import type { Pool, PoolClient, QueryResultRow } from 'pg'
@@ -39,8 +39,6 @@ export interface RunProcess extends RunningCli {
   stop(signal?: NodeJS.Signals): Promise<CliResult>
 }
 
-const live = new Set<RunProcess>()
-
 export function startRun(env: Record<string, string | undefined>, args: string[] = [], options: { timeoutMs?: number } = {}): RunProcess {
   const cli = startCli(['run', ...args], { env, timeoutMs: options.timeoutMs ?? 110_000 })
   const lines: LogLine[] = []
@@ -65,7 +63,6 @@ export function startRun(env: Record<string, string | undefined>, args: string[]
   })
   void cli.done.then(() => {
     exited = true
-    live.delete(proc)
     for (const wake of [...waiters]) wake()
   })
 
@@ -107,16 +104,7 @@ export function startRun(env: Record<string, string | undefined>, args: string[]
       return cli.done
     },
   }
-  live.add(proc)
   return proc
-}
-
-/** For afterEach: SIGKILL every run process a test left running. */
-export async function killLeftoverRuns(): Promise<number> {
-  const left = [...live]
-  for (const proc of left) proc.child.kill('SIGKILL')
-  await Promise.all(left.map((p) => p.done))
-  return left.length
 }
 
 /** Settings that keep the tests quick: short polls and drain checks. */

@@ -3,17 +3,21 @@
  * pgbouncer.test.ts: transaction pooling, a small server pool, SCRAM against the server with the
  * password from a userlist, and an admin console (database `pgbouncer`) for SHOW CLIENTS / POOLS.
  * Runs in the foreground as a child of the test (as `postgres` when the tests run as root: it
- * refuses root), so its pid is known; stop() ends it and every start is tracked for a leak check.
+ * refuses root), so its pid is known; stop() ends it, and every start is tracked by the leak check
+ * (helpers/processes.ts).
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { Client } from 'pg'
+import { runningProcesses, spawnTracked } from './processes'
 import { waitFor } from './wait'
 
 export const PGBOUNCER = '/usr/sbin/pgbouncer'
+/** How its processes are named in the registry of helpers/processes.ts. */
+const LABEL = 'pgbouncer'
 
 export interface PgBouncerOptions {
   /** The server, as a postgres:// URL with the user and password PgBouncer logs in with. */
@@ -40,10 +44,6 @@ export interface PgBouncer {
   log(): string
   stop(): Promise<void>
 }
-
-const started = new Set<ChildProcess>()
-// A test process that ends without afterAll (a crash, a timeout) takes its PgBouncers with it.
-process.once('exit', () => { for (const child of started) child.kill('SIGKILL') })
 
 /** The settings that make PgBouncer usable by pipeweave in transaction pooling (README). */
 export const IGNORED_STARTUP_PARAMETERS = 'extra_float_digits,options,statement_timeout,idle_in_transaction_session_timeout'
@@ -85,13 +85,12 @@ export async function startPgBouncer(options: PgBouncerOptions): Promise<PgBounc
     ids = { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()), gid: Number(execFileSync('id', ['-g', 'postgres']).toString()) }
     for (const f of [dir, ...fs.readdirSync(dir).map((f) => path.join(dir, f))]) fs.chownSync(f, ids.uid, ids.gid)
   }
-  const child = spawn(PGBOUNCER, [ini], { ...ids, stdio: ['ignore', 'pipe', 'pipe'] })
-  started.add(child)
+  const child = spawnTracked(PGBOUNCER, [ini], { ...ids, stdio: ['ignore', 'pipe', 'pipe'] }, `${LABEL} ${ini}`)
   let output = ''
   child.stdout!.on('data', (c) => { output += c })
   child.stderr!.on('data', (c) => { output += c })
   let exited = false
-  const exit = new Promise<void>((resolve) => child.on('exit', () => { exited = true; started.delete(child); resolve() }))
+  const exit = new Promise<void>((resolve) => child.on('exit', () => { exited = true; resolve() }))
   const readLog = () => {
     try {
       return fs.readFileSync(settings.logfile as string, 'utf8')
@@ -140,9 +139,9 @@ export async function startPgBouncer(options: PgBouncerOptions): Promise<PgBounc
   }
 }
 
-/** PgBouncer processes started here that have not exited (the leak check of afterAll). */
+/** PgBouncer processes started here that have not exited. */
 export function runningPgBouncers(): number[] {
-  return [...started].filter((c) => c.exitCode === null && c.signalCode === null).map((c) => c.pid!)
+  return runningProcesses().filter((p) => p.label.startsWith(`${LABEL} `)).map((p) => p.pid)
 }
 
 /** Is a process with this pid still there (a PgBouncer that outlived its child handle)? */

@@ -1,15 +1,12 @@
 /**
- * Helpers of the operator-surface tests: a stub worker whose replies each test decides (and can
- * hold back), the processes of an embedded PostgreSQL data directory, and a registry of every
- * child process a test starts so that afterEach can kill what a failing test left behind.
+ * Helpers of the operator-surface tests: a migrated test database, the processes of an embedded
+ * PostgreSQL data directory, the JSON log lines of `run`, and its health server. (The stub worker
+ * is helpers/worker.ts; the registry of child processes, helpers/processes.ts.)
  */
-import type { ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
-import * as http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import * as path from 'node:path'
 import { runMigrations } from '../../src/api/migrations'
-import { type CliOptions, type RunningCli, startCli } from './cli'
+import type { RunningCli } from './cli'
 import { apiDatabase, createTestDatabase, type TestDatabase } from './db'
 import { waitFor } from './wait'
 
@@ -28,117 +25,6 @@ export async function migratedTestDatabase(prefix: string): Promise<TestDatabase
     await db.close()
   }
   return testDb
-}
-
-// ---------------------------------------------------------------------------------------------
-// Children: started through here, killed by killLeftovers() whatever the test did.
-
-const children = new Set<ChildProcess>()
-
-/** startCli, remembered for killLeftovers(). */
-export function startTracked(args: string[], options: CliOptions = {}): RunningCli {
-  const cli = startCli(args, options)
-  track(cli.child)
-  return cli
-}
-
-export function track(child: ChildProcess): ChildProcess {
-  children.add(child)
-  child.once('exit', () => children.delete(child))
-  return child
-}
-
-/** Kill (SIGKILL) every tracked child still alive and wait for each to exit. Returns how many. */
-export async function killLeftovers(): Promise<number> {
-  const alive = [...children].filter((c) => c.exitCode === null && c.signalCode === null)
-  await Promise.all(alive.map((c) => new Promise<void>((resolve) => {
-    c.once('exit', () => resolve())
-    c.kill('SIGKILL')
-  })))
-  children.clear()
-  return alive.length
-}
-
-// ---------------------------------------------------------------------------------------------
-// The stub worker: a real HTTP server on loopback speaking the worker protocol.
-
-export interface StubRequest {
-  taskId: string
-  headers: http.IncomingHttpHeaders
-  raw: string
-  body: {
-    runId: string; taskId: string; attempt: number; input: unknown; previousAttempts: unknown[]
-    timeoutMs: number; idempotencyKey: string | null; [key: string]: unknown
-  }
-}
-
-export interface StubReply {
-  status: number
-  body?: unknown
-}
-
-export type StubHandler = (request: StubRequest) => StubReply | Promise<StubReply>
-
-export interface StubWorker {
-  baseUrl: string
-  port: number
-  /** Every request received, in arrival order. */
-  requests: StubRequest[]
-  close(): Promise<void>
-}
-
-export function startStubWorker(handler: StubHandler): Promise<StubWorker> {
-  const requests: StubRequest[] = []
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (chunk: Buffer) => chunks.push(chunk))
-    req.on('end', () => {
-      const raw = Buffer.concat(chunks).toString('utf8')
-      const taskId = decodeURIComponent((req.url ?? '').replace(/^\/tasks\//, ''))
-      let request: StubRequest
-      try {
-        request = { taskId, headers: req.headers, raw, body: JSON.parse(raw) }
-      } catch {
-        res.writeHead(400).end()
-        return
-      }
-      requests.push(request)
-      Promise.resolve()
-        .then(() => handler(request))
-        .then((reply) => {
-          const text = reply.body === undefined ? '' : JSON.stringify(reply.body)
-          res.writeHead(reply.status, { 'content-type': 'application/json' })
-          res.end(text)
-        }, (error: Error) => {
-          res.writeHead(500, { 'content-type': 'application/json' })
-          res.end(JSON.stringify({ error: error.message }))
-        })
-    })
-  })
-  return new Promise((resolve) => {
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo
-      resolve({
-        baseUrl: `http://127.0.0.1:${port}`,
-        port,
-        requests,
-        close: () => new Promise<void>((done) => {
-          server.close(() => done())
-          server.closeAllConnections()
-        }),
-      })
-    })
-  })
-}
-
-/** A service manifest for the stub worker; each task gets fast retries unless it says otherwise. */
-export function stubManifest(baseUrl: string, tasks: Array<Record<string, unknown> & { id: string }>, id = 'stub') {
-  return {
-    id,
-    version: '1.0.0',
-    baseUrl,
-    tasks: tasks.map((t) => ({ timeout: 30, retries: 0, retryBackoff: 'fixed', retryDelayMs: 0, ...t })),
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ export type Action =
 export const ok = (output?: unknown, runNext?: string[]): Action =>
   ({ kind: 'reply', status: 200, body: runNext ? { output, runNext } : { output } })
 export const fail = (status: number, body?: unknown): Action => ({ kind: 'reply', status, body })
+/** Any status with `body` as JSON (`undefined` = an empty body). */
+export const reply = (status: number, body?: unknown): Action => ({ kind: 'reply', status, body })
 export const garbled = (status = 200): Action => ({ kind: 'reply', status, raw: '{"output": tru' })
 export const hold = (): Action => ({ kind: 'hold' })
 export const destroy = (): Action => ({ kind: 'destroy' })
@@ -70,6 +72,16 @@ export class StubWorker extends EventEmitter {
       this.sockets.add(socket)
       socket.on('close', () => this.sockets.delete(socket))
     })
+  }
+
+  /** The port it listens on (127.0.0.1), once started. */
+  get port(): number {
+    return Number(new URL(this.url).port)
+  }
+
+  /** A service manifest for this worker: `serviceManifest(this.url, tasks, id)`. */
+  manifest(tasks: ManifestTask[], id = 'stub'): ServiceManifest {
+    return serviceManifest(this.url, tasks, id)
   }
 
   async start(): Promise<this> {
@@ -238,4 +250,26 @@ export class StubWorker extends EventEmitter {
 
 export async function startWorker(): Promise<StubWorker> {
   return new StubWorker().start()
+}
+
+export type ManifestTask = Record<string, unknown> & { id: string }
+
+export interface ServiceManifest {
+  id: string
+  version: string
+  baseUrl: string
+  tasks: ManifestTask[]
+}
+
+/**
+ * A service manifest (the file `services:register` reads) for a worker at `baseUrl`. Each task
+ * gets fast, few retries unless it says otherwise: timeout 30 s, no retry, fixed backoff of 0 ms.
+ */
+export function serviceManifest(baseUrl: string, tasks: ManifestTask[], id = 'stub'): ServiceManifest {
+  return {
+    id,
+    version: '1.0.0',
+    baseUrl,
+    tasks: tasks.map((t) => ({ timeout: 30, retries: 0, retryBackoff: 'fixed', retryDelayMs: 0, ...t })),
+  }
 }
