@@ -3,13 +3,13 @@
  * before anything connects, a schema changed under it, probes that must not load the database,
  * the address its probe server binds, and a parent process that goes away (npx in a container).
  */
-import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as http from 'node:http'
 import * as net from 'node:net'
 import { BIN, cleanEnv, json, runCli } from './helpers/cli'
 import { createTestDatabase, type TestDatabase } from './helpers/db'
 import { quickEnv, startRun } from './helpers/orchestrator'
+import { spawnTracked } from './helpers/processes'
 import { waitFor } from './helpers/wait'
 
 /** Nothing listens here: a command that got as far as connecting would exit 3. */
@@ -160,9 +160,10 @@ describe('the parent process goes away (npx pipeweave run, killed by its platfor
   it('stops gracefully on its own: it says why, deregisters and exits', async () => {
     // npx runs `sh -c …`; the platform's SIGKILL (or SIGTERM, which npm passes to sh only) ends
     // the shell and orphans run.
-    const shell = spawn('sh', ['-c', `"${process.execPath}" "${BIN}" run --log-format json; echo "run exited $?" >&2`], {
+    const shell = spawnTracked('sh', ['-c', `"${process.execPath}" "${BIN}" run --log-format json; echo "run exited $?" >&2`], {
       env: cleanEnv(quickEnv(db.env)), stdio: ['ignore', 'ignore', 'pipe'],
     })
+    let orphan: number | undefined
     let stderr = ''
     shell.stderr!.on('data', (d) => { stderr += d })
     try {
@@ -170,6 +171,7 @@ describe('the parent process goes away (npx pipeweave run, killed by its platfor
         const result = await db.pool.query<{ id: string; pid: number }>('SELECT id, pid FROM orchestrators')
         return result.rows.length > 0 ? result : undefined
       }, { what: 'run to register' })
+      orphan = registered.pid
       shell.kill('SIGKILL')
       const alive = () => fs.existsSync(`/proc/${registered.pid}`) && !/\) Z /.test(fs.readFileSync(`/proc/${registered.pid}/stat`, 'utf8'))
       await waitFor(() => !alive(), { timeoutMs: 30_000, what: 'the orphaned run to exit' })
@@ -178,6 +180,8 @@ describe('the parent process goes away (npx pipeweave run, killed by its platfor
       expect(stderr).toMatch(/"event":"stopped"/)
     } finally {
       shell.kill('SIGKILL')
+      // The orphan is nobody's child here: if it outlived the test, end it.
+      if (orphan !== undefined) try { process.kill(orphan, 'SIGKILL') } catch { /* gone already */ }
     }
   })
 })
