@@ -235,7 +235,7 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
 
   public async catch(error: Error & { oclif?: { exit?: number }; exitCode?: number }): Promise<void> {
     if (this.interrupted) return // the signal handler reports and exits
-    const failure = classify(error, { flags: this.flagNames(), command: `${this.config.bin} ${this.id}` })
+    const failure = classify(error, { flags: this.flagNames(), command: `${this.config.bin} ${this.id}`, schema: this.schemaName() })
     const guide = troubleshootingLink(failure.code, this.id)
     if (guide) failure.hint = failure.hint ? `${failure.hint}; see ${guide}` : `see ${guide}`
     process.exitCode = failure.exitCode
@@ -243,6 +243,11 @@ export abstract class BaseCommand<T extends typeof Command, R = unknown> extends
     if (this.flags?.verbose || /pipeweave/.test(process.env.DEBUG ?? '')) {
       this.out.note(redact(String(error.stack ?? error)))
     }
+  }
+
+  /** The schema this command works in, as given (--schema, PIPEWEAVE_SCHEMA), for hints. */
+  private schemaName(): string {
+    return this.flags?.schema || process.env.PIPEWEAVE_SCHEMA || 'public'
   }
 
   /** This command's flags as typed: `--name` (and `--no-name` where a boolean allows it). */
@@ -284,6 +289,8 @@ export interface FailureContext {
   flags?: string[]
   /** `pipeweave runs:list`, for the hint that points at its --help. */
   command?: string
+  /** The schema of pipeweave's objects, for the hints that name it (a GRANT). */
+  schema?: string
 }
 
 /** One mapping from any error to an exit code and a one-line message (SPEC §2). */
@@ -303,7 +310,7 @@ export function classify(error: unknown, context: FailureContext = {}): FailureR
     return { exitCode: usage.exitCode, code: usage.code, message: usage.message, hint: usage.hint }
   }
   // The database's own state (privileges, a read-only standby, a full disk, a timeout): 2–5.
-  const foreseen = serverStateError(e)
+  const foreseen = serverStateError(e, context.schema)
   if (foreseen) {
     return { exitCode: foreseen.exitCode, code: foreseen.code, message: foreseen.message, ...(foreseen.hint ? { hint: foreseen.hint } : {}) }
   }

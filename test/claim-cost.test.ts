@@ -21,12 +21,13 @@
 import type { Database } from '../src/db/database'
 import { silentLogger } from '../src/logger'
 import { type Repository, createRepository } from '../src/orchestrator/repository'
-import { Watch } from '../src/orchestrator/watch'
+import { VACUUM_EVERY_CLAIMS, Watch } from '../src/orchestrator/watch'
 import { schemaOf } from '../src/sql/schema'
 import * as runs from '../src/sql/task-runs'
 import { createTestDatabase, type TestDatabase, TEST_SCHEMA } from './helpers/db'
 import { addTask, heartbeat } from './helpers/maintenance-fixtures'
 import { enqueueMany, queryable } from './helpers/orchestrator'
+import { waitFor } from './helpers/wait'
 
 /** Rows of each kind. */
 const KIND = 10_000
@@ -113,9 +114,9 @@ async function claimPlan(): Promise<string> {
 }
 
 /** pipeweave's own upkeep of task_runs, as `run` has it (Watch.claimed, called by the claimer). */
-function upkeep(): Watch {
+function upkeep(upkept: Repository = repo): Watch {
   return new Watch({
-    repo, log: silentLogger, actor: 'claim-cost', liveness: undefined as never,
+    repo: upkept, log: silentLogger, actor: 'claim-cost', liveness: undefined as never,
     onMode: () => undefined, onSchemaAhead: () => undefined, isStopping: () => false,
   })
 }
@@ -222,4 +223,32 @@ it(`all four kinds together (${4 * KIND} rows): at most 2× the baseline`, async
     await KINDS.laterRetries()
     await KINDS.dueRetries()
   })
+})
+
+it(`the upkeep: runs claimed while a VACUUM runs start the next one when it ends, with no further claim`, async () => {
+  // A burst that ends while a VACUUM runs must not leave its last VACUUM_EVERY_CLAIMS dead entries
+  // to an idle queue (on a loaded machine the VACUUM at 8,000 claims was still running at 10,000).
+  const started: Array<() => void> = []
+  const vacuums: Promise<void>[] = []
+  const gated = {
+    ...repo,
+    vacuum: () => {
+      const ran = new Promise<void>((resolve) => started.push(resolve)).then(() => repo.vacuum())
+      vacuums.push(ran)
+      return ran
+    },
+  }
+  const watch = upkeep(gated)
+  watch.claimed(VACUUM_EVERY_CLAIMS - 1)
+  expect(vacuums).toHaveLength(0)
+  watch.claimed(1)
+  expect(vacuums).toHaveLength(1)
+  watch.claimed(VACUUM_EVERY_CLAIMS) // while the first runs
+  expect(vacuums).toHaveLength(1)
+  started[0]()
+  await waitFor(() => vacuums.length === 2, { what: 'the second VACUUM' })
+  started[1]()
+  await watch.stopped()
+  expect(vacuums).toHaveLength(2)
+  await Promise.all(vacuums)
 })

@@ -3,9 +3,8 @@
  * asked) old finished runs; never a live run; batches; --dry-run; one cleanup at a time.
  */
 import { runCleanup } from '../src/api/cleanup'
-import { createDatabase } from '../src/db/database'
 import { json, runCli } from './helpers/cli'
-import { createTestDatabase, type TestDatabase, TEST_SCHEMA } from './helpers/db'
+import { apiDatabase, createTestDatabase, type TestDatabase } from './helpers/db'
 
 const DAY = 86_400_000
 
@@ -162,7 +161,7 @@ describe('db:cleanup', () => {
   })
 
   it('works through the API in batches: no statement deletes more than the batch size', async () => {
-    const api = await createDatabase({ flags: { url: db.url }, env: {}, command: 'test', schema: TEST_SCHEMA })
+    const api = await apiDatabase(db.url)
     try {
       const batches: Array<[string, number]> = []
       const result = await runCleanup(api, { batchSize: 2, runsRetentionDays: 30, onBatch: (table, deleted) => batches.push([table, deleted]) })

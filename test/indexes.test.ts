@@ -41,6 +41,10 @@ beforeAll(async () => {
   await q(`INSERT INTO task_runs (task_id) SELECT 'limited' FROM generate_series(1, 50)`)
   await q(`INSERT INTO task_runs (task_id, status, orchestrator_id, started_at, heartbeat_at)
            SELECT t, 'running', o, now(), now() FROM (VALUES ('limited', 'o'), ('limited', 'o'), ('plain', 'o'), ('plain', 'gone'), ('plain', 'gone')) AS v(t, o)`)
+  // A busy fleet: runs held by other orchestrators (with a handful running, the planner may read
+  // every running run rather than look up the batch by key).
+  await q(`INSERT INTO task_runs (task_id, status, orchestrator_id, started_at, heartbeat_at)
+           SELECT 'plain', 'running', 'other' || (i % 8), now(), now() FROM generate_series(1, 2000) i`)
   // Finished history, a few of them failed (with their DLQ entries), and a rare task.
   await q(`INSERT INTO task_run_history (id, task_id, status, completed_at, created_at)
            SELECT pipeweave_new_id(), 'plain', 'completed', now() - interval '2 days', now() - interval '2 days' FROM generate_series(1, 5000)`)

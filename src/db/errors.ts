@@ -58,7 +58,7 @@ const SERVER_RESOURCES: Record<string, string> = {
  * A foreseen server error as a typed error (SPEC §2), or undefined for one pipeweave did not
  * foresee (exit 1). Only errors the server sent about a statement (they carry a severity) count.
  */
-export function serverStateError(error: unknown): PipeweaveError | undefined {
+export function serverStateError(error: unknown, schema = 'public'): PipeweaveError | undefined {
   const e = error as { code?: string; message?: string; severity?: string }
   if (!e || typeof e !== 'object' || typeof e.code !== 'string' || e.severity === undefined) return undefined
   const said = firstLine(e.message ?? e.code)
@@ -76,7 +76,7 @@ export function serverStateError(error: unknown): PipeweaveError | undefined {
         'see pg_locks and pg_stat_activity for the session holding it; lock_timeout (a role or server setting) bounds the wait'))
     case SQLSTATE.INSUFFICIENT_PRIVILEGE:
       return new RefusedError('PERMISSION_DENIED', `the database refused: ${said}`, options(
-        'the database user lacks a privilege on pipeweave\'s objects: GRANT it (e.g. GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO the user), or connect as the user that ran db:init'))
+        `the database user lacks a privilege on pipeweave's objects: GRANT it (GRANT USAGE ON SCHEMA ${schema} TO the user, and SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ${schema}), or connect as the user that ran db:init`))
     case SQLSTATE.READ_ONLY_SQL_TRANSACTION:
       return new RefusedError('READ_ONLY', `the database refused a write: ${said}`, options(
         'the server is a read-only standby (or default_transaction_read_only is on): point the connection at the primary'))

@@ -97,11 +97,27 @@ export class Watch {
   /** Count claimed runs; VACUUM task_runs every VACUUM_EVERY_CLAIMS of them. */
   claimed(count: number): void {
     this.claimedSinceVacuum += count
-    if (this.claimedSinceVacuum < VACUUM_EVERY_CLAIMS || this.vacuuming) return
-    this.claimedSinceVacuum = 0
-    this.vacuuming = this.deps.repo.vacuum()
-      .catch((error) => this.deps.log.debug(`VACUUM of task_runs failed: ${(error as Error).message}`))
-      .finally(() => { this.vacuuming = undefined })
+    if (!this.vacuuming) this.vacuumIfDue()
+  }
+
+  /**
+   * One VACUUM at a time. The runs claimed while one ran count towards the next, which starts as
+   * soon as it ends if they reach the mark: a burst that ends during a VACUUM leaves no more than
+   * VACUUM_EVERY_CLAIMS dead entries behind for an idle queue's next claim to read.
+   */
+  private vacuumIfDue(): void {
+    if (this.claimedSinceVacuum < VACUUM_EVERY_CLAIMS || this.deps.isStopping()) return
+    this.vacuuming = (async () => {
+      do {
+        this.claimedSinceVacuum = 0
+        try {
+          await this.deps.repo.vacuum()
+        } catch (error) {
+          this.deps.log.debug(`VACUUM of task_runs failed: ${(error as Error).message}`)
+          return
+        }
+      } while (this.claimedSinceVacuum >= VACUUM_EVERY_CLAIMS && !this.deps.isStopping())
+    })().finally(() => { this.vacuuming = undefined })
   }
 
   /** Resolves when no check, tick or vacuum of this watch is running (the shutdown waits for them). */
