@@ -23,7 +23,7 @@ import { createTestDatabase, type TestDatabase, ALL_RUNS, TEST_SCHEMA } from './
 import { clientDatabase } from './helpers/orchestrator'
 import { runCli } from './helpers/cli'
 import { deferred, waitFor } from './helpers/wait'
-import { addTask, heartbeat, mode } from './helpers/maintenance-fixtures'
+import { addTask, heartbeat, maintenanceViolations, mode } from './helpers/maintenance-fixtures'
 
 const ENQUEUERS = 16
 /** Orchestrators: each runs the drain check, claims and completes on its own loop, side by side. */
@@ -156,24 +156,7 @@ async function startLoad(): Promise<Load> {
   }
 }
 
-/**
- * For every time the mode left `running` (at A): when it became `maintenance` (B) and when it was
- * back to `running` (E). Counts the runs created in (A, E) and started in (B, E): both must be 0.
- */
-async function violations(): Promise<Array<{ createdLate: number; startedInMaintenance: number; startedWhileDraining: number }>> {
-  const { rows } = await db.pool.query<{ created_late: number; started_late: number; started_draining: number }>(`
-    WITH w AS (
-      SELECT e.id, e.at AS left_running,
-             (SELECT m.at FROM maintenance_events m WHERE m.id >= e.id AND m.to_mode = 'maintenance' ORDER BY m.id LIMIT 1) AS maintenance,
-             COALESCE((SELECT x.at FROM maintenance_events x WHERE x.id > e.id AND x.to_mode = 'running' ORDER BY x.id LIMIT 1), 'infinity') AS resumed
-        FROM maintenance_events e
-       WHERE e.from_mode = 'running')
-    SELECT (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.created_at > w.left_running AND r.created_at < w.resumed)::int AS created_late,
-           (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.started_at > w.maintenance AND r.started_at < w.resumed)::int AS started_late,
-           (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.started_at > w.left_running AND r.started_at < w.maintenance)::int AS started_draining
-      FROM w ORDER BY w.id`)
-  return rows.map((r) => ({ createdLate: r.created_late, startedInMaintenance: r.started_late, startedWhileDraining: r.started_draining }))
-}
+const violations = () => maintenanceViolations(db.pool)
 
 async function resetRuns(): Promise<void> {
   await db.pool.query(`DELETE FROM maintenance_events`)

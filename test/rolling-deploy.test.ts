@@ -25,7 +25,7 @@ import { type Repository, type RunStatements, createRepository } from '../src/or
 import { type Schema, statement } from '../src/sql/schema'
 import * as runs from '../src/sql/task-runs'
 import { ALL_RUNS, apiDatabase, createTestDatabase, type TestDatabase } from './helpers/db'
-import { mode } from './helpers/maintenance-fixtures'
+import { maintenanceViolations, mode } from './helpers/maintenance-fixtures'
 import { FINAL, allIn, enqueueMany, registerTasks } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
 import { ok, startWorker, type StubWorker } from './helpers/worker'
@@ -223,30 +223,11 @@ async function deploy(db: TestDatabase, worker: StubWorker, sizes: Sizes, nextSt
     maxInFlightLimited: worker.maxInFlight.get('limited') ?? 0,
     maxRunningLimited: limited.n,
     statuses: Object.fromEntries(statusRows.map((r) => [r.status, r.n])),
-    violations: await violations(db),
+    violations: (await maintenanceViolations(db.pool)).map(({ createdLate, startedInMaintenance }) => ({ createdLate, startedInMaintenance })),
     enqueued,
     claimsInMaintenance,
     problems,
   }
-}
-
-/**
- * For every time the mode left `running` (A): when it became `maintenance` (B) and when it was
- * back to `running` (E); the runs created in (A, E) and started in (B, E). (As in
- * test/maintenance-race.test.ts.)
- */
-async function violations(db: TestDatabase): Promise<Array<{ createdLate: number; startedInMaintenance: number }>> {
-  const { rows } = await db.pool.query<{ created_late: number; started_late: number }>(`
-    WITH w AS (
-      SELECT e.id, e.at AS left_running,
-             (SELECT m.at FROM maintenance_events m WHERE m.id >= e.id AND m.to_mode = 'maintenance' ORDER BY m.id LIMIT 1) AS maintenance,
-             COALESCE((SELECT x.at FROM maintenance_events x WHERE x.id > e.id AND x.to_mode = 'running' ORDER BY x.id LIMIT 1), 'infinity') AS resumed
-        FROM maintenance_events e
-       WHERE e.from_mode = 'running')
-    SELECT (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.created_at > w.left_running AND r.created_at < w.resumed)::int AS created_late,
-           (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.started_at > w.maintenance AND r.started_at < w.resumed)::int AS started_late
-      FROM w ORDER BY w.id`)
-  return rows.map((r) => ({ createdLate: r.created_late, startedInMaintenance: r.started_late }))
 }
 
 /** A worker that answers at once, and holds runs of the limited task a little, so they overlap. */

@@ -135,3 +135,32 @@ export async function countRuns(pool: Pool, where = 'true', values: unknown[] = 
   const { rows: [row] } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${ALL_RUNS} AS r WHERE ${where}`, values)
   return row.n
 }
+
+/** What happened around one departure from `running` (see maintenanceViolations). */
+export interface DrainWindow {
+  /** Runs created after the mode left `running` and before it was back: must be 0. */
+  createdLate: number
+  /** Runs started after the mode became `maintenance` and before it was back: must be 0. */
+  startedInMaintenance: number
+  /** Runs started while draining (left `running`, not yet `maintenance`): allowed. */
+  startedWhileDraining: number
+}
+
+/**
+ * For every time the mode left `running` (at A): when it became `maintenance` (B) and when it was
+ * back to `running` (E). Counts the runs created in (A, E), started in (B, E) and started in (A, B).
+ */
+export async function maintenanceViolations(pool: Pool): Promise<DrainWindow[]> {
+  const { rows } = await pool.query<{ created_late: number; started_late: number; started_draining: number }>(`
+    WITH w AS (
+      SELECT e.id, e.at AS left_running,
+             (SELECT m.at FROM maintenance_events m WHERE m.id >= e.id AND m.to_mode = 'maintenance' ORDER BY m.id LIMIT 1) AS maintenance,
+             COALESCE((SELECT x.at FROM maintenance_events x WHERE x.id > e.id AND x.to_mode = 'running' ORDER BY x.id LIMIT 1), 'infinity') AS resumed
+        FROM maintenance_events e
+       WHERE e.from_mode = 'running')
+    SELECT (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.created_at > w.left_running AND r.created_at < w.resumed)::int AS created_late,
+           (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.started_at > w.maintenance AND r.started_at < w.resumed)::int AS started_late,
+           (SELECT count(*) FROM ${ALL_RUNS} AS r WHERE r.started_at > w.left_running AND r.started_at < w.maintenance)::int AS started_draining
+      FROM w ORDER BY w.id`)
+  return rows.map((r) => ({ createdLate: r.created_late, startedInMaintenance: r.started_late, startedWhileDraining: r.started_draining }))
+}
