@@ -1,13 +1,16 @@
 /**
  * The ticks of a schedule (SPEC §7, issue 12 acceptance 4): cron in an IANA time zone with
- * daylight saving as Vixie cron does it, computed by compileSchedule (src/api/cron.ts). Every
- * expected tick is a literal UTC instant.
+ * daylight saving as Vixie cron does it, computed by compiledOf (src/api/schedules.ts), the very
+ * function the orchestrators' schedule loop and schedules:list call. Every expected tick is a
+ * literal UTC instant. (test/schedule-loop.test.ts has the same Berlin instants decided by the
+ * schedule loop itself, on the real database.)
  */
+import { compiledOf } from '../src/api/schedules'
 import { compileSchedule } from '../src/api/cron'
 
 /** The first `n` ticks after `after` (ISO), as ISO strings. */
 function ticks(cron: string, timezone: string, after: string, n: number): string[] {
-  const schedule = compileSchedule(cron, timezone)
+  const schedule = compiledOf(cron, timezone)
   const out: string[] = []
   let at = Date.parse(after)
   for (let i = 0; i < n; i++) {
