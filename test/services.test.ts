@@ -69,6 +69,7 @@ describe('services:register', () => {
         { id: 'resize', codeVersion: 1, status: 'created' },
         { id: 'thumbnail', codeVersion: 1, status: 'created' },
       ],
+      schedules: [],
     })
     const { rows: [service] } = await db.pool.query(`SELECT id, version, base_url FROM services`)
     expect(service).toEqual({ id: 'images', version: '1.4.0', base_url: 'http://images.internal:8080' })
@@ -105,6 +106,7 @@ describe('services:register', () => {
     expect(json(changed)).toEqual({
       service: { id: 'images', version: '1.5.0', baseUrl: 'https://images.internal', created: false },
       tasks: [{ id: 'resize', codeVersion: 2, status: 'code changed' }, { id: 'thumbnail', codeVersion: 1, status: 'updated' }],
+      schedules: [],
     })
     const { rows: [resize] } = await db.pool.query(`SELECT code_hash, code_version, timeout_seconds FROM tasks WHERE id = 'resize'`)
     expect(resize).toEqual({ code_hash: 'sha256:ccc', code_version: 2, timeout_seconds: 30 })

@@ -7,6 +7,7 @@ import { SQLSTATE } from '../db/errors'
 import { UsageError } from '../errors'
 import { MASK } from '../redact'
 import * as sql from '../sql/services'
+import { manifestScheduleProblems, replaceServiceSchedules, type RegisteredSchedule, type ScheduleManifest } from './schedules'
 
 export interface TaskManifest {
   id: string
@@ -31,6 +32,8 @@ export interface ServiceManifest {
   version: string
   baseUrl: string
   tasks: TaskManifest[]
+  /** Owned by this service: replaced by every registration (SPEC §7). */
+  schedules?: ScheduleManifest[]
 }
 
 /** The defaults a task gets for what its manifest leaves out (the columns' defaults, migration 001). */
@@ -109,7 +112,7 @@ export function validateManifest(value: unknown): ServiceManifest {
   const problems: string[] = []
   const problem = (field: string, what: string) => { problems.push(`${field} ${what}`) }
   for (const key of Object.keys(m)) {
-    if (!['id', 'version', 'baseUrl', 'tasks'].includes(key)) problem(`"${key}"`, 'is not a manifest field (id, version, baseUrl, tasks)')
+    if (!['id', 'version', 'baseUrl', 'tasks', 'schedules'].includes(key)) problem(`"${key}"`, 'is not a manifest field (id, version, baseUrl, tasks, schedules)')
   }
   for (const [field, check] of [['id', identifier], ['version', text], ['baseUrl', text]] as const) {
     if (m[field] === undefined) problem(field, 'is required')
@@ -149,6 +152,8 @@ export function validateManifest(value: unknown): ServiceManifest {
       }
     })
   }
+  const taskIds = Array.isArray(m.tasks) ? m.tasks.map((t) => (t as { id?: unknown } | null)?.id).filter((id): id is string => typeof id === 'string') : []
+  for (const [field, what] of manifestScheduleProblems(m.schedules, taskIds)) problem(field, what)
   if (problems.length > 0) throw invalid(problems)
   return m as unknown as ServiceManifest
 }
@@ -162,6 +167,8 @@ export interface RegisteredTask {
 export interface RegisterResult {
   service: { id: string; version: string; baseUrl: string; created: boolean }
   tasks: RegisteredTask[]
+  /** The manifest's schedules, and those of the service's earlier manifest it no longer names (removed). */
+  schedules: RegisteredSchedule[]
 }
 
 /** Upsert a service and its tasks in one transaction; a changed codeHash bumps code_version. */
@@ -193,7 +200,8 @@ export async function registerService(db: Database, manifest: unknown): Promise<
       if (codeChanged) await tx.query(sql.recordCodeVersion, [t.id, row.code_version, t.codeHash ?? null])
       tasks.push({ id: t.id, codeVersion: row.code_version, status: row.created ? 'created' : codeChanged ? 'code changed' : 'updated' })
     }
-    return { service: { id: m.id, version: m.version, baseUrl, created: service.created }, tasks }
+    const schedules = await replaceServiceSchedules(tx, m.id, m.schedules, { reason: `services:register ${m.id} ${m.version}` })
+    return { service: { id: m.id, version: m.version, baseUrl, created: service.created }, tasks, schedules }
   }))
 }
 

@@ -167,6 +167,7 @@ function combineHooks(list: OrchestratorHooks[]): OrchestratorHooks {
     onDispatch: (task, seconds) => list.forEach((h) => h.onDispatch?.(task, seconds)),
     onInFlight: (count) => list.forEach((h) => h.onInFlight?.(count)),
     onMode: (mode) => list.forEach((h) => h.onMode?.(mode)),
+    onScheduleTick: (schedule, tickMs, outcome) => list.forEach((h) => h.onScheduleTick?.(schedule, tickMs, outcome)),
   }
 }
 

@@ -55,6 +55,10 @@ export function createMetrics(db: Queryable): Metrics {
     labelNames: ['task'] as const, buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
     registers: [registry],
   })
+  const scheduleTicks = new client.Counter({
+    name: 'pipeweave_schedule_ticks_total', help: 'Schedule ticks this orchestrator decided, by outcome (enqueued; skipped: maintenance or overlap; missed: ranges).',
+    labelNames: ['schedule', 'outcome'] as const, registers: [registry],
+  })
   const inFlight = new client.Gauge({ name: 'pipeweave_runs_in_flight', help: 'Runs this orchestrator is dispatching now.', registers: [registry] })
   new client.Gauge({
     name: 'pipeweave_queue_depth', help: 'Due pending runs.', registers: [registry],
@@ -84,6 +88,7 @@ export function createMetrics(db: Queryable): Metrics {
       onDispatch: (task: string, seconds: number) => dispatchDuration.observe({ task }, seconds),
       onInFlight: (count: number) => inFlight.set(count),
       onMode: setMode,
+      onScheduleTick: (schedule: string, _tickMs: number, outcome: 'enqueued' | 'skipped' | 'missed') => scheduleTicks.inc({ schedule, outcome }),
     },
   }
 }

@@ -24,6 +24,7 @@ import { Listener } from './listener'
 import { Liveness } from './liveness'
 import { type Repository, createRepository } from './repository'
 import { type OrchestratorHooks, Runner } from './runner'
+import { type ScheduleStore, Scheduler, createScheduleStore } from './scheduler'
 import { shutDown } from './shutdown'
 import { Watch } from './watch'
 import { ResultWriter } from './writer'
@@ -58,6 +59,8 @@ export interface OrchestratorOptions {
   dispatcher?: Omit<DispatcherOptions, 'secretKey' | 'maxSockets'>
   /** Batches of results written at once (default 1). */
   writers?: number
+  /** The statements of the schedule loop: by default createScheduleStore(db, id) (tests wrap it). */
+  scheduleStore?: (db: Database, orchestratorId: string) => ScheduleStore
 }
 
 export interface Orchestrator {
@@ -91,6 +94,7 @@ export interface Parts {
   watch: Watch
   dispatcher: Dispatcher
   listener?: Listener
+  scheduler?: Scheduler
   forced: AbortController
   shutdownTimeoutMs: number
   registered: boolean
@@ -126,7 +130,10 @@ class Loop implements Orchestrator {
       // Several heartbeats per stale period, so one slow or lost heartbeat never looks like a death.
       heartbeatIntervalMs: options.heartbeatIntervalMs ?? Math.max(100, Math.min(5000, Math.floor(this.staleMs / 4))),
       log: this.log,
-      onBack: () => this.parts.listener?.kick(),
+      onBack: () => {
+        this.parts.listener?.kick()
+        this.parts.scheduler?.changed()
+      },
     })
     const stopping = () => this.stopping !== undefined
     const watch = new Watch({
@@ -203,13 +210,26 @@ class Loop implements Orchestrator {
     if (this.options.listen !== false) {
       parts.listener = new Listener(this.options.db, [this.options.db.schema.channel], (payload) => {
         if (payload === 'mode') this.log.debug('mode change notified')
-        this.claimer.workDue()
+        // '' after a (re)connect: anything may have been missed.
+        if (payload === 'schedules' || payload === '') parts.scheduler?.changed()
+        if (payload !== 'schedules') this.claimer.workDue()
       }, this.log)
       await parts.listener.start()
     }
     if (this.stopping) return
     parts.liveness.start()
-    this.every(this.options.maintenanceCheckIntervalMs ?? ORCHESTRATION_DEFAULTS.maintenanceCheckIntervalMs, () => parts.watch.tick())
+    const maintenanceCheckIntervalMs = this.options.maintenanceCheckIntervalMs ?? ORCHESTRATION_DEFAULTS.maintenanceCheckIntervalMs
+    parts.scheduler = new Scheduler({
+      store: (this.options.scheduleStore ?? createScheduleStore)(this.options.db, this.id),
+      log: this.log, staleMs: this.staleMs, rereadMs: maintenanceCheckIntervalMs,
+      trouble: (error) => parts.liveness.trouble(error, 'schedule loop'),
+      back: () => parts.liveness.back(),
+      onTick: (schedule, tickMs, result) => {
+        if (result.outcome === 'enqueued' || result.outcome === 'skipped' || result.outcome === 'missed') this.hooks.onScheduleTick?.(schedule, tickMs, result.outcome)
+      },
+    })
+    parts.scheduler.start()
+    this.every(maintenanceCheckIntervalMs, () => parts.watch.tick())
     this.started = true
     this.log.info(`orchestrator ${this.id} started`, {
       event: 'started', orchestratorId: this.id, concurrency: this.options.concurrency ?? ORCHESTRATION_DEFAULTS.concurrency,

@@ -21,6 +21,8 @@ export interface OrchestratorHooks {
   onDispatch?(taskId: string, seconds: number): void
   onInFlight?(count: number): void
   onMode?(mode: Mode): void
+  /** A tick this orchestrator decided: enqueued, skipped (mode or overlap) or missed (a range ending at `tickMs`). */
+  onScheduleTick?(schedule: string, tickMs: number, outcome: 'enqueued' | 'skipped' | 'missed'): void
 }
 
 interface Flight {

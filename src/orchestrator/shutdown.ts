@@ -18,6 +18,8 @@ import { delay } from './wakeup'
 
 export async function shutDown(parts: Parts): Promise<void> {
   const { log, runner, writer, liveness, watch, forced } = parts
+  // No tick is decided from now on (a tick's transaction in flight commits or rolls back first).
+  await parts.scheduler?.stop()
   await parts.loopDone
   // The shutdown timeout covers everything held: dispatches awaiting a worker, and answers waiting
   // for the database (an outage). Past it, dispatches are aborted and writes that fail give up:

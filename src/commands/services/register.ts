@@ -7,8 +7,9 @@ export default class ServicesRegister extends BaseCommand<typeof ServicesRegiste
   static summary = 'Register (or update) a worker service and its tasks from a JSON manifest.'
   static description = `Manifest: { "id", "version", "baseUrl", "tasks": [{ "id", "codeHash", "timeout" (s), "retries", "retryBackoff",
 "retryDelayMs", "maxRetryDelayMs", "heartbeatIntervalMs", "concurrency", "priority", "idempotencyTTL" (s), "allowedNext",
-"description" }] }. baseUrl is an http:// or https:// origin with an optional path; credentials, a query or a
-fragment are refused. A changed codeHash increments the task's code version. An invalid manifest exits 2 naming
+"description" }], "schedules": [{ "name", "cron", "task", "input", "timezone", "backfill", "overlap" }] }. baseUrl is an http:// or https:// origin with an optional path; credentials, a query or a
+fragment are refused. A changed codeHash increments the task's code version. The manifest's schedules belong to
+the service: each registration makes them exactly the manifest's (schedules:set ones are separate). An invalid manifest exits 2 naming
 every bad field at once, and nothing is written.`
   static examples = [
     { command: '<%= config.bin %> <%= command.id %> examples/worker/service.json', description: 'Register the example worker.' },
@@ -38,5 +39,6 @@ every bad field at once, and nothing is written.`
     const s = result.service
     this.out.line(`${s.created ? 'Registered' : 'Updated'} service ${s.id} ${s.version} at ${s.baseUrl}`)
     this.out.table(['Task', 'Code version', 'Change'], result.tasks.map((t) => [t.id, t.codeVersion, t.status]))
+    if (result.schedules.length > 0) this.out.table(['Schedule', 'Change'], result.schedules.map((sc) => [sc.name, sc.status]))
   }
 }
