@@ -20,7 +20,15 @@ export type { EnqueueOptions, EnqueueResult, EnqueueItem, BulkEnqueueResult } fr
 export { runCleanup } from './api/cleanup'
 export type { CleanupOptions, CleanupResult } from './api/cleanup'
 export { registerService, listServices, validateManifest } from './api/services'
-export type { ServiceManifest, TaskManifest, RegisterResult, ServiceInfo } from './api/services'
+export type { ServiceManifest, TaskManifest, RegisterResult, ServiceInfo, TaskInfo } from './api/services'
+export {
+  pauseTasks, resumeTasks, setTaskRateLimit, getFlowControl, getTaskPause, listControlEvents, parseRateLimit, formatRateLimit,
+  MAX_RATE_LIMIT, MAX_RATE_PERIOD_MS,
+} from './api/flow-control'
+export type {
+  PauseTarget, PauseResult, PauseChange, Pause, FlowControlOptions, RateLimit, RateLimitSetting, RateLimitResult,
+  FlowControlState, TaskFlowState, ServiceFlowState, Breaker, BreakerState, ControlEvent,
+} from './api/flow-control'
 export { listRuns, getRun, cancelRuns } from './api/runs'
 export type { TaskRun, ListRunsOptions, CancelResult } from './api/runs'
 export { listDlq, retryDlq } from './api/dlq'
