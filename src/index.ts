@@ -13,7 +13,7 @@ export type { MigrationStatus, ValidationResult, MigrationProblem, RunMigrations
 export {
   getMaintenanceStatus, requestMaintenance, enterMaintenance, exitMaintenance, canAcceptTasks, drainCheck,
 } from './maintenance/maintenance'
-export type { MaintenanceStatus, MaintenanceOptions, TransitionResult, Mode, DrainCheckResult, LostRun, MaintenanceEvent } from './maintenance/maintenance'
+export type { MaintenanceStatus, MaintenanceOptions, TransitionResult, Mode, DrainCheckResult, LostRun, MaintenanceEvent, PausedTask, OpenBreaker } from './maintenance/maintenance'
 export { waitForMaintenance } from './maintenance/wait'
 export { enqueueTask, enqueueTasks } from './api/enqueue'
 export type { EnqueueOptions, EnqueueResult, EnqueueItem, BulkEnqueueResult } from './api/enqueue'
