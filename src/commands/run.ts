@@ -111,6 +111,7 @@ not pass SIGTERM on).`
       hooks: combineHooks(hooks),
     })
     if (metrics) {
+      metrics.countFrom(orchestrator.flowCounters)
       const { startHealthServer } = lazy<typeof import('../http/health')>('../http/health')
       const host = this.flags['http-host'] ?? '0.0.0.0'
       const health = await startHealthServer({
