@@ -111,7 +111,6 @@ not pass SIGTERM on).`
       hooks: combineHooks(hooks),
     })
     if (metrics) {
-      metrics.countFrom(orchestrator.flowCounters)
       const { startHealthServer } = lazy<typeof import('../http/health')>('../http/health')
       const host = this.flags['http-host'] ?? '0.0.0.0'
       const health = await startHealthServer({
@@ -168,6 +167,7 @@ function combineHooks(list: OrchestratorHooks[]): OrchestratorHooks {
     onDispatch: (task, seconds) => list.forEach((h) => h.onDispatch?.(task, seconds)),
     onInFlight: (count) => list.forEach((h) => h.onInFlight?.(count)),
     onMode: (mode) => list.forEach((h) => h.onMode?.(mode)),
+    onRateLimited: (task) => list.forEach((h) => h.onRateLimited?.(task)),
   }
 }
 

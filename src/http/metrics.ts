@@ -6,7 +6,7 @@
 import * as client from 'prom-client'
 import type { Queryable } from '../db/database'
 import { MODES, type Mode } from '../maintenance/maintenance'
-import type { FlowCounters, OrchestratorHooks, RunOutcome } from '../orchestrator/orchestrator'
+import type { OrchestratorHooks, RunOutcome } from '../orchestrator/orchestrator'
 import * as dlq from '../sql/dlq'
 import * as state from '../sql/orchestrator-state'
 import * as services from '../sql/services'
@@ -18,8 +18,6 @@ export const REFRESH_MS = 3000
 export interface Metrics {
   registry: client.Registry
   hooks: OrchestratorHooks
-  /** The orchestrator's own counts (claims held back by rate limits), read at each scrape. */
-  countFrom(counters: FlowCounters): void
 }
 
 interface Snapshot {
@@ -113,27 +111,22 @@ export function createMetrics(db: Queryable): Metrics {
       for (const b of s.breakers) this.set({ service: b.id }, b.active ? 1 : 0)
     },
   })
-  let flowCounters: FlowCounters | undefined
-  new client.Counter({
-    name: 'pipeweave_task_rate_limited_total', help: 'Claims by this orchestrator that a task\'s rate limit held back.',
+  // The orchestrator tells of each claim that a task's rate limit held back (hooks.onRateLimited).
+  const rateLimited = new client.Counter({
+    name: 'pipeweave_task_rate_limited_total', help: 'Claims by this orchestrator in which a task\'s rate limit held back due runs.',
     labelNames: ['task'] as const, registers: [registry],
-    collect() {
-      if (!flowCounters) return
-      this.reset()
-      for (const [task, n] of flowCounters.rateLimited) this.inc({ task }, n)
-    },
   })
   for (const m of MODES) maintenanceMode.set({ mode: m }, 0)
   inFlight.set(0)
 
   return {
     registry,
-    countFrom: (counters) => { flowCounters = counters },
     hooks: {
       onOutcome: (task: string, outcome: RunOutcome) => runsTotal.inc({ task, outcome }),
       onDispatch: (task: string, seconds: number) => dispatchDuration.observe({ task }, seconds),
       onInFlight: (count: number) => inFlight.set(count),
       onMode: setMode,
+      onRateLimited: (task: string) => rateLimited.inc({ task }),
     },
   }
 }

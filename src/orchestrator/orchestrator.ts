@@ -19,7 +19,6 @@ import { RefusedError } from '../errors'
 import { type Logger, silentLogger } from '../logger'
 import { defaultActor, type Mode } from '../maintenance/maintenance'
 import { Claimer } from './claimer'
-import { type FlowCounters, newFlowCounters } from './counters'
 import { Dispatcher, type DispatcherOptions } from './dispatcher'
 import { Listener } from './listener'
 import { Liveness } from './liveness'
@@ -30,7 +29,6 @@ import { Watch } from './watch'
 import { ResultWriter } from './writer'
 
 export type { OrchestratorHooks, RunOutcome } from './runner'
-export type { FlowCounters } from './counters'
 
 export interface OrchestratorOptions {
   db: Database
@@ -77,8 +75,6 @@ export interface Orchestrator {
   inFlight(): number
   /** For /healthz: Date.now() of the last heartbeat that reached the database, and whether it fails now. */
   health(): { lastHeartbeat?: number; databaseDown: boolean }
-  /** Counts of this orchestrator's flow control, for /metrics (claims held back by rate limits). */
-  readonly flowCounters: FlowCounters
 }
 
 export function createOrchestrator(options: OrchestratorOptions): Orchestrator {
@@ -104,7 +100,6 @@ export interface Parts {
 
 class Loop implements Orchestrator {
   readonly id: string
-  readonly flowCounters: FlowCounters = newFlowCounters()
   readonly done: Promise<{ exitCode: number }>
   private resolveDone!: (value: { exitCode: number }) => void
   private readonly log: Logger

@@ -21,6 +21,11 @@ export interface OrchestratorHooks {
   onDispatch?(taskId: string, seconds: number): void
   onInFlight?(count: number): void
   onMode?(mode: Mode): void
+  /**
+   * A claim found due runs of `taskId` that its rate limit held back (SPEC §7: the counter
+   * pipeweave_task_rate_limited_total{task}). Called once per such task per claim.
+   */
+  onRateLimited?(taskId: string): void
 }
 
 interface Flight {
