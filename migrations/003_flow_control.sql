@@ -55,8 +55,9 @@ ALTER TABLE services
 
 -- Rate limits (SPEC §7): at most N starts of the task within any window of P ms.
 --   rate_limit, rate_period_ms                  the manifest's `rateLimit` (NULL: none)
---   rate_override                               tasks:limit: NULL follows the manifest; true uses
+--   rate_override                               tasks:limit: false follows the manifest; true uses
 --   rate_override_limit, rate_override_period_ms  the override (both NULL: `none`, no limit)
+-- services:register writes rate_limit and rate_period_ms only: a runtime limit outlives it.
 ALTER TABLE tasks
   ADD COLUMN rate_limit              integer CHECK (rate_limit > 0),
   ADD COLUMN rate_period_ms          integer CHECK (rate_period_ms > 0),
@@ -98,3 +99,68 @@ CREATE TABLE schedules (
 );
 CREATE INDEX schedules_task_id_idx ON schedules (task_id);
 CREATE INDEX schedules_service_id_idx ON schedules (service_id) WHERE service_id IS NOT NULL;
+
+-- Pauses and runtime rate limits are recorded by triggers, as mode changes are (001
+-- pipeweave_mode_changed): pipeweave sets `pipeweave.actor` / `pipeweave.reason` (transaction-local)
+-- in the statement that makes the change (src/sql/services.ts), and a runbook's UPDATE, which sets
+-- neither, is recorded with the database user and application_name. So every change is one
+-- control_events row in its own transaction, whoever makes it, and a no-op (pausing a paused
+-- task) is none. The triggers fire only for UPDATEs that name these columns: services:register,
+-- the claim and the breaker's accounting never do.
+--   paused_at:  NULL <-> set is 'paused' / 'resumed'; the trigger stamps paused_by (the actor) and
+--               pause_reason, and clears both on a resume.
+--   rate_override*: 'set' (a limit), 'cleared' (`none`), 'manifest' (back to the manifest); detail
+--               is the limit in force afterwards, {"limit": N, "periodMs": P} or nulls for none.
+CREATE FUNCTION pipeweave_flow_changed() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+DECLARE
+  v_set_by_pipeweave boolean := NULLIF(current_setting('pipeweave.actor', true), '') IS NOT NULL;
+  v_actor  text := COALESCE(NULLIF(current_setting('pipeweave.actor', true), ''),
+                            current_user || ' (' || COALESCE(NULLIF(current_setting('application_name', true), ''), 'sql') || ')');
+  v_reason text := NULLIF(current_setting('pipeweave.reason', true), '');
+  v_target text := (CASE TG_TABLE_NAME WHEN 'tasks' THEN 'task:' ELSE 'service:' END) || NEW.id;
+  v_limit  integer;
+  v_period integer;
+BEGIN
+  IF (NEW.paused_at IS NULL) <> (OLD.paused_at IS NULL) THEN
+    IF NEW.paused_at IS NULL THEN
+      NEW.paused_by := NULL;
+      NEW.pause_reason := NULL;
+      INSERT INTO control_events (kind, target, action, actor, reason) VALUES ('pause', v_target, 'resumed', v_actor, v_reason);
+    ELSE
+      NEW.paused_by := v_actor;
+      -- A runbook's UPDATE may set pause_reason itself; pipeweave's reason is the one it passed.
+      IF v_set_by_pipeweave THEN
+        NEW.pause_reason := v_reason;
+      END IF;
+      INSERT INTO control_events (kind, target, action, at, actor, reason)
+      VALUES ('pause', v_target, 'paused', NEW.paused_at, v_actor, NEW.pause_reason);
+    END IF;
+  END IF;
+  -- Services have no rate limit: their trigger names paused_at alone, and this is not reached.
+  IF TG_TABLE_NAME = 'tasks' THEN
+    IF (NEW.rate_override, NEW.rate_override_limit, NEW.rate_override_period_ms)
+       IS DISTINCT FROM (OLD.rate_override, OLD.rate_override_limit, OLD.rate_override_period_ms) THEN
+      IF NEW.rate_override THEN
+        v_limit := NEW.rate_override_limit;
+        v_period := NEW.rate_override_period_ms;
+      ELSE
+        v_limit := NEW.rate_limit;
+        v_period := NEW.rate_period_ms;
+      END IF;
+      INSERT INTO control_events (kind, target, action, actor, reason, detail)
+      VALUES ('rate_limit', v_target,
+              CASE WHEN NOT NEW.rate_override THEN 'manifest' WHEN NEW.rate_override_limit IS NULL THEN 'cleared' ELSE 'set' END,
+              v_actor, v_reason, jsonb_build_object('limit', v_limit, 'periodMs', v_period));
+    END IF;
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER pipeweave_task_flow_changed
+  BEFORE UPDATE OF paused_at, rate_override, rate_override_limit, rate_override_period_ms ON tasks
+  FOR EACH ROW EXECUTE FUNCTION pipeweave_flow_changed();
+CREATE TRIGGER pipeweave_service_flow_changed
+  BEFORE UPDATE OF paused_at ON services
+  FOR EACH ROW EXECUTE FUNCTION pipeweave_flow_changed();

@@ -13,18 +13,26 @@ export type { MigrationStatus, ValidationResult, MigrationProblem, RunMigrations
 export {
   getMaintenanceStatus, requestMaintenance, enterMaintenance, exitMaintenance, canAcceptTasks, drainCheck,
 } from './maintenance/maintenance'
-export type { MaintenanceStatus, MaintenanceOptions, TransitionResult, Mode, DrainCheckResult, LostRun, MaintenanceEvent } from './maintenance/maintenance'
+export type { MaintenanceStatus, MaintenanceOptions, TransitionResult, Mode, DrainCheckResult, LostRun, MaintenanceEvent, PausedTask, OpenBreaker } from './maintenance/maintenance'
 export { waitForMaintenance } from './maintenance/wait'
 export { enqueueTask, enqueueTasks } from './api/enqueue'
 export type { EnqueueOptions, EnqueueResult, EnqueueItem, BulkEnqueueResult } from './api/enqueue'
 export { runCleanup } from './api/cleanup'
 export type { CleanupOptions, CleanupResult } from './api/cleanup'
 export { registerService, listServices, validateManifest } from './api/services'
-export type { ServiceManifest, TaskManifest, RegisterResult, ServiceInfo } from './api/services'
 export { setSchedule, listSchedules, removeSchedule, parseDuration } from './api/schedules'
 export type { SetScheduleOptions, SetScheduleResult, ScheduleInfo, ScheduleManifest, Overlap, RegisteredSchedule } from './api/schedules'
 export { compileSchedule } from './api/cron'
 export type { CronSchedule } from './api/cron'
+export type { ServiceManifest, TaskManifest, RegisterResult, ServiceInfo, TaskInfo } from './api/services'
+export {
+  pauseTasks, resumeTasks, setTaskRateLimit, getFlowControl, getTaskPause, listControlEvents, parseRateLimit, formatRateLimit,
+  MAX_RATE_LIMIT, MAX_RATE_PERIOD_MS,
+} from './api/flow-control'
+export type {
+  PauseTarget, PauseResult, PauseChange, Pause, FlowControlOptions, RateLimit, RateLimitSetting, RateLimitResult,
+  FlowControlState, TaskFlowState, ServiceFlowState, Breaker, BreakerState, ControlEvent,
+} from './api/flow-control'
 export { listRuns, getRun, cancelRuns } from './api/runs'
 export type { TaskRun, ListRunsOptions, CancelResult } from './api/runs'
 export { listDlq, retryDlq } from './api/dlq'

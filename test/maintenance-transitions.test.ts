@@ -12,7 +12,7 @@ import {
   type Mode, addPendingRun, addTask, eventsAfter, heartbeat, lastEventId, mode, resetTo, startRun,
 } from './helpers/maintenance-fixtures'
 
-const STATUS_KEYS = ['canEnterMaintenance', 'liveOrchestrators', 'message', 'mode', 'modeChangedAt', 'pendingTasks', 'reason', 'runningTasks', 'scheduledTasks']
+const STATUS_KEYS = ['canEnterMaintenance', 'liveOrchestrators', 'message', 'mode', 'modeChangedAt', 'openBreakers', 'pausedTasks', 'pendingTasks', 'reason', 'runningTasks', 'scheduledTasks']
 const TRANSITION_KEYS = [...STATUS_KEYS, 'changed'].sort()
 
 /** The JSON of maintenance:status and of a transition (SPEC §4). */
@@ -130,7 +130,7 @@ describe('what the events and the status record', () => {
 
     const body = json<Status>(result)
     expect(body).toEqual({
-      mode: 'maintenance', pendingTasks: 0, runningTasks: 0, scheduledTasks: 0, liveOrchestrators: 0,
+      mode: 'maintenance', pendingTasks: 0, runningTasks: 0, scheduledTasks: 0, pausedTasks: [], openBreakers: [], liveOrchestrators: 0,
       canEnterMaintenance: true, modeChangedAt: written[1].at.toISOString(), reason: 'deploy 1.4',
       message: expect.any(String), changed: true,
     })
@@ -168,6 +168,7 @@ describe('what the events and the status record', () => {
       'Pending tasks: 1',
       'Running tasks: 1',
       'Scheduled tasks: 1',
+      'Paused tasks: 0',
       'Live orchestrators: 1',
       'Can enter maintenance: No',
       expect.stringMatching(/^Status: \S/),
@@ -188,6 +189,7 @@ describe('what the events and the status record', () => {
       'Pending tasks: 1',
       'Running tasks: 0',
       'Scheduled tasks: 0',
+      'Paused tasks: 0',
       'Live orchestrators: 0',
       'Can enter maintenance: Yes',
       expect.stringMatching(/^Status: \S/),

@@ -243,13 +243,16 @@ describe('services:list', () => {
     expect(Object.keys(body)).toEqual(['services'])
     expect(body.services.map((s) => s.id)).toEqual(['empty', 'images'])
     expect(body.services[0]).toEqual({
-      id: 'empty', version: '0.1.0', baseUrl: 'http://empty.internal', registeredAt: expect.any(String), updatedAt: expect.any(String), tasks: [],
+      id: 'empty', version: '0.1.0', baseUrl: 'http://empty.internal', registeredAt: expect.any(String), updatedAt: expect.any(String),
+      // Flow control (SPEC §7): not paused, the breaker closed.
+      paused: null, breaker: { state: 'closed', failures: 0, openUntil: null, openedAt: null, expiresAt: null, cooldownMs: null }, tasks: [],
     })
     expect(body.services[1].tasks.map((t) => t.id)).toEqual(['resize', 'thumbnail'])
     expect(body.services[1].tasks[0]).toEqual({
       id: 'resize', codeHash: 'sha256:aaa', codeVersion: 3, timeout: 30, retries: 5, retryBackoff: 'fixed', retryDelayMs: 2000,
       maxRetryDelayMs: 60000, heartbeatIntervalMs: 10000, concurrency: 4, priority: 10, idempotencyTTL: 3600,
       allowedNext: ['thumbnail'], description: 'Resize an image',
+      rateLimit: null, paused: null, effectiveRateLimit: null, rateLimitSource: 'manifest',
     })
 
     const human = await runCli(['services:list'], { env: db.env })

@@ -5,9 +5,12 @@
 import type { Database, Queryable } from '../db/database'
 import { SQLSTATE } from '../db/errors'
 import { UsageError } from '../errors'
+import { defaultActor } from '../maintenance/maintenance'
 import { MASK } from '../redact'
+import * as events from '../sql/control-events'
 import * as sql from '../sql/services'
 import { manifestScheduleProblems, replaceServiceSchedules, type RegisteredSchedule, type ScheduleManifest } from './schedules'
+import { type Breaker, type Pause, type RateLimit, type RawBreakerColumns, rateLimitProblems, toBreaker, toPause } from './flow-control'
 
 export interface TaskManifest {
   id: string
@@ -25,12 +28,16 @@ export interface TaskManifest {
   idempotencyTTL?: number
   allowedNext?: string[]
   description?: string
+  /** At most `limit` starts within any `periodMs` (SPEC §7); `tasks:limit` overrides it at runtime. */
+  rateLimit?: RateLimit | null
 }
 
 export interface ServiceManifest {
   id: string
   version: string
   baseUrl: string
+  /** The service breaker (SPEC §7), on unless false: it holds the service's runs while its worker refuses connections. */
+  breaker?: boolean
   tasks: TaskManifest[]
   /** Owned by this service: replaced by every registration (SPEC §7). */
   schedules?: ScheduleManifest[]
@@ -70,7 +77,12 @@ const TASK_FIELDS: Record<keyof TaskManifest, Check> = {
   idempotencyTTL: integer(0),
   allowedNext: (v) => (Array.isArray(v) && v.every((n) => typeof n === 'string' && ID.test(n)) ? undefined : 'must be an array of task ids'),
   description: text,
+  // Checked field by field below (rateLimitProblems): every problem of it is named.
+  rateLimit: () => undefined,
 }
+
+/** The manifest's own fields (the service's); `breaker` is the service's, not a task's (one worker, one breaker). */
+const MANIFEST_FIELDS = ['id', 'version', 'baseUrl', 'breaker', 'tasks', 'schedules']
 
 /** At most this many problems are named in the one-line message; the rest are counted. */
 const MAX_PROBLEMS_SHOWN = 20
@@ -112,8 +124,9 @@ export function validateManifest(value: unknown): ServiceManifest {
   const problems: string[] = []
   const problem = (field: string, what: string) => { problems.push(`${field} ${what}`) }
   for (const key of Object.keys(m)) {
-    if (!['id', 'version', 'baseUrl', 'tasks', 'schedules'].includes(key)) problem(`"${key}"`, 'is not a manifest field (id, version, baseUrl, tasks, schedules)')
+    if (!MANIFEST_FIELDS.includes(key)) problem(`"${key}"`, `is not a manifest field (${MANIFEST_FIELDS.join(', ')})`)
   }
+  if (m.breaker !== undefined && m.breaker !== null && typeof m.breaker !== 'boolean') problem('breaker', 'must be true or false')
   for (const [field, check] of [['id', identifier], ['version', text], ['baseUrl', text]] as const) {
     if (m[field] === undefined) problem(field, 'is required')
     else {
@@ -139,10 +152,16 @@ export function validateManifest(value: unknown): ServiceManifest {
       for (const [key, v] of Object.entries(t)) {
         // Own fields only: a key such as "hasOwnProperty" or "__proto__" is not a task field.
         if (!Object.hasOwn(TASK_FIELDS, key)) {
-          problem(`${where}.${key}`, `is not a task field (${Object.keys(TASK_FIELDS).join(', ')})`)
+          problem(`${where}.${key}`, key === 'breaker'
+            ? 'is not a task field: the breaker is the service\'s (one worker, one breaker); set "breaker" at the top of the manifest'
+            : `is not a task field (${Object.keys(TASK_FIELDS).join(', ')})`)
           continue
         }
         if (v === null) continue
+        if (key === 'rateLimit') {
+          for (const p of rateLimitProblems(v)) problem(`${where}.rateLimit${p.field}`, p.problem)
+          continue
+        }
         const bad = TASK_FIELDS[key as keyof TaskManifest](v)
         if (bad) problem(`${where}.${key}`, bad)
       }
@@ -171,10 +190,16 @@ export interface RegisterResult {
   schedules: RegisteredSchedule[]
 }
 
-/** Upsert a service and its tasks in one transaction; a changed codeHash bumps code_version. */
-export async function registerService(db: Database, manifest: unknown): Promise<RegisterResult> {
+/**
+ * Upsert a service and its tasks in one transaction; a changed codeHash bumps code_version. The
+ * manifest's rateLimit and breaker are stored; pauses and runtime limits (tasks:pause,
+ * tasks:limit) are left as they are (SPEC §7). `breaker: false` on a service whose breaker holds
+ * state closes it, recorded in control_events with `actor` (default `user@host pid`).
+ */
+export async function registerService(db: Database, manifest: unknown, options: { actor?: string } = {}): Promise<RegisterResult> {
   const m = validateManifest(manifest)
   const baseUrl = m.baseUrl.replace(/\/+$/, '')
+  const breaker = m.breaker !== false
   return retryOnConflict(() => db.withTransaction(async (tx) => {
     const { rows: taken } = await tx.query<{ id: string; service_id: string }>(sql.tasksOwnedElsewhere, [m.id, m.tasks.map((t) => t.id)])
     if (taken.length > 0) {
@@ -183,7 +208,11 @@ export async function registerService(db: Database, manifest: unknown): Promise<
         hint: 'task ids are global: rename the task, or register it from its own service; nothing was written',
       })
     }
-    const { rows: [service] } = await tx.query<{ created: boolean }>(sql.upsertService, [m.id, m.version, baseUrl])
+    const { rows: [serviceBefore] } = await tx.query<{ breaker_set: boolean }>(sql.lockService, [m.id])
+    const { rows: [service] } = await tx.query<{ created: boolean }>(sql.upsertService, [m.id, m.version, baseUrl, breaker])
+    if (serviceBefore?.breaker_set && !breaker) {
+      await tx.query(events.insertControlEvent, ['breaker', `service:${m.id}`, 'closed', options.actor ?? defaultActor(), 'breaker: false in the manifest', null])
+    }
     const { rows: existing } = await tx.query<{ id: string; code_hash: string | null; code_version: number }>(sql.lockTasks, [m.tasks.map((t) => t.id)])
     const previous = new Map(existing.map((r) => [r.id, r]))
     const tasks: RegisteredTask[] = []
@@ -193,7 +222,7 @@ export async function registerService(db: Database, manifest: unknown): Promise<
         t.timeout ?? TASK_DEFAULTS.timeout, t.retries ?? TASK_DEFAULTS.retries, t.retryBackoff ?? TASK_DEFAULTS.retryBackoff,
         t.retryDelayMs ?? TASK_DEFAULTS.retryDelayMs, t.maxRetryDelayMs ?? TASK_DEFAULTS.maxRetryDelayMs,
         t.heartbeatIntervalMs ?? null, t.concurrency ?? TASK_DEFAULTS.concurrency, t.priority ?? TASK_DEFAULTS.priority,
-        t.idempotencyTTL ?? null, t.allowedNext ?? [], t.description ?? null,
+        t.idempotencyTTL ?? null, t.allowedNext ?? [], t.description ?? null, t.rateLimit?.limit ?? null, t.rateLimit?.periodMs ?? null,
       ])
       const before = previous.get(t.id)
       const codeChanged = row.created || before === undefined || before.code_version !== row.code_version
@@ -205,20 +234,40 @@ export async function registerService(db: Database, manifest: unknown): Promise<
   }))
 }
 
+/** A registered task: its manifest fields, and its flow-control state (SPEC §7). */
+export interface TaskInfo extends TaskManifest {
+  codeVersion: number
+  /** The manifest's rateLimit (null: none). */
+  rateLimit: RateLimit | null
+  /** The task's own pause (tasks:pause TASK); its service's is the service's `paused`. */
+  paused: Pause | null
+  /** The limit in force: the runtime one (tasks:limit) while set, else the manifest's. */
+  effectiveRateLimit: RateLimit | null
+  rateLimitSource: 'runtime' | 'manifest'
+}
+
 export interface ServiceInfo {
   id: string
   version: string
   baseUrl: string
   registeredAt: string
   updatedAt: string
-  tasks: Array<TaskManifest & { codeVersion: number }>
+  /** The service's pause (tasks:pause --service), which holds every task of it. */
+  paused: Pause | null
+  breaker: Breaker
+  tasks: TaskInfo[]
 }
 
 export async function listServices(db: Queryable): Promise<ServiceInfo[]> {
-  const { rows } = await db.query<{ id: string; version: string; base_url: string; registered_at: Date; updated_at: Date; tasks: ServiceInfo['tasks'] }>(sql.listServices)
+  const { rows } = await db.query<RawBreakerColumns & {
+    id: string; version: string; base_url: string; registered_at: Date; updated_at: Date
+    paused: Parameters<typeof toPause>[0]; tasks: Array<Omit<TaskInfo, 'paused'> & { paused: Parameters<typeof toPause>[0] }>
+  }>(sql.listServices)
   return rows.map((r) => ({
     id: r.id, version: r.version, baseUrl: r.base_url,
-    registeredAt: r.registered_at.toISOString(), updatedAt: r.updated_at.toISOString(), tasks: r.tasks,
+    registeredAt: r.registered_at.toISOString(), updatedAt: r.updated_at.toISOString(),
+    paused: toPause(r.paused), breaker: toBreaker(r),
+    tasks: r.tasks.map((t) => ({ ...t, paused: toPause(t.paused) })),
   }))
 }
 

@@ -168,6 +168,7 @@ function combineHooks(list: OrchestratorHooks[]): OrchestratorHooks {
     onInFlight: (count) => list.forEach((h) => h.onInFlight?.(count)),
     onMode: (mode) => list.forEach((h) => h.onMode?.(mode)),
     onScheduleTick: (schedule, tickMs, outcome) => list.forEach((h) => h.onScheduleTick?.(schedule, tickMs, outcome)),
+    onRateLimited: (task) => list.forEach((h) => h.onRateLimited?.(task)),
   }
 }
 

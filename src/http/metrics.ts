@@ -9,6 +9,7 @@ import { MODES, type Mode } from '../maintenance/maintenance'
 import type { OrchestratorHooks, RunOutcome } from '../orchestrator/orchestrator'
 import * as dlq from '../sql/dlq'
 import * as state from '../sql/orchestrator-state'
+import * as services from '../sql/services'
 import * as runs from '../sql/task-runs'
 
 /** Queue figures are read at most this often, whatever the number of scrapes. */
@@ -19,25 +20,40 @@ export interface Metrics {
   hooks: OrchestratorHooks
 }
 
+interface Snapshot {
+  depth: number
+  oldest: number
+  dlq: number
+  mode: Mode
+  /** Every task: 1 while paused (its own pause or its service's). */
+  paused: Array<{ id: string; active: boolean }>
+  /** Every service: 1 while its breaker holds runs back (open or half-open). */
+  breakers: Array<{ id: string; active: boolean }>
+}
+
 export function createMetrics(db: Queryable): Metrics {
   const registry = new client.Registry()
   client.collectDefaultMetrics({ register: registry })
 
   // One round of queries per few seconds, shared by every scrape and every gauge in that time:
   // scrapers (and the probes beside them) can never load the pool.
-  let snapshot: Promise<{ depth: number; oldest: number; dlq: number; mode: Mode } | undefined> | undefined
+  let snapshot: Promise<Snapshot | undefined> | undefined
   let takenAt = 0
   const read = () => {
     if (snapshot && Date.now() - takenAt < REFRESH_MS) return snapshot
     takenAt = Date.now()
     snapshot = (async () => {
       try {
-        const [queue, entries, mode] = await Promise.all([
+        const [queue, entries, mode, flow] = await Promise.all([
           db.query<{ depth: number; oldest_age_seconds: number }>(runs.queueStats),
           db.query<{ n: number }>(dlq.countNotRetried),
           db.query<{ mode: Mode }>(state.currentMode),
+          db.query<{ kind: 'task' | 'service'; id: string; active: boolean }>(services.flowGauges),
         ])
-        return { depth: queue.rows[0].depth, oldest: queue.rows[0].oldest_age_seconds, dlq: entries.rows[0].n, mode: mode.rows[0].mode }
+        return {
+          depth: queue.rows[0].depth, oldest: queue.rows[0].oldest_age_seconds, dlq: entries.rows[0].n, mode: mode.rows[0].mode,
+          paused: flow.rows.filter((r) => r.kind === 'task'), breakers: flow.rows.filter((r) => r.kind === 'service'),
+        }
       } catch {
         takenAt = 0 // database down: keep the last values, ask again at the next scrape
         return undefined
@@ -78,6 +94,32 @@ export function createMetrics(db: Queryable): Metrics {
     async collect() { const s = await read(); if (s) setMode(s.mode) },
   })
   const setMode = (mode: Mode) => { for (const m of MODES) maintenanceMode.set({ mode: m }, m === mode ? 1 : 0) }
+  // Flow control (SPEC §7). A task or service that is gone (db:reset) leaves its series: reset first.
+  new client.Gauge({
+    name: 'pipeweave_task_paused', help: '1 while the task is paused (tasks:pause, or its service\'s pause), else 0.',
+    labelNames: ['task'] as const, registers: [registry],
+    async collect() {
+      const s = await read()
+      if (!s) return
+      this.reset()
+      for (const t of s.paused) this.set({ task: t.id }, t.active ? 1 : 0)
+    },
+  })
+  new client.Gauge({
+    name: 'pipeweave_service_breaker_open', help: '1 while the service\'s breaker holds its runs back (open or half-open), else 0.',
+    labelNames: ['service'] as const, registers: [registry],
+    async collect() {
+      const s = await read()
+      if (!s) return
+      this.reset()
+      for (const b of s.breakers) this.set({ service: b.id }, b.active ? 1 : 0)
+    },
+  })
+  // The orchestrator tells of each claim that a task's rate limit held back (hooks.onRateLimited).
+  const rateLimited = new client.Counter({
+    name: 'pipeweave_task_rate_limited_total', help: 'Claims by this orchestrator in which a task\'s rate limit held back due runs.',
+    labelNames: ['task'] as const, registers: [registry],
+  })
   for (const m of MODES) maintenanceMode.set({ mode: m }, 0)
   inFlight.set(0)
 
@@ -89,6 +131,7 @@ export function createMetrics(db: Queryable): Metrics {
       onInFlight: (count: number) => inFlight.set(count),
       onMode: setMode,
       onScheduleTick: (schedule: string, _tickMs: number, outcome: 'enqueued' | 'skipped' | 'missed') => scheduleTicks.inc({ schedule, outcome }),
+      onRateLimited: (task: string) => rateLimited.inc({ task }),
     },
   }
 }

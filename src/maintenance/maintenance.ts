@@ -22,11 +22,30 @@ export interface MaintenanceEvent {
   reason: string | null
 }
 
+/** A paused task (its own pause or its service's, SPEC §7) and its pending runs, which the pause holds. */
+export interface PausedTask {
+  id: string
+  pendingRuns: number
+}
+
+/** A service breaker holding runs back (SPEC §7): they are due pending work, and hold a drain. */
+export interface OpenBreaker {
+  service: string
+  /** ISO time: no run of the service is claimed before it (then one probe at a time). */
+  openUntil: string
+  pendingRuns: number
+}
+
 export interface MaintenanceStatus {
   mode: Mode
+  /** Due pending runs that hold a drain (runs of paused tasks are in pausedTasks instead). */
   pendingTasks: number
   runningTasks: number
   scheduledTasks: number
+  /** Every paused task, with its pending runs: they do not hold a drain (`Paused tasks: N` sums them). */
+  pausedTasks: PausedTask[]
+  /** Services whose breaker holds their runs (open or half-open), with the due runs it holds: part of pendingTasks. */
+  openBreakers: OpenBreaker[]
   liveOrchestrators: number
   canEnterMaintenance: boolean
   modeChangedAt: string
@@ -113,12 +132,16 @@ export async function getMaintenanceStatus(db: MaintenanceDb, options: Maintenan
   if (options.check !== false) await drainCheck(db, { ...options, staleMs })
   const { rows: [row] } = await db.query<{
     mode: Mode; mode_changed_at: Date; reason: string | null; pending: number; running: number; scheduled: number; live: number
+    paused: Array<{ id: string; pendingRuns: string | number }>
+    breakers: Array<{ service: string; openUntil: string; pendingRuns: string | number }>
   }>(sql.status, [staleMs])
   const status: MaintenanceStatus = {
     mode: row.mode,
     pendingTasks: row.pending,
     runningTasks: row.running,
     scheduledTasks: row.scheduled,
+    pausedTasks: row.paused.map((p) => ({ id: p.id, pendingRuns: Number(p.pendingRuns) })),
+    openBreakers: row.breakers.map((b) => ({ service: b.service, openUntil: new Date(b.openUntil).toISOString(), pendingRuns: Number(b.pendingRuns) })),
     liveOrchestrators: row.live,
     canEnterMaintenance: row.running === 0,
     modeChangedAt: row.mode_changed_at.toISOString(),
@@ -133,8 +156,33 @@ export async function getMaintenanceStatus(db: MaintenanceDb, options: Maintenan
   return status
 }
 
+/** The pending runs held by pauses: what `Paused tasks: N` counts. */
+export function pausedRuns(s: Pick<MaintenanceStatus, 'pausedTasks'>): number {
+  return s.pausedTasks.reduce((sum, p) => sum + p.pendingRuns, 0)
+}
+
 /** The `Status:` sentence. */
 function describe(s: MaintenanceStatus): string {
+  return describeMode(s) + describeBreakers(s) + describePaused(s)
+}
+
+/** How many due runs open breakers hold (SPEC §7: they are due work, and a drain waits for them). */
+function describeBreakers(s: MaintenanceStatus): string {
+  return s.openBreakers.map((b) => ` The breaker of service ${b.service} is open until ${b.openUntil}` +
+    `${b.pendingRuns > 0 ? `: ${b.pendingRuns} of the pending task(s) wait for its worker` : ''}.`).join('')
+}
+
+/** What the pauses hold, said after the mode's sentence (SPEC §7: paused work is reported, and holds no drain). */
+function describePaused(s: MaintenanceStatus): string {
+  if (s.pausedTasks.length === 0) return ''
+  const shown = s.pausedTasks.slice(0, 5).map((p) => p.id).join(', ')
+  const more = s.pausedTasks.length > 5 ? ` and ${s.pausedTasks.length - 5} more` : ''
+  const runs = pausedRuns(s)
+  const held = runs > 0 ? `; their ${runs} pending run(s) wait for \`pipeweave tasks:resume\` and do not hold a drain` : ''
+  return ` Paused: ${shown}${more}${held}.`
+}
+
+function describeMode(s: MaintenanceStatus): string {
   const scheduled = s.scheduledTasks > 0 ? ` ${s.scheduledTasks} scheduled task(s) will run after maintenance.` : ''
   switch (s.mode) {
     case 'running':

@@ -23,6 +23,11 @@ export interface OrchestratorHooks {
   onMode?(mode: Mode): void
   /** A tick this orchestrator decided: enqueued, skipped (mode or overlap) or missed (a range ending at `tickMs`). */
   onScheduleTick?(schedule: string, tickMs: number, outcome: 'enqueued' | 'skipped' | 'missed'): void
+  /**
+   * A claim found due runs of `taskId` that its rate limit held back (SPEC §7: the counter
+   * pipeweave_task_rate_limited_total{task}). Called once per such task per claim.
+   */
+  onRateLimited?(taskId: string): void
 }
 
 interface Flight {

@@ -25,14 +25,34 @@ export const currentMode = statement('current_mode', (s) => `
 /**
  * maintenance:status in one snapshot: due pending, running, pending scheduled for later (all
  * live work: task_runs_claim_idx, task_runs_running_idx); live = heartbeat within $1 ms.
+ * Runs of paused tasks (their own pause or their service's, SPEC §7) do not hold a drain: they are
+ * left out of pending and scheduled and counted per paused task instead (`paused`, a JSON array
+ * of { id, pendingRuns }, every paused task, by id: the claim index's range of each). Runs held by
+ * an open breaker do hold it, and are counted per service (`breakers`: { service, openUntil,
+ * pendingRuns } for each breaker open or half-open, the due runs of its unpaused tasks).
  */
 export const status = statement('maintenance_status', (s) => `
+  WITH paused_tasks AS MATERIALIZED (
+    SELECT t.id FROM ${s.q}.tasks t JOIN ${s.q}.services sv ON sv.id = t.service_id
+     WHERE t.paused_at IS NOT NULL OR sv.paused_at IS NOT NULL
+  )
   SELECT st.mode, st.mode_changed_at, st.reason,
-         (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.due_at <= now())::int AS pending,
+         (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.due_at <= now()
+             AND r.task_id <> ALL (ARRAY(SELECT p.id FROM paused_tasks p)))::int AS pending,
          (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'running')::int AS running,
-         (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.due_at > now())::int AS scheduled,
+         (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.due_at > now()
+             AND r.task_id <> ALL (ARRAY(SELECT p.id FROM paused_tasks p)))::int AS scheduled,
          (SELECT count(*) FROM ${s.q}.orchestrators o
-           WHERE o.heartbeat_at > now() - $1::int * interval '1 millisecond')::int AS live
+           WHERE o.heartbeat_at > now() - $1::int * interval '1 millisecond')::int AS live,
+         (SELECT COALESCE(json_agg(json_build_object('id', p.id, 'pendingRuns',
+                   (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.task_id = p.id)) ORDER BY p.id), '[]')
+            FROM paused_tasks p) AS paused,
+         (SELECT COALESCE(json_agg(json_build_object('service', sv.id, 'openUntil', sv.breaker_open_until, 'pendingRuns',
+                   (SELECT COALESCE(sum((SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.task_id = t.id AND r.due_at <= now())), 0)
+                      FROM ${s.q}.tasks t WHERE t.service_id = sv.id AND t.id <> ALL (ARRAY(SELECT p.id FROM paused_tasks p)))) ORDER BY sv.id), '[]')
+            FROM ${s.q}.services sv
+           WHERE sv.breaker_enabled AND sv.breaker_open_until IS NOT NULL
+             AND (sv.breaker_expires_at IS NULL OR sv.breaker_expires_at > now())) AS breakers
     FROM ${s.q}.orchestrator_state st
    WHERE st.id = 'singleton'`)
 

@@ -379,7 +379,8 @@ export const cancelRuns = statement('cancel_runs', (s) => `
 /**
  * The (task, priority) groups of pending runs (skip scan of task_runs_claim_idx), and whether
  * one of them has a run due now (a range scan per group): bounded by groups, not by the runs
- * scheduled for later. Used by the drain and --until-idle.
+ * scheduled for later. Used by the drain and --until-idle. A paused task's group (its own pause
+ * or its service's, SPEC §7) does not count: paused work does not hold a drain.
  */
 const dueExists = (s: Schema) => `
   WITH RECURSIVE groups AS (
@@ -393,7 +394,10 @@ const dueExists = (s: Schema) => `
   SELECT EXISTS (
     SELECT 1 FROM groups g WHERE EXISTS (
       SELECT 1 FROM ${s.q}.task_runs r
-       WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()))`
+       WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now())
+      AND NOT EXISTS (
+      SELECT 1 FROM ${s.q}.tasks t JOIN ${s.q}.services sv ON sv.id = t.service_id
+       WHERE t.id = g.task_id AND (t.paused_at IS NOT NULL OR sv.paused_at IS NOT NULL)))`
 
 /** Is anything due pending or running (--until-idle, the drain)? task_runs_claim_idx, task_runs_running_idx. */
 export const workRemains = statement('work_remains', (s) => `

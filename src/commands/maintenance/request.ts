@@ -1,5 +1,5 @@
 import { BaseCommand, Flags } from '../../base-command'
-import { requestMaintenance, type TransitionResult } from '../../maintenance/maintenance'
+import { pausedRuns, requestMaintenance, type TransitionResult } from '../../maintenance/maintenance'
 import { renderStatus } from '../../maintenance/render'
 import { waitForMaintenance } from '../../maintenance/wait'
 
@@ -32,7 +32,11 @@ request stands (new tasks stay refused) until \`maintenance:exit\` withdraws it.
     try {
       status = await waitForMaintenance(db, {
         timeoutMs: this.flags.timeout === undefined ? undefined : this.flags.timeout * 1000,
-        onProgress: (s) => spinner.update(`Draining: ${s.runningTasks} running, ${s.pendingTasks} pending, ${s.scheduledTasks} scheduled, ${s.liveOrchestrators} orchestrator(s) alive`),
+        onProgress: (s) => {
+          const paused = pausedRuns(s)
+          spinner.update(`Draining: ${s.runningTasks} running, ${s.pendingTasks} pending, ${s.scheduledTasks} scheduled, ` +
+            `${paused > 0 ? `${paused} paused (not waited for), ` : ''}${s.liveOrchestrators} orchestrator(s) alive`)
+        },
       })
     } finally {
       // Before catch() prints a timeout or a withdrawal: the error must not land on the spinner's line.

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs'
 import { enqueueTask, enqueueTasks, validateEnqueueOptions, INT32_MAX, MAX_DELAY_MS, type BulkEnqueueResult, type EnqueueResult } from '../../api/enqueue'
 import { Args, BaseCommand, Flags } from '../../base-command'
+import type { Database } from '../../db/database'
 import { UsageError } from '../../errors'
 
 type Result = EnqueueResult | BulkEnqueueResult
@@ -16,7 +17,10 @@ or none (exit 4 unless the mode is running). --priority and --delay-ms apply to 
 envelope's own value wins); --input, --input-file and --idempotency-key do not combine with --jsonl.
 Prints "queued N runs, M deduplicated"; --ids prints the run ids instead, one per line in input
 order (a deduplicated line gets the id of the run holding its key; an empty line when only a cached
-result holds it); --json prints { "runIds": [...], "deduplicated": M }.`
+result holds it); --json prints { "runIds": [...], "deduplicated": M }.
+
+A paused task (tasks:pause, or its service's pause) still takes runs: they are queued (exit 0) and
+wait for tasks:resume, and a note on stderr says so.`
   static examples = [
     { command: `<%= config.bin %> <%= command.id %> resize-image --input '{"url":"https://example.com/a.png"}'`, description: 'Queue a run with inline JSON input.' },
     { command: '<%= config.bin %> <%= command.id %> send-report --input-file report.json --idempotency-key report-2026-11-23', description: 'At most one run per key (a second enqueue returns the same run id).' },
@@ -51,7 +55,9 @@ result holds it); --json prints { "runIds": [...], "deduplicated": M }.`
       delayMs: this.flags['delay-ms'],
     }
     validateEnqueueOptions(options) // input (2) before the connection (3), SPEC §2
-    const result = await enqueueTask(await this.migratedDatabase(), options)
+    const db = await this.migratedDatabase()
+    const result = await enqueueTask(db, options)
+    await this.notePause(db, this.args.taskId, 'the run is')
     if (result.deduplicated && result.runId === null) {
       this.logger.info(`deduplicated: idempotency key "${this.flags['idempotency-key']}" is served from the idempotency cache (its run was cleaned up)`)
     } else if (result.deduplicated) {
@@ -96,7 +102,30 @@ result holds it); --json prints { "runIds": [...], "deduplicated": M }.`
       throw new UsageError('INPUT_FILE_UNREADABLE', `cannot read ${source}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
     }
     const { items, lines } = read
-    return enqueueTasks(await this.migratedDatabase(), this.args.taskId, items, { describe: (i) => `line ${lines[i]} of ${source}` })
+    const db = await this.migratedDatabase()
+    const result = await enqueueTasks(db, this.args.taskId, items, { describe: (i) => `line ${lines[i]} of ${source}` })
+    await this.notePause(db, this.args.taskId, 'the runs are')
+    return result
+  }
+
+  /** A run queued for a paused task waits (SPEC §7: exit 0, a note on stderr): say so, and what resumes it. */
+  private async notePause(db: Database, taskId: string, queued: string): Promise<void> {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { getTaskPause } = require('../../api/flow-control') as typeof import('../../api/flow-control')
+    const pause = await getTaskPause(db, taskId)
+    if (!pause || (!pause.paused && !pause.servicePaused)) return
+    const said = (p: NonNullable<typeof pause.paused>) => `since ${p.at} by ${p.by}${p.reason ? `: ${p.reason}` : ''}`
+    const held: string[] = []
+    const resume: string[] = []
+    if (pause.paused) {
+      held.push(`task ${taskId} is paused (${said(pause.paused)})`)
+      resume.push(`\`${this.config.bin} tasks:resume ${taskId}\``)
+    }
+    if (pause.servicePaused) {
+      held.push(`its service ${pause.serviceId} is paused (${said(pause.servicePaused)})`)
+      resume.push(`\`${this.config.bin} tasks:resume --service ${pause.serviceId}\``)
+    }
+    this.logger.info(`note: ${held.join(' and ')}; ${queued} queued and wait${queued === 'the run is' ? 's' : ''} for ${resume.join(' and ')}`)
   }
 
   private readInput(): unknown {
