@@ -76,6 +76,17 @@ describe('runs scheduled for later', () => {
 })
 
 describe('runs held by dead orchestrators', () => {
+  // Heartbeats count from the server's start at the earliest (reap_orchestrators: nobody could
+  // heartbeat while it was down), so nothing looks dead on a server younger than the stale time.
+  // The suite's server may have just started when this file runs first: wait until it is older
+  // than the default stale time (30 s) that these tests rely on.
+  beforeAll(async () => {
+    const { rows: [{ ms }] } = await db.pool.query<{ ms: number }>(
+      `SELECT (extract(epoch FROM now() - pg_postmaster_start_time()) * 1000)::float8 AS ms`)
+    const wait = 31_000 - ms
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
+  }, 60_000)
+
   it('a run whose orchestrator has no row is handed back before the count, its attempt used up', async () => {
     await resetTo(db.pool, 'running')
     const runId = await startRun(db.pool, 'instant-retry', 'vanished')

@@ -4,6 +4,7 @@
  * --until-idle, and the log format off a TTY.
  */
 import { createTestDatabase, type TestDatabase, ALL_RUNS } from './helpers/db'
+import { LATEST_VERSION, MIGRATIONS } from './helpers/migrations'
 import { json, runCli } from './helpers/cli'
 import { enqueueMany, enqueueOne, quickEnv, registerTasks, startRun, statusCounts } from './helpers/orchestrator'
 import { waitFor } from './helpers/wait'
@@ -51,7 +52,7 @@ describe('pipeweave run: start-up and exit', () => {
     const b = startRun(quickEnv({ ...db.env, AUTO_MIGRATE: 'true' }), ['--log-format', 'json'])
     const ids = await Promise.all([a.started(), b.started()])
     const { rows: migrations } = await db.pool.query<{ id: number; n: number }>('SELECT id, count(*)::int AS n FROM migrations WHERE id > 0 GROUP BY id ORDER BY id')
-    expect(migrations).toEqual([{ id: 1, n: 1 }, { id: 2, n: 1 }])
+    expect(migrations).toEqual(MIGRATIONS.map((m) => ({ id: m.id, n: 1 })))
     const { rows: orchestrators } = await db.pool.query<{ id: string }>('SELECT id FROM orchestrators')
     expect(new Set(orchestrators.map((o) => o.id))).toEqual(new Set(ids))
 
@@ -73,7 +74,7 @@ describe('pipeweave run: start-up and exit', () => {
     const run = startRun(quickEnv(db.env), ['--log-format', 'json', '--maintenance-check-interval', '200'])
     await run.started()
     // A newer pipeweave migrates the database during a deploy.
-    await db.pool.query(`INSERT INTO migrations (id, name, hash) VALUES (3, 'from_the_future', 'ffff')`)
+    await db.pool.query(`INSERT INTO migrations (id, name, hash) VALUES ($1, 'from_the_future', 'ffff')`, [LATEST_VERSION + 1])
     await run.waitForLog((l) => l.event === 'schema-ahead')
     const exit = await run.done
     expect(exit.code).toBe(4)
