@@ -25,10 +25,25 @@ export const currentMode = statement('current_mode', (s) => `
 /**
  * maintenance:status in one snapshot: due pending, running, pending scheduled for later (all
  * live work: task_runs_claim_idx, task_runs_running_idx); live = heartbeat within $1 ms.
+ * Due pending runs of paused tasks (the task's pause or its service's) are not `pending` (they
+ * do not hold a drain, SPEC §7): `paused` counts them, and `paused_tasks` names the paused tasks
+ * that hold any, by id.
  */
 export const status = statement('maintenance_status', (s) => `
+  WITH paused AS MATERIALIZED (
+    SELECT ARRAY(
+      SELECT t.id FROM ${s.q}.tasks t JOIN ${s.q}.services sv ON sv.id = t.service_id
+       WHERE t.paused_at IS NOT NULL OR sv.paused_at IS NOT NULL) AS ids
+  ), held AS MATERIALIZED (
+    SELECT r.task_id, count(*)::int AS n FROM ${s.q}.task_runs r
+     WHERE r.status = 'pending' AND r.due_at <= now() AND r.task_id = ANY ((SELECT p.ids FROM paused p)::text[])
+     GROUP BY r.task_id
+  )
   SELECT st.mode, st.mode_changed_at, st.reason,
-         (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.due_at <= now())::int AS pending,
+         ((SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.due_at <= now())
+           - (SELECT COALESCE(sum(h.n), 0) FROM held h))::int AS pending,
+         (SELECT COALESCE(sum(h.n), 0) FROM held h)::int AS paused,
+         ARRAY(SELECT h.task_id FROM held h ORDER BY h.task_id) AS paused_tasks,
          (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'running')::int AS running,
          (SELECT count(*) FROM ${s.q}.task_runs r WHERE r.status = 'pending' AND r.due_at > now())::int AS scheduled,
          (SELECT count(*) FROM ${s.q}.orchestrators o

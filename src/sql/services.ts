@@ -52,3 +52,12 @@ export const listServices = statement('list_services', (s) => `SELECT s.id, s.ve
                   FILTER (WHERE t.id IS NOT NULL), '[]') AS tasks
            FROM ${s.q}.services s LEFT JOIN ${s.q}.tasks t ON t.service_id = s.id
           GROUP BY s.id ORDER BY s.id`)
+
+/**
+ * A dispatch to service $1 reached its worker (any answer): its breaker closes and its count of
+ * connect failures starts again (pipeweave_breaker_reached_v1, migration 003: no lock and no write
+ * when there is nothing to close). `was_open`: it was open (a control_events row by orchestrator
+ * $2 was written, and every orchestrator notified).
+ */
+export const breakerReached = statement('breaker_reached', (s) => `
+  SELECT ${s.q}.pipeweave_breaker_reached_v1($1::text, 'orchestrator:' || $2::text) AS was_open`)
