@@ -134,9 +134,11 @@ CREATE INDEX schedules_service_id_idx ON schedules (service_id) WHERE service_id
 --              whole service, its probe (pipeweave_breaker_probe_v1)
 CREATE TYPE pipeweave_room_v2 AS (room integer, wake_at timestamptz, rate boolean, rate_held boolean, probe boolean);
 
--- A task's room for a claim at p_at (the instant the claim stamps on its runs), by its service's
--- breaker, its concurrency limit (as pipeweave_task_room_v1) and its rate limit. p_actor names
--- the orchestrator in control_events. The claim calls it only for a task with a rule (a limit, a
+-- A task's room for a claim now, by its service's breaker, its concurrency limit (as
+-- pipeweave_task_room_v1) and its rate limit. p_actor names the orchestrator in control_events.
+-- The claim stamps its runs (started_at, rate slots) with one instant read after every room is
+-- counted: never earlier than the counts it obeys (a run is never seen starting before the run
+-- whose end made room for it, nor a slot reused less than the period after its last start). The claim calls it only for a task with a rule (a limit, a
 -- rate, a breaker not closed) and not paused.
 --   * Breaker: open → 0 until open_until; half-open → the claim that holds the service's row (SKIP
 --     LOCKED: never waited for) may take one probe, and keeps the row until it commits; expired →
@@ -144,9 +146,9 @@ CREATE TYPE pipeweave_room_v2 AS (room integer, wake_at timestamptz, rate boolea
 --   * Concurrency: the task's try-lock, then its running runs counted (0 if another claim holds it).
 --   * Rate: the task's rate try-lock ('/rate/<task>'), held until the claim commits, so that the
 --     stamps of the runs it takes are written before another claim counts; the slots resized to
---     the effective limit (runtime override, else manifest); free slots = those older than p_at
+--     the effective limit (runtime override, else manifest); free slots = those older than now
 --     minus the period.
-CREATE FUNCTION pipeweave_task_room_v2(p_task_id text, p_at timestamptz, p_actor text) RETURNS pipeweave_room_v2
+CREATE FUNCTION pipeweave_task_room_v2(p_task_id text, p_actor text) RETURNS pipeweave_room_v2
 LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
 DECLARE
   v_service     text;
@@ -161,6 +163,7 @@ DECLARE
   v_last_slot   integer;
   v_free        integer;
   v_oldest      timestamptz;
+  v_now         timestamptz := clock_timestamp();
 BEGIN
   SELECT t.service_id, t.concurrency,
          CASE WHEN t.rate_override THEN t.rate_override_limit ELSE t.rate_limit END,
@@ -174,13 +177,13 @@ BEGIN
   END IF;
 
   -- The breaker.
-  IF v_open_until IS NOT NULL AND COALESCE(v_expires_at <= p_at, false) THEN
+  IF v_open_until IS NOT NULL AND COALESCE(v_expires_at <= v_now, false) THEN
     -- Open past its longest time: it holds nothing any more. Recorded once, by the first to hold
     -- the service's row.
     PERFORM 1 FROM services s WHERE s.id = v_service FOR NO KEY UPDATE SKIP LOCKED;
     IF FOUND THEN
       UPDATE services s SET breaker_open_until = NULL, breaker_probe_run_id = NULL
-       WHERE s.id = v_service AND s.breaker_open_until IS NOT NULL AND s.breaker_expires_at <= p_at;
+       WHERE s.id = v_service AND s.breaker_open_until IS NOT NULL AND s.breaker_expires_at <= v_now;
       IF FOUND THEN
         INSERT INTO control_events (kind, target, action, actor, detail)
         SELECT 'breaker', 'service:' || s.id, 'expired', p_actor,
@@ -188,7 +191,7 @@ BEGIN
           FROM services s WHERE s.id = v_service;
       END IF;
     END IF;
-  ELSIF v_open_until > p_at THEN
+  ELSIF v_open_until > v_now THEN
     RETURN ROW(0, v_open_until, false, false, false)::pipeweave_room_v2;
   ELSIF v_open_until IS NOT NULL THEN
     -- Half-open: one probe fleet-wide. Whoever holds the service's row decides; the others take
@@ -199,10 +202,10 @@ BEGIN
     END IF;
     -- Read again under the lock: another claim may have taken the probe and committed since.
     SELECT s.breaker_open_until, s.breaker_expires_at INTO v_open_until, v_expires_at FROM services s WHERE s.id = v_service;
-    IF v_open_until > p_at AND NOT COALESCE(v_expires_at <= p_at, false) THEN
+    IF v_open_until > v_now AND NOT COALESCE(v_expires_at <= v_now, false) THEN
       RETURN ROW(0, v_open_until, false, false, false)::pipeweave_room_v2;
     END IF;
-    v_probe := v_open_until IS NOT NULL AND NOT COALESCE(v_expires_at <= p_at, false);
+    v_probe := v_open_until IS NOT NULL AND NOT COALESCE(v_expires_at <= v_now, false);
   END IF;
 
   -- The concurrency limit, as pipeweave_task_room_v1.
@@ -235,7 +238,7 @@ BEGIN
      WHERE s.task_id = p_task_id AND s.slot IN (
        SELECT x.slot FROM task_rate_slots x WHERE x.task_id = p_task_id ORDER BY x.at, x.slot LIMIT v_slots - v_limit);
   END IF;
-  SELECT count(*) FILTER (WHERE s.at < p_at - v_period), min(s.at) INTO v_free, v_oldest
+  SELECT count(*) FILTER (WHERE s.at < v_now - v_period), min(s.at) INTO v_free, v_oldest
     FROM task_rate_slots s WHERE s.task_id = p_task_id;
   IF v_free = 0 THEN
     RETURN ROW(0, v_oldest + v_period, false, true, false)::pipeweave_room_v2;
@@ -245,7 +248,8 @@ END
 $$;
 
 -- After the claim's UPDATE (only then is the number of runs it took known): the p_count oldest
--- slots of the task stamped with p_at, the claimed runs' started_at. Only a claim that holds the
+-- slots of the task stamped with p_at, the claimed runs' started_at (read after the room was
+-- counted, so a slot counted free then is more than the period older). Only a claim that holds the
 -- task's rate lock (pipeweave_task_room_v2 answered `rate`) may stamp. Returns when the next slot
 -- frees if none is free now (when held-back runs may start), else NULL.
 CREATE FUNCTION pipeweave_rate_stamp_v1(p_task_id text, p_count integer, p_at timestamptz) RETURNS timestamptz

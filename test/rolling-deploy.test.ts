@@ -59,7 +59,7 @@ const nextClaim = claimVariant('claim_runs_v_next', () => [
 
 /** A broken next version: it reads the limit but never counts the running runs. */
 const claimWithoutRoom = claimVariant('claim_runs_without_room', (s) => [
-  [`${s.q}.pipeweave_task_room_v2(t.id, (SELECT c.at FROM clock c), 'orchestrator:' || $1::text)`,
+  [`${s.q}.pipeweave_task_room_v2(t.id, 'orchestrator:' || $1::text)`,
     `ROW(CASE WHEN t.concurrency > 0 THEN t.concurrency END, NULL::timestamptz, false, false, false)::${s.q}.pipeweave_room_v2`],
 ])
 

@@ -112,8 +112,9 @@ export const resolveActiveKeys = statement('resolve_active_keys', (s) => `
  * the idempotency cache's output for a key that has one.
  *
  * How (task_runs_claim_idx, (task_id, priority, due_at, id) WHERE pending):
- *   clock       one instant for the whole claim: its runs' started_at, and the time their rate
- *               slots are stamped with (SPEC §7: a rate limit counts started_at exactly);
+ *   clock       one instant for the whole claim, read once every room is counted: its runs'
+ *               started_at, and the time their rate slots are stamped with (SPEC §7: a rate
+ *               limit counts started_at exactly); never earlier than the counts it obeys;
  *   groups      the (task, priority) pairs with pending runs, by a skip scan: one index descent
  *               per pair, however many runs each holds;
  *   rules       per task: paused (task or service, read here) → room 0; no rule (no concurrency
@@ -137,8 +138,6 @@ export const resolveActiveKeys = statement('resolve_active_keys', (s) => `
 export const claimRuns = statement('claim_runs', (s) => `
   WITH RECURSIVE gate AS MATERIALIZED (
     SELECT ${s.q}.pipeweave_claim_gate_v1($1::text, $3::int) AS state
-  ), clock AS MATERIALIZED (
-    SELECT clock_timestamp() AS at
   ), groups AS (
     (SELECT r.task_id, r.priority FROM ${s.q}.task_runs r
       WHERE r.status = 'pending' AND (SELECT g.state FROM gate g) IN ('running', 'waiting_for_maintenance')
@@ -154,10 +153,13 @@ export const claimRuns = statement('claim_runs', (s) => `
                 THEN ROW(0, NULL::timestamptz, false, false, false)::${s.q}.pipeweave_room_v2
                 WHEN t.concurrency > 0 OR sv.breaker_open_until IS NOT NULL
                   OR (CASE WHEN t.rate_override THEN t.rate_override_limit ELSE t.rate_limit END) IS NOT NULL
-                THEN ${s.q}.pipeweave_task_room_v2(t.id, (SELECT c.at FROM clock c), 'orchestrator:' || $1::text)
+                THEN ${s.q}.pipeweave_task_room_v2(t.id, 'orchestrator:' || $1::text)
            END AS r
       FROM ${s.q}.tasks t JOIN ${s.q}.services sv ON sv.id = t.service_id
      WHERE t.id IN (SELECT g.task_id FROM groups g)
+  ), clock AS MATERIALIZED (
+    -- After every room (it reads them all first).
+    SELECT clock_timestamp() AS at FROM (SELECT count(*) FROM rules) AS counted
   ), room AS (
     -- The fields of the materialized answers (read from a materialized CTE, the function is
     -- called once per task, not once per field).
@@ -211,11 +213,15 @@ export const claimRuns = statement('claim_runs', (s) => `
            ) - clock_timestamp()) * 1000 AS wake_in_ms,
            ARRAY(
              SELECT rm.task_id FROM room rm
-              WHERE rm.rate_held AND EXISTS (
-                SELECT 1 FROM groups g
-                 WHERE g.task_id = rm.task_id AND EXISTS (
-                   SELECT 1 FROM ${s.q}.task_runs r
-                    WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()))
+              -- Per task held back (a sub-plan, evaluated for those rows only): the head of each of
+              -- its groups, due now, as the candidates read them (an index probe per group).
+              WHERE rm.rate_held AND (
+                SELECT count(*) FROM groups g CROSS JOIN LATERAL (
+                  SELECT 1 FROM ${s.q}.task_runs r
+                   WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()
+                   ORDER BY r.due_at, r.id
+                   LIMIT 1) AS due
+                 WHERE g.task_id = rm.task_id) > 0
               ORDER BY rm.task_id) AS rate_held
   )
   -- Only what a dispatch needs: every column here is parsed by the orchestrator for every run.
