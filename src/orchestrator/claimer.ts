@@ -52,6 +52,12 @@ export class Claimer {
   /** Slots promised to the claim in flight. */
   private reserved = 0
   private due = true
+  /**
+   * Bumped whenever work may have become due (workDue, resultsWritten): a claim that took less
+   * than it asked for concludes "nothing more is due" only if nothing was notified while it ran
+   * (its snapshot may predate the enqueue that notified).
+   */
+  private dueSeq = 0
   private lastLookedEmpty = 0
   /** performance.now() when work held back by time may be claimable (the last claim's word). */
   private wakeAt: number | undefined
@@ -68,6 +74,7 @@ export class Claimer {
   /** New work may be due (a notification, a follow-up, a retry due at once). */
   workDue(): void {
     this.due = true
+    this.dueSeq += 1
     this.wakeup.notify()
   }
 
@@ -83,6 +90,7 @@ export class Claimer {
    */
   resultsWritten(): void {
     this.due = true
+    this.dueSeq += 1
     this.wakeup.notify()
   }
 
@@ -115,6 +123,7 @@ export class Claimer {
       }
       const free = this.freeSlots()
       if (free > 0 && this.due) {
+        const dueSeq = this.dueSeq
         this.reserved += free
         let claimed: ClaimedRun[] | undefined
         try {
@@ -154,6 +163,7 @@ export class Claimer {
         if (claimed.length > 0) deps.claimed(claimed.length)
         for (const run of claimed) deps.start(run)
         if (claimed.length === free) continue // every slot filled: more may be due
+        if (this.dueSeq !== dueSeq) continue // notified while it ran: look again
         this.due = false
         this.lastLookedEmpty = performance.now()
       }

@@ -117,8 +117,9 @@ export const resolveActiveKeys = statement('resolve_active_keys', (s) => `
  *               limit counts started_at exactly); never earlier than the counts it obeys;
  *   groups      the (task, priority) pairs with pending runs, by a skip scan: one index descent
  *               per pair, however many runs each holds;
- *   rules       per task: paused (task or service, read here) → room 0; no rule (no concurrency
- *               limit, no rate limit, its service's breaker closed) → NULL, no function called;
+ *   rules       per task: paused (task or service, read here) → room 0; every rate slot in use
+ *               (read here, unlocked) → room 0; no rule (no concurrency limit, no rate limit, its
+ *               service's breaker closed) → NULL, no function called;
  *               else pipeweave_task_room_v2 (migration 003): the breaker (open → 0, half-open →
  *               one probe for the whole service), the concurrency limit counted under the task's
  *               lock, the free rate slots under the task's rate lock;
@@ -151,11 +152,23 @@ export const claimRuns = statement('claim_runs', (s) => `
     SELECT t.id AS task_id, t.service_id,
            CASE WHEN t.paused_at IS NOT NULL OR sv.paused_at IS NOT NULL
                 THEN ROW(0, NULL::timestamptz, false, false, false)::${s.q}.pipeweave_room_v2
-                WHEN t.concurrency > 0 OR sv.breaker_open_until IS NOT NULL
-                  OR (CASE WHEN t.rate_override THEN t.rate_override_limit ELSE t.rate_limit END) IS NOT NULL
+                WHEN sv.breaker_open_until IS NULL AND rs.full
+                THEN ROW(0, rs.next_free, false, true, false)::${s.q}.pipeweave_room_v2
+                WHEN t.concurrency > 0 OR sv.breaker_open_until IS NOT NULL OR rt.lim IS NOT NULL
                 THEN ${s.q}.pipeweave_task_room_v2(t.id, 'orchestrator:' || $1::text)
            END AS r
       FROM ${s.q}.tasks t JOIN ${s.q}.services sv ON sv.id = t.service_id
+     CROSS JOIN LATERAL (
+       SELECT CASE WHEN t.rate_override THEN t.rate_override_limit ELSE t.rate_limit END AS lim,
+              CASE WHEN t.rate_override THEN t.rate_override_period_ms ELSE t.rate_period_ms END * interval '1 millisecond' AS period) AS rt
+     -- A rate-limited task whose every slot (as many as its limit) was used within the period:
+     -- held back, read without its lock or a function call (a backlog held by its rate is
+     -- claimed past at every claim). Safe unlocked: stamps only move forward, so a slot seen in
+     -- use is in use; a slot to add or free again is pipeweave_task_room_v2's (NULL here).
+      LEFT JOIN LATERAL (
+       SELECT count(*) = rt.lim AND bool_and(x.at >= clock_timestamp() - rt.period) AS full, min(x.at) + rt.period AS next_free
+         FROM ${s.q}.task_rate_slots x
+        WHERE rt.lim IS NOT NULL AND x.task_id = t.id) AS rs ON true
      WHERE t.id IN (SELECT g.task_id FROM groups g)
   ), clock AS MATERIALIZED (
     -- After every room (it reads them all first).
