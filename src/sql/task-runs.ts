@@ -232,7 +232,7 @@ export const claimRuns = statement('claim_runs', (s) => `
                 SELECT count(*) FROM groups g CROSS JOIN LATERAL (
                   SELECT 1 FROM ${s.q}.task_runs r
                    WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()
-                   ORDER BY r.due_at, r.id
+                   ORDER BY r.due_at
                    LIMIT 1) AS due
                  WHERE g.task_id = rm.task_id) > 0
               ORDER BY rm.task_id) AS rate_held
