@@ -4,7 +4,9 @@
  * reads runs. `task_runs` holds live work only (pending, running, waiting); a run that finishes
  * moves to `task_run_history` in the statement that finishes it. Every statement names the index
  * that serves it (migrations/001). Only the rules every writer must obey are database functions
- * (migrations/002: pipeweave_gate_v1, pipeweave_claim_gate_v1, pipeweave_task_room_v1).
+ * (migrations/002: pipeweave_gate_v1, pipeweave_claim_gate_v1, pipeweave_task_room_v1;
+ * migrations/003, flow control: pipeweave_task_room_v2, pipeweave_rate_stamp_v1,
+ * pipeweave_breaker_probe_v1, pipeweave_breaker_connect_failed_v1).
  *
  * Batches are JSON arrays unnested with jsonb_to_recordset (one round trip and one commit for many
  * runs), and every write to a run is fenced in its WHERE: still `running`, by this orchestrator,
