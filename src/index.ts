@@ -38,7 +38,7 @@ export type { TaskRun, ListRunsOptions, CancelResult } from './api/runs'
 export { listDlq, retryDlq } from './api/dlq'
 export type { DlqEntry, RetryResult } from './api/dlq'
 export { createOrchestrator } from './orchestrator/orchestrator'
-export type { Orchestrator, OrchestratorOptions, OrchestratorHooks, RunOutcome } from './orchestrator/orchestrator'
+export type { Orchestrator, OrchestratorOptions, OrchestratorHooks, RunOutcome, BreakerSettings } from './orchestrator/orchestrator'
 export {
   PipeweaveError, UsageError, ConnectionError, RefusedError, MaintenanceModeError, WaitTimeoutError, InternalError, ExitCode,
 } from './errors'

@@ -1,6 +1,7 @@
 /**
  * Issue 10, acceptance 3 (SPEC §3 "what the hot path may cost"): finished history, retries due or
- * waiting out a backoff, and runs of a task at its concurrency limit must not slow the claim. The
+ * waiting out a backoff, and runs of a task at its concurrency limit must not slow the claim; nor,
+ * with issue 12 (SPEC §7), runs of a paused task or of a task at its rate limit. The
  * figure: the shared buffers (hit + read) of the claim's top plan node, from
  * EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) of claimRuns in a transaction that is rolled back, so that
  * every measurement sees the same state. Each queue below holds ~10,000 rows of one kind besides
@@ -50,6 +51,11 @@ beforeAll(async () => {
   db = await createTestDatabase({ migrated: true })
   await addTask(db.pool, 'A')
   await addTask(db.pool, 'L', { concurrency: 2 })
+  // A paused task, and a task limited to 2 starts an hour (its two slots are used by (f)).
+  await addTask(db.pool, 'P')
+  await db.pool.query(`UPDATE tasks SET paused_at = now(), paused_by = 'claim-cost' WHERE id = 'P'`)
+  await addTask(db.pool, 'R')
+  await db.pool.query(`UPDATE tasks SET rate_limit = 2, rate_period_ms = 3600000 WHERE id = 'R'`)
   repo = createRepository(queryable(db.pool) as unknown as Database, ORCHESTRATOR)
   await emptyQueue()
   await enqueueMany(db.pool, 'A', FRESH)
@@ -65,7 +71,7 @@ afterAll(async () => {
 })
 
 async function emptyQueue(): Promise<void> {
-  await db.pool.query(`TRUNCATE task_runs, task_run_history, dlq, idempotency_cache`)
+  await db.pool.query(`TRUNCATE task_runs, task_run_history, dlq, idempotency_cache, task_rate_slots`)
   await heartbeat(db.pool, ORCHESTRATOR)
 }
 
@@ -162,6 +168,24 @@ const KINDS = {
     const { runs: started } = await repo.claim(LIMIT, ANY_LEASE_MS)
     expect(started.map((r) => r.taskId)).toEqual(['L', 'L'])
   },
+  /** (e) Pending runs of P, a paused task. */
+  paused: async () => {
+    await enqueueMany(db.pool, 'P', KIND)
+    const { runs: started } = await repo.claim(LIMIT, ANY_LEASE_MS)
+    expect(started).toEqual([])
+  },
+  /** (f) Pending runs of R, a task at its rate limit: its 2 starts of the hour made (and completed). */
+  rateLimited: async () => {
+    await enqueueMany(db.pool, 'R', KIND)
+    const { runs: started, rateHeld } = await repo.claim(LIMIT, ANY_LEASE_MS)
+    expect(started.map((r) => r.taskId)).toEqual(['R', 'R'])
+    expect(rateHeld).toEqual([])
+    const done = await repo.complete(started.map((r) => ({ runId: r.id, attempt: r.attempt, output: null, runNext: [], fromCache: false })))
+    expect(done.every((d) => d.completed)).toBe(true)
+    const again = await repo.claim(LIMIT, ANY_LEASE_MS)
+    expect({ runs: again.runs, rateHeld: again.rateHeld }).toEqual({ runs: [], rateHeld: ['R'] })
+    expect(again.wakeInMs).toBeGreaterThan(3_500_000)
+  },
 }
 
 async function check(what: string, arrange: () => Promise<void>): Promise<void> {
@@ -212,6 +236,21 @@ it(`(c) ${KIND} retries scheduled an hour ahead: at most 2× the baseline`, asyn
 
 it(`(d) ${KIND} pending runs of a task at its concurrency limit: at most 2× the baseline`, async () => {
   await check(`(d) ${KIND} runs of a task at its limit`, KINDS.limited)
+})
+
+it(`(e) ${KIND} pending runs of a paused task: at most 2× the baseline`, async () => {
+  await check(`(e) ${KIND} runs of a paused task`, KINDS.paused)
+})
+
+it(`(f) ${KIND} pending runs of a task at its rate limit: at most 2× the baseline`, async () => {
+  await check(`(f) ${KIND} runs of a task at its rate limit`, KINDS.rateLimited)
+})
+
+it(`(e) and (f) together (${2 * KIND} rows): at most 2× the baseline`, async () => {
+  await check(`(e) and (f) together`, async () => {
+    await KINDS.paused()
+    await KINDS.rateLimited()
+  })
 })
 
 it(`all four kinds together (${4 * KIND} rows): at most 2× the baseline`, async () => {

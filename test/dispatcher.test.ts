@@ -237,3 +237,67 @@ describe('once per attempt (SPEC §5): a kept-alive connection that fails', () =
     }
   })
 })
+
+describe('connect failures (SPEC §7): the worker cannot have seen the request', () => {
+  let worker: StubWorker
+  let dispatcher: Dispatcher
+
+  beforeEach(async () => {
+    worker = await startWorker()
+    dispatcher = new Dispatcher({ maxSockets: 4, connectTimeoutMs: 300 })
+  })
+
+  afterEach(async () => {
+    dispatcher.close()
+    await worker.close()
+  })
+
+  /** A port of 127.0.0.1 with nothing listening. */
+  async function closedPort(): Promise<number> {
+    const closed = net.createServer()
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+    const port = (closed.address() as net.AddressInfo).port
+    await new Promise<void>((resolve) => closed.close(() => resolve()))
+    return port
+  }
+
+  it('a refused connection, a name that does not resolve, and a TLS handshake that fails are connect failures', async () => {
+    expect(await dispatcher.dispatch(`http://127.0.0.1:${await closedPort()}`, request()))
+      .toMatchObject({ kind: 'failed', code: 'ECONNREFUSED', retryable: true, connect: true })
+    const unresolved = await dispatcher.dispatch('http://pipeweave-no-such-host.invalid', request())
+    expect(unresolved).toMatchObject({ kind: 'failed', retryable: true, connect: true })
+    expect(['ENOTFOUND', 'EAI_AGAIN', 'CONNECT_TIMEOUT']).toContain((unresolved as { code: string }).code)
+    // https to a plain HTTP worker: TCP connects, the handshake fails, nothing reaches the worker.
+    const handshake = await dispatcher.dispatch(worker.url.replace('http:', 'https:'), request())
+    expect(handshake).toMatchObject({ kind: 'failed', retryable: true, connect: true })
+    expect(worker.requests).toHaveLength(0)
+  })
+
+  it('a connection that does not come up within the connect timeout is a connect failure (CONNECT_TIMEOUT)', async () => {
+    // Accepts TCP and says nothing: a TLS client waits for the server's hello that never comes.
+    const silent = net.createServer(() => undefined)
+    const sockets = new Set<net.Socket>()
+    silent.on('connection', (s) => sockets.add(s))
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    try {
+      const port = (silent.address() as net.AddressInfo).port
+      const started = Date.now()
+      expect(await dispatcher.dispatch(`https://127.0.0.1:${port}`, request({ timeoutMs: 10_000 })))
+        .toMatchObject({ kind: 'failed', code: 'CONNECT_TIMEOUT', retryable: true, timedOut: false, connect: true })
+      expect(Date.now() - started).toBeLessThan(5000)
+    } finally {
+      for (const s of sockets) s.destroy()
+      await new Promise<void>((resolve) => silent.close(() => resolve()))
+    }
+  })
+
+  it('any failure after the connection came up is not one: an error answer, a dropped connection, a task timeout', async () => {
+    worker.behave('error', () => fail(500, { error: 'boom' }))
+    worker.behave('drop', () => destroy())
+    worker.behave('slow', () => hold())
+    expect(await dispatcher.dispatch(worker.url, request({ taskId: 'error' }))).toMatchObject({ kind: 'failed', code: 'HTTP_500', connect: false })
+    expect(await dispatcher.dispatch(worker.url, request({ taskId: 'drop' }))).toMatchObject({ kind: 'failed', retryable: true, connect: false })
+    expect(await dispatcher.dispatch(worker.url, request({ taskId: 'slow', timeoutMs: 300 }))).toMatchObject({ kind: 'failed', code: 'TIMEOUT', connect: false })
+    expect(await dispatcher.dispatch('not a url', request())).not.toHaveProperty('connect')
+  })
+})

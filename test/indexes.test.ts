@@ -6,8 +6,9 @@
  * index it would use on a big one; a statement with no usable index still shows its Seq Scan and
  * fails. Plans are read from EXPLAIN's JSON, every node (CTEs, sub-plans, arbiters of ON CONFLICT).
  *
- * pipeweave_task_room_v1 counts a task's running runs inside plpgsql, where EXPLAIN of the claim
- * cannot see: its count query, taken from the function's own source, is explained on its own.
+ * pipeweave_task_room_v1 and pipeweave_task_room_v2 count a task's running runs inside plpgsql,
+ * where EXPLAIN of the claim cannot see: the count query, taken from each function's own source,
+ * is explained on its own.
  */
 import type { PoolClient } from 'pg'
 import type { SchemaStatement } from '../src/db/database'
@@ -138,10 +139,10 @@ describe('the hot path', () => {
     expect(await nodeTypes(runs.claimRuns(schemaOf(TEST_SCHEMA)).text, ['o', 10, 30_000])).toContain('Tid Scan')
   })
 
-  it("pipeweave_task_room_v1: a task's running runs counted from task_runs_running_idx", async () => {
+  it.each(['pipeweave_task_room_v1', 'pipeweave_task_room_v2'])("%s: a task's running runs counted from task_runs_running_idx", async (name) => {
     // The count as the function runs it: its own text, its argument a parameter (what plpgsql does).
     const { rows: [fn] } = await db.pool.query<{ src: string }>(
-      `SELECT prosrc AS src FROM pg_proc WHERE proname = 'pipeweave_task_room_v1' AND pronamespace = $1::regnamespace`, [TEST_SCHEMA])
+      `SELECT prosrc AS src FROM pg_proc WHERE proname = $2 AND pronamespace = $1::regnamespace`, [TEST_SCHEMA, name])
     const count = /\(SELECT count\(\*\) FROM task_runs r[\s\S]*?p_task_id\)/.exec(fn.src)
     expect(count).not.toBeNull()
     const text = count![0].slice(1, -1).replace(/--[^\n]*/g, '').replace('p_task_id', '$1::text')
@@ -155,6 +156,10 @@ describe('the hot path', () => {
   it('failRuns: the retried and the dead by task_runs_pkey', async () => {
     const failures = held({ orchestrator: 'o', error: 'boom', code: 'E', retry: true, delayMs: 0, status: 'failed' })
     expect(await plan(runs.failRuns, [failures])).toEqual(['task_runs_pkey'])
+  })
+
+  it('deferRuns: the runs by task_runs_pkey', async () => {
+    expect(await plan(runs.deferRuns, ['o', held({}), 30_000, 3_600_000])).toEqual(['task_runs_pkey'])
   })
 
   it('releaseHeld: the running runs from task_runs_running_idx', async () => {

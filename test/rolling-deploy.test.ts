@@ -7,7 +7,7 @@
  * stub worker: `current` (src/orchestrator/repository.ts STATEMENTS) and `next`, whose claim a
  * next binary might carry: newest first, and at most 3 runs a claim. It is pipeweave's claim text
  * changed in place (each change checked to apply), so it still goes through pipeweave_claim_gate_v1
- * and pipeweave_task_room_v1, the rules every version obeys (migration 002). Meanwhile an
+ * and pipeweave_task_room_v2, the rules every version obeys (migrations 002, 003). Meanwhile an
  * enqueuer adds runs, and the mode changes through the API: maintenance requested mid-way, the
  * drain finished by the orchestrators, runs scheduled for later made due while in maintenance
  * (their hour passes), then maintenance exited.
@@ -59,7 +59,8 @@ const nextClaim = claimVariant('claim_runs_v_next', () => [
 
 /** A broken next version: it reads the limit but never counts the running runs. */
 const claimWithoutRoom = claimVariant('claim_runs_without_room', (s) => [
-  [`CASE WHEN t.concurrency > 0 THEN ${s.q}.pipeweave_task_room_v1(t.id) END`, 'CASE WHEN t.concurrency > 0 THEN t.concurrency END'],
+  [`${s.q}.pipeweave_task_room_v2(t.id, 'orchestrator:' || $1::text)`,
+    `ROW(CASE WHEN t.concurrency > 0 THEN t.concurrency END, NULL::timestamptz, false, false, false)::${s.q}.pipeweave_room_v2`],
 ])
 
 /** A broken next version: it never asks the gate (nor fences its orchestrator), and claims in any mode. */

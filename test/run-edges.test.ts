@@ -20,6 +20,11 @@ describe('settings are checked before connecting (exit 2, not 3)', () => {
     ['AUTO_MIGRATE', 'maybe', /AUTO_MIGRATE="maybe" is neither true nor false/],
     ['PIPEWEAVE_NO_LISTEN', 'sometimes', /PIPEWEAVE_NO_LISTEN="sometimes" is neither true nor false/],
     ['ORCHESTRATOR_STALE_MS', '99999999999', /ORCHESTRATOR_STALE_MS="99999999999" is more than a day/],
+    ['PIPEWEAVE_BREAKER_COOLDOWN_MS', 'soon', /PIPEWEAVE_BREAKER_COOLDOWN_MS="soon" is not a whole number of at least 1/],
+    ['PIPEWEAVE_BREAKER_COOLDOWN_MS', '0', /PIPEWEAVE_BREAKER_COOLDOWN_MS="0" is not a whole number of at least 1/],
+    ['PIPEWEAVE_BREAKER_COOLDOWN_MS', '99999999999', /PIPEWEAVE_BREAKER_COOLDOWN_MS="99999999999" is more than a day/],
+    ['PIPEWEAVE_BREAKER_MAX_OPEN_MS', '1h', /PIPEWEAVE_BREAKER_MAX_OPEN_MS="1h" is not a whole number of at least 1/],
+    ['PIPEWEAVE_BREAKER_MAX_OPEN_MS', '3000000000', /PIPEWEAVE_BREAKER_MAX_OPEN_MS="3000000000" is more than/],
   ])('%s=%s', async (name, value, message) => {
     const result = await runCli(['run', '--json'], { env: { DATABASE_URL: NOWHERE, [name]: value } })
     expect(result.code).toBe(2)

@@ -1,4 +1,4 @@
-import { ORCHESTRATION_DEFAULTS, orchestratorStaleMs } from '../api/settings'
+import { ORCHESTRATION_DEFAULTS, breakerSettings, orchestratorStaleMs } from '../api/settings'
 import { BaseCommand, Flags } from '../base-command'
 import { optionalInt } from '../db/config'
 import type { Database } from '../db/database'
@@ -60,6 +60,7 @@ not pass SIGTERM on).`
     const log = this.logger
     const demo = this.flags.demo
     const staleMs = orchestratorStaleMs()
+    const breaker = breakerSettings()
     const { installSignalPolicy } = lazy<typeof import('../orchestrator/shutdown')>('../orchestrator/shutdown')
     const signals = installSignalPolicy(log)
     this.onRelease(async () => signals.dispose())
@@ -70,11 +71,11 @@ not pass SIGTERM on).`
       : undefined
     if (session) this.onRelease(() => session.worker.close())
 
-    const outcomes: Record<RunOutcome, number> = { completed: 0, cached: 0, retried: 0, failed: 0, timeout: 0 }
+    const outcomes: Record<RunOutcome, number> = { completed: 0, cached: 0, retried: 0, failed: 0, timeout: 0, deferred: 0 }
     let orchestratorId: string | null = null
     let exitCode = 0
     if (!signals.requested) {
-      const orchestrator = await this.startOrchestrator(db, demo, staleMs, outcomes, signals)
+      const orchestrator = await this.startOrchestrator(db, demo, { staleMs, breaker }, outcomes, signals)
       orchestratorId = orchestrator.id
       if (session) lazy<typeof import('../demo/wiring')>('../demo/wiring').stopWhenDemoDone(session, orchestrator, log)
       exitCode = (await orchestrator.done).exitCode
@@ -87,7 +88,9 @@ not pass SIGTERM on).`
     return { orchestratorId, exitCode, outcomes, ...(session ? { demo: await session.summary() } : {}) }
   }
 
-  private async startOrchestrator(db: Database, demo: boolean, staleMs: number, outcomes: Record<RunOutcome, number>, signals: SignalPolicy): Promise<Orchestrator> {
+  private async startOrchestrator(db: Database, demo: boolean, settings: { staleMs: number; breaker: { cooldownMs: number; maxOpenMs: number } },
+    outcomes: Record<RunOutcome, number>, signals: SignalPolicy): Promise<Orchestrator> {
+    const { staleMs, breaker } = settings
     const log = this.logger
     const hooks: OrchestratorHooks[] = [{ onOutcome: (_task, outcome) => { outcomes[outcome] += 1 } }]
     let metrics: import('../http/metrics').Metrics | undefined
@@ -103,6 +106,7 @@ not pass SIGTERM on).`
       maintenanceCheckIntervalMs: demo ? 1000 : this.flags['maintenance-check-interval'],
       shutdownTimeoutMs: this.flags['shutdown-timeout'],
       staleMs,
+      breaker,
       autoMigrate: this.flags['auto-migrate'],
       untilIdle: this.flags['until-idle'],
       listen: !this.flags['no-listen'],
@@ -157,7 +161,8 @@ not pass SIGTERM on).`
     if (result.demo) lazy<typeof import('../demo/wiring')>('../demo/wiring').renderDemo(this.out, result.demo, this.config.bin, this.ignoredConnection)
     const o = result.outcomes
     const who = result.orchestratorId ? `Orchestrator ${result.orchestratorId}` : 'Stopped before the orchestrator started;'
-    this.out.line(`${who}${result.orchestratorId ? ' stopped:' : ''} ${o.completed} completed, ${o.cached} from cache, ${o.retried} retried, ${o.failed} failed, ${o.timeout} timed out.`)
+    const deferred = o.deferred > 0 ? `, ${o.deferred} deferred (service unreachable, attempt kept)` : ''
+    this.out.line(`${who}${result.orchestratorId ? ' stopped:' : ''} ${o.completed} completed, ${o.cached} from cache, ${o.retried} retried, ${o.failed} failed, ${o.timeout} timed out${deferred}.`)
   }
 }
 

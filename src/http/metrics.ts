@@ -63,7 +63,7 @@ export function createMetrics(db: Queryable): Metrics {
   }
 
   const runsTotal = new client.Counter({
-    name: 'pipeweave_runs_total', help: 'Task run attempts by outcome (completed, cached, retried, failed, timeout).',
+    name: 'pipeweave_runs_total', help: 'Task run attempts by outcome (completed, cached, retried, failed, timeout; deferred: a connect failure held by the service breaker, no attempt used).',
     labelNames: ['task', 'outcome'] as const, registers: [registry],
   })
   const dispatchDuration = new client.Histogram({

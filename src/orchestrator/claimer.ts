@@ -5,8 +5,10 @@
  * time: it asks for every free slot, and the slots that free while it runs go to the next one.
  *
  * A claim runs when slots are free and work may be due: the last claim filled every slot it
- * asked for, work was notified (LISTEN, a follow-up, a retry due at once), or a poll interval
- * passed since the queue last looked empty.
+ * asked for, work was notified (LISTEN, a follow-up, a retry due at once), a poll interval
+ * passed since the queue last looked empty, or the moment came that the last claim named for work
+ * it held back by time (a rate limit's next free slot, an open breaker's end: SPEC §7, such runs
+ * are taken as soon as the window allows, not at the next poll).
  */
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { SQLSTATE, isConnectionLoss } from '../db/errors'
@@ -35,14 +37,30 @@ export interface ClaimerDeps {
   onMode(mode: Mode): void
   /** --until-idle found nothing due or running. */
   onIdle(): void
+  /** A claim found due runs of this task held back by its rate limit (/metrics). */
+  onRateLimited?(taskId: string): void
 }
+
+/**
+ * Past the moment a claim named, by this much: a rate slot frees strictly after its time plus
+ * the period, and the server's clock reads it a round trip after ours.
+ */
+const WAKE_MARGIN_MS = 2
 
 export class Claimer {
   readonly wakeup = new Wakeup()
   /** Slots promised to the claim in flight. */
   private reserved = 0
   private due = true
+  /**
+   * Bumped whenever work may have become due (workDue, resultsWritten): a claim that took less
+   * than it asked for concludes "nothing more is due" only if nothing was notified while it ran
+   * (its snapshot may predate the enqueue that notified).
+   */
+  private dueSeq = 0
   private lastLookedEmpty = 0
+  /** performance.now() when work held back by time may be claimable (the last claim's word). */
+  private wakeAt: number | undefined
   /**
    * A claim failed with the connection: it may have committed on the server, its answer lost.
    * Those runs are `running` under our id, unknown to us, and no crash recovery will take them
@@ -56,6 +74,7 @@ export class Claimer {
   /** New work may be due (a notification, a follow-up, a retry due at once). */
   workDue(): void {
     this.due = true
+    this.dueSeq += 1
     this.wakeup.notify()
   }
 
@@ -71,6 +90,7 @@ export class Claimer {
    */
   resultsWritten(): void {
     this.due = true
+    this.dueSeq += 1
     this.wakeup.notify()
   }
 
@@ -97,8 +117,13 @@ export class Claimer {
       if (load.dispatching > 0 || load.unwritten > 0) await nextTurn()
       if (deps.isStopping()) break
       if (!this.due && performance.now() - this.lastLookedEmpty >= deps.pollIntervalMs) this.due = true
+      if (this.wakeAt !== undefined && performance.now() >= this.wakeAt) {
+        this.due = true
+        this.wakeAt = undefined
+      }
       const free = this.freeSlots()
       if (free > 0 && this.due) {
+        const dueSeq = this.dueSeq
         this.reserved += free
         let claimed: ClaimedRun[] | undefined
         try {
@@ -117,6 +142,8 @@ export class Claimer {
           unregistered = 0
           deps.onMode(result.state)
           claimed = result.runs
+          this.wakeAt = result.wakeInMs === null ? undefined : performance.now() + result.wakeInMs + WAKE_MARGIN_MS
+          for (const taskId of result.rateHeld) deps.onRateLimited?.(taskId)
         } catch (error) {
           if (isConnectionLoss(error)) this.inDoubt = true
           if ((error as { code?: string }).code === SQLSTATE.LOCK_NOT_AVAILABLE) {
@@ -136,6 +163,7 @@ export class Claimer {
         if (claimed.length > 0) deps.claimed(claimed.length)
         for (const run of claimed) deps.start(run)
         if (claimed.length === free) continue // every slot filled: more may be due
+        if (this.dueSeq !== dueSeq) continue // notified while it ran: look again
         this.due = false
         this.lastLookedEmpty = performance.now()
       }
@@ -154,7 +182,8 @@ export class Claimer {
         }
       }
       const untilPoll = this.due ? deps.pollIntervalMs : Math.max(1, deps.pollIntervalMs - (performance.now() - this.lastLookedEmpty))
-      await this.wakeup.wait(untilPoll)
+      const untilWake = this.wakeAt === undefined ? untilPoll : Math.max(1, this.wakeAt - performance.now())
+      await this.wakeup.wait(Math.min(untilPoll, untilWake))
     }
   }
 

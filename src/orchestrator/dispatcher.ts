@@ -1,7 +1,8 @@
 /**
  * The worker protocol (SPEC §5): POST {baseUrl}/tasks/{taskId} with the run as JSON, optionally
- * signed, aborted after the task's timeout, over keep-alive connections. Classifies the answer;
- * knows nothing of the database.
+ * signed, aborted after the task's timeout, over keep-alive connections. Classifies the answer,
+ * and tells a failure to connect (the worker cannot have seen the request: the service breaker's
+ * business, SPEC §7) from the rest; knows nothing of the database.
  */
 import * as crypto from 'node:crypto'
 import * as http from 'node:http'
@@ -25,7 +26,12 @@ export interface DispatchRequest {
 
 export type DispatchResult =
   | { kind: 'completed'; output: unknown; runNext: string[]; status: number }
-  | { kind: 'failed'; error: string; code: string; retryable: boolean; timedOut: boolean; status?: number }
+  /**
+   * `connect`: true when it failed before a connection to the worker was made (refused, DNS, TLS
+   * handshake, connect timeout); false when the connection was made (the worker is reachable,
+   * whatever it answered); absent when nothing was attempted (an unusable URL).
+   */
+  | { kind: 'failed'; error: string; code: string; retryable: boolean; timedOut: boolean; status?: number; connect?: boolean }
   /**
    * Stopped by shutdown before an answer. `sent`: the request may have reached the worker (it was
    * written), so the attempt is spent (SHUTDOWN_ABORTED); otherwise the run keeps its attempt.
@@ -41,7 +47,11 @@ export interface DispatcherOptions {
   maxResponseBytes?: number
   /** Agents to send through (tests: an agent that breaks a reused socket on purpose). */
   agents?: { http?: http.Agent; https?: https.Agent }
+  /** A new connection not up (TCP, and TLS over https) within this is a connect failure (default 10 s). */
+  connectTimeoutMs?: number
 }
+
+const CONNECT_TIMEOUT_MS = 10_000
 
 const MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 /** Parsed worker URLs kept at most (one per service and task). */
@@ -140,6 +150,7 @@ export class Dispatcher {
     const transport = isHttps ? https : http
     const requestOptions: http.RequestOptions = { ...target.options, method: 'POST', headers, agent: isHttps ? this.https : this.http }
     const limit = this.options.maxResponseBytes ?? MAX_RESPONSE_BYTES
+    const connectTimeoutMs = this.options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS
 
     return new Promise<DispatchResult>((resolve) => {
       let settled = false
@@ -151,14 +162,25 @@ export class Dispatcher {
       let sent = false
       let req: http.ClientRequest | undefined
       let watchSocket: (() => void) | undefined
+      /**
+       * The current request's connection is up: TCP connected and, over https, the TLS handshake
+       * done (no byte of the request can reach the worker before). A reused socket is.
+       */
+      let established = false
+      let connectTimer: NodeJS.Timeout | undefined
       const finish = (result: DispatchResult) => {
         if (settled) return
         settled = true
         clearTimeout(timer)
-        resolve(result)
+        if (connectTimer) clearTimeout(connectTimer)
+        // Every failure past this point came after the connection was made.
+        resolve(result.kind === 'failed' && result.connect === undefined ? { ...result, connect: false } : result)
       }
+      const connectFailed = (error: string, code: string, timedOut: boolean) =>
+        finish({ kind: 'failed', error, code, retryable: true, timedOut, connect: true })
       const timer = setTimeout(() => {
-        finish({ kind: 'failed', error: `no answer within the task timeout (${request.timeoutMs} ms)`, code: 'TIMEOUT', retryable: true, timedOut: true })
+        if (!established) connectFailed(`could not connect to ${url.origin} within the task timeout (${request.timeoutMs} ms)`, 'CONNECT_TIMEOUT', true)
+        else finish({ kind: 'failed', error: `no answer within the task timeout (${request.timeoutMs} ms)`, code: 'TIMEOUT', retryable: true, timedOut: true })
         req?.destroy()
       }, request.timeoutMs)
       onCancel(() => {
@@ -201,15 +223,36 @@ export class Dispatcher {
           res.on('end', () => finish(classify(res.statusCode ?? 0, res.statusMessage ?? '', chunks.length === 1 ? chunks[0] : Buffer.concat(chunks))))
         })
         req = current
+        established = false
         current.on('socket', (s: net.Socket) => {
           socket = s
           before = s.bytesWritten ?? 0
           connected = !s.connecting
           if (!connected) s.once('connect', () => { connected = true })
+          if (current.reusedSocket || (!isHttps && connected)) {
+            established = true
+            return
+          }
+          s.once(isHttps ? 'secureConnect' : 'connect', () => {
+            established = true
+            if (connectTimer) clearTimeout(connectTimer)
+          })
+          if (connectTimeoutMs < request.timeoutMs && !connectTimer) {
+            connectTimer = setTimeout(() => {
+              if (established || settled) return
+              connectFailed(`could not connect to ${url.origin} within ${connectTimeoutMs} ms`, 'CONNECT_TIMEOUT', false)
+              current.destroy()
+            }, connectTimeoutMs)
+          }
         })
         current.on('error', (error: NodeJS.ErrnoException) => {
           watchSocket?.()
           if (settled) return
+          if (!established && !answered) {
+            // Refused, DNS, TLS handshake: no connection, so the worker cannot have seen it.
+            connectFailed(`could not connect to ${url.origin}: ${error.message}`, error.code ?? 'CONNECT_FAILED', false)
+            return
+          }
           if (!sent && !answered && !resent && current.reusedSocket) {
             // A kept-alive socket that failed before this request was written to it: the worker
             // never saw it. Send it again, once (Node's guidance for reused sockets).

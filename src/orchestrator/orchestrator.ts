@@ -13,7 +13,7 @@
 import * as crypto from 'node:crypto'
 import * as os from 'node:os'
 import { diffSchema, getAppliedMigrations, readMigrationFiles, refuseChanged, refuseSchemaAhead, runMigrations } from '../api/migrations'
-import { ORCHESTRATION_DEFAULTS } from '../api/settings'
+import { BREAKER_DEFAULTS, ORCHESTRATION_DEFAULTS } from '../api/settings'
 import type { Database } from '../db/database'
 import { RefusedError } from '../errors'
 import { type Logger, silentLogger } from '../logger'
@@ -22,7 +22,7 @@ import { Claimer } from './claimer'
 import { Dispatcher, type DispatcherOptions } from './dispatcher'
 import { Listener } from './listener'
 import { Liveness } from './liveness'
-import { type Repository, createRepository } from './repository'
+import { type BreakerSettings, type Repository, createRepository } from './repository'
 import { type OrchestratorHooks, Runner } from './runner'
 import { type ScheduleStore, Scheduler, createScheduleStore } from './scheduler'
 import { shutDown } from './shutdown'
@@ -30,6 +30,7 @@ import { Watch } from './watch'
 import { ResultWriter } from './writer'
 
 export type { OrchestratorHooks, RunOutcome } from './runner'
+export type { BreakerSettings } from './repository'
 
 export interface OrchestratorOptions {
   db: Database
@@ -61,6 +62,12 @@ export interface OrchestratorOptions {
   writers?: number
   /** The statements of the schedule loop: by default createScheduleStore(db, id) (tests wrap it). */
   scheduleStore?: (db: Database, orchestratorId: string) => ScheduleStore
+  /**
+   * The service breaker (SPEC §7): the cool-down of a breaker that opens (doubled on each
+   * reopening, at most 5 min) and its longest open time; PIPEWEAVE_BREAKER_COOLDOWN_MS and
+   * PIPEWEAVE_BREAKER_MAX_OPEN_MS for `run`. Default 30 s and 1 h.
+   */
+  breaker?: Partial<BreakerSettings>
 }
 
 export interface Orchestrator {
@@ -142,7 +149,9 @@ class Loop implements Orchestrator {
       onSchemaAhead: () => { this.exitCode = 4; this.started = false; void this.stop() },
       isStopping: stopping,
     })
-    const writer = new ResultWriter(repo, () => this.claimer.resultsWritten(), options.writers ?? 1)
+    const writer = new ResultWriter(repo, () => this.claimer.resultsWritten(), options.writers ?? 1, undefined, {
+      cooldownMs: options.breaker?.cooldownMs ?? BREAKER_DEFAULTS.cooldownMs, maxOpenMs: options.breaker?.maxOpenMs ?? BREAKER_DEFAULTS.maxOpenMs,
+    })
     const dispatcher = new Dispatcher({ ...options.dispatcher, secretKey: options.secretKey, maxSockets: concurrency })
     const runner = new Runner({
       repo, dispatcher, writer, liveness, log: this.log, hooks: this.hooks, forced: forced.signal,
@@ -161,6 +170,7 @@ class Loop implements Orchestrator {
       start: (run) => runner.start(run),
       claimed: (n) => watch.claimed(n),
       onMode: (mode) => this.observeMode(mode),
+      onRateLimited: (taskId) => this.hooks.onRateLimited?.(taskId),
       onIdle: () => {
         this.log.info('no due or running task runs left (--until-idle): stopping', { event: 'idle' })
         void this.stop()

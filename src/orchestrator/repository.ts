@@ -10,6 +10,7 @@ import type { Database, SchemaStatement } from '../db/database'
 import { type DrainCheckResult, drainCheck, type Mode } from '../maintenance/maintenance'
 import * as migrations from '../sql/migrations'
 import * as orchestrators from '../sql/orchestrators'
+import * as services from '../sql/services'
 import * as runs from '../sql/task-runs'
 import { VERSION } from '../version'
 import type { RetrySettings } from './retry-policy'
@@ -24,6 +25,14 @@ export interface ClaimedRun {
   previousAttempts: unknown[]
   idempotencyKey: string | null
   baseUrl: string
+  serviceId: string
+  /** The service's breaker is on (manifest `breaker`, default true): connect failures are deferred. */
+  breaker: boolean
+  /**
+   * When claimed, the service's breaker counted connect failures or was open: a dispatch that
+   * reaches the worker closes it (breakerReached). False for nearly every run: nothing to write.
+   */
+  breakerDirty: boolean
   codeVersion: number
   codeHash: string | null
   timeoutSeconds: number
@@ -39,7 +48,34 @@ export type ClaimState = Mode | 'unregistered'
 export interface ClaimResult {
   state: ClaimState
   runs: ClaimedRun[]
+  /**
+   * Work was held back by time (a rate limit's window, an open breaker): in how many ms the
+   * earliest of it may be claimable; null when nothing is (SPEC §7: runs held back are taken as
+   * soon as the window allows, not at the next poll).
+   */
+  wakeInMs: number | null
+  /** Tasks with due runs that their rate limit held back in this claim (pipeweave_task_rate_limited_total). */
+  rateHeld: string[]
 }
+
+/** The service breaker's settings (PIPEWEAVE_BREAKER_COOLDOWN_MS, PIPEWEAVE_BREAKER_MAX_OPEN_MS). */
+export interface BreakerSettings {
+  cooldownMs: number
+  maxOpenMs: number
+}
+
+/** A run whose dispatch failed before a connection to its worker was made. */
+export interface Deferral {
+  runId: string
+  attempt: number
+}
+
+/**
+ * What became of a connect failure: `deferred` (pending again, attempt kept, the breaker still
+ * closed), `held` (the same, the breaker open), `attempt` (not deferred: record it as an ordinary
+ * failure), `fenced` (not ours any more).
+ */
+export type DeferOutcome = 'deferred' | 'held' | 'attempt' | 'fenced'
 
 /** One run's result as the loop hands it over to be written. */
 export interface Completion {
@@ -96,6 +132,10 @@ export interface Repository {
   complete(completions: Completion[]): Promise<CompleteResult[]>
   /** Record several failed attempts in one statement; one result per failure, in order. */
   fail(failures: FailureRecord[]): Promise<FailResult[]>
+  /** Connect failures of breaker-enabled services, in one statement; one outcome per run, in order. */
+  defer(deferrals: Deferral[], breaker: BreakerSettings): Promise<DeferOutcome[]>
+  /** A dispatch reached service `serviceId`'s worker: close its breaker; whether it was open. */
+  breakerReached(serviceId: string): Promise<boolean>
   /**
    * Hand back to pending, attempt kept, the runs this orchestrator holds: all except `keep`, or
    * with `only`, those alone.
@@ -118,6 +158,7 @@ export interface RunStatements {
   claimRuns: SchemaStatement
   completeRuns: SchemaStatement
   failRuns: SchemaStatement
+  deferRuns: SchemaStatement
   releaseHeld: SchemaStatement
 }
 
@@ -125,6 +166,7 @@ export const STATEMENTS: RunStatements = {
   claimRuns: runs.claimRuns,
   completeRuns: runs.completeRuns,
   failRuns: runs.failRuns,
+  deferRuns: runs.deferRuns,
   releaseHeld: runs.releaseHeld,
 }
 
@@ -158,7 +200,14 @@ export function createRepository(db: Database, orchestratorId: string, options: 
     },
     async claim(limit, leaseMs) {
       const { rows } = await db.query<ClaimRow>(sql.claimRuns, [orchestratorId, limit, Math.max(1, Math.floor(leaseMs))])
-      return { state: rows[0].state, runs: rows.filter((r) => r.id !== null).map(toClaimedRun) }
+      const first = rows[0]
+      return {
+        state: first.state,
+        runs: rows.filter((r) => r.id !== null).map(toClaimedRun),
+        // Absent from another binary's claim (a test's statement set): nothing held by time.
+        wakeInMs: first.wake_in_ms === undefined || first.wake_in_ms === null ? null : Math.max(0, first.wake_in_ms),
+        rateHeld: first.rate_held ?? [],
+      }
     },
     async complete(completions) {
       const payload = JSON.stringify(completions.map((c) => ({
@@ -177,6 +226,17 @@ export function createRepository(db: Database, orchestratorId: string, options: 
       const { rows } = await db.query<{ run_id: string; outcome: FailOutcome; scheduled_for: Date | null; mode: Mode }>(sql.failRuns, [payload])
       if (rows.length !== failures.length) throw new Error(`failing ${failures.length} run(s) returned ${rows.length} row(s)`)
       return rows.map((r) => ({ outcome: r.outcome, scheduledFor: r.scheduled_for, mode: r.mode }))
+    },
+    async defer(deferrals, breaker) {
+      const payload = JSON.stringify(deferrals.map((d) => ({ id: d.runId, attempt: d.attempt })))
+      const { rows } = await db.query<{ run_id: string; outcome: DeferOutcome }>(sql.deferRuns,
+        [orchestratorId, payload, breaker.cooldownMs, breaker.maxOpenMs])
+      if (rows.length !== deferrals.length) throw new Error(`deferring ${deferrals.length} run(s) returned ${rows.length} row(s)`)
+      return rows.map((r) => r.outcome)
+    },
+    async breakerReached(serviceId) {
+      const { rows: [row] } = await db.query<{ was_open: boolean }>(services.breakerReached, [serviceId, orchestratorId])
+      return row.was_open
     },
     async release(keep, only) {
       const { rows } = await db.query<{ id: string; task_id: string; attempt: number }>(sql.releaseHeld, [orchestratorId, keep, only ?? null])
@@ -209,6 +269,8 @@ export function createRepository(db: Database, orchestratorId: string, options: 
 
 interface ClaimRow {
   state: ClaimState
+  wake_in_ms?: number | null
+  rate_held?: string[]
   id: string | null
   task_id: string
   pipeline_run_id: string | null
@@ -218,6 +280,9 @@ interface ClaimRow {
   previous_attempts: unknown[]
   idempotency_key: string | null
   base_url: string
+  service_id: string
+  breaker_enabled: boolean
+  breaker_dirty: boolean
   code_version: number
   code_hash: string | null
   timeout_seconds: number
@@ -233,7 +298,7 @@ function toClaimedRun(r: ClaimRow): ClaimedRun {
   return {
     id: r.id!, taskId: r.task_id, pipelineRunId: r.pipeline_run_id, attempt: r.attempt,
     input: r.input, inputPath: r.input_path, previousAttempts: r.previous_attempts, idempotencyKey: r.idempotency_key,
-    baseUrl: r.base_url,
+    baseUrl: r.base_url, serviceId: r.service_id, breaker: r.breaker_enabled === true, breakerDirty: r.breaker_dirty === true,
     codeVersion: r.code_version, codeHash: r.code_hash, timeoutSeconds: r.timeout_seconds,
     retry: { retries: r.retries, retryBackoff: r.retry_backoff, retryDelayMs: r.retry_delay_ms, maxRetryDelayMs: r.max_retry_delay_ms },
     cached: r.cached, cachedOutput: r.cached_output,

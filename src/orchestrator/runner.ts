@@ -9,11 +9,15 @@ import type { Mode } from '../maintenance/maintenance'
 import type { DispatchResult, Dispatcher } from './dispatcher'
 import type { Liveness } from './liveness'
 import { decideFailure } from './retry-policy'
-import type { ClaimedRun, CompleteResult, FailResult, FailureRecord, Repository } from './repository'
+import type { ClaimedRun, CompleteResult, DeferOutcome, FailResult, FailureRecord, Repository } from './repository'
 import { delay } from './wakeup'
 import type { ResultWriter } from './writer'
 
-export type RunOutcome = 'completed' | 'cached' | 'retried' | 'failed' | 'timeout'
+/**
+ * `deferred`: a connect failure of a breaker-enabled service, back to pending with its attempt
+ * kept (SPEC §7); not an attempt's outcome.
+ */
+export type RunOutcome = 'completed' | 'cached' | 'retried' | 'failed' | 'timeout' | 'deferred'
 
 /** Observers for metrics and health (the operator surface); all optional. */
 export interface OrchestratorHooks {
@@ -43,7 +47,7 @@ interface Flight {
 }
 
 export interface RunnerDeps {
-  repo: Pick<Repository, 'release'>
+  repo: Pick<Repository, 'release' | 'breakerReached'>
   dispatcher: Dispatcher
   writer: ResultWriter
   liveness: Liveness
@@ -206,7 +210,9 @@ export class Runner {
       return
     }
     deps.hooks.onDispatch?.(run.taskId, durationMs / 1000)
+    if (result.kind === 'completed' || result.connect === false) this.reached(run)
     if (result.kind === 'failed') {
+      if (result.connect === true && run.breaker && await this.deferred(flight, result, durationMs)) return
       await this.recordFailure(flight, result, durationMs)
       return
     }
@@ -239,6 +245,55 @@ export class Runner {
     })
     if (done.followUps.length > 0) deps.workDue()
     this.afterWrite(done.mode)
+  }
+
+  /**
+   * The dispatch reached the worker: close the service's breaker if the claim saw it counting
+   * failures or open (one statement per service at a time; most runs see nothing to close).
+   */
+  private reached(run: ClaimedRun): void {
+    if (!run.breakerDirty || this.closing.has(run.serviceId)) return
+    const serviceId = run.serviceId
+    const closing = this.deps.repo.breakerReached(serviceId)
+      .then((wasOpen) => {
+        if (wasOpen) this.deps.log.info(`service ${serviceId} answered again: its breaker is closed`, { event: 'breaker', serviceId, action: 'closed' })
+      })
+      .catch((error) => {
+        // The next run that reaches it closes it instead.
+        this.deps.log.debug(`closing the breaker of service ${serviceId} failed: ${(error as Error).message}`)
+      })
+      .finally(() => this.closing.delete(serviceId))
+    this.closing.set(serviceId, closing)
+  }
+
+  /** Services whose breaker is being closed right now. */
+  private readonly closing = new Map<string, Promise<void>>()
+
+  /**
+   * A connect failure of a breaker-enabled service: the run goes back to pending with its attempt
+   * (SPEC §7), unless the breaker is past its longest open time (false: record a failure).
+   */
+  private async deferred(flight: Flight, failure: { error: string; code: string }, durationMs: number): Promise<boolean> {
+    const { run } = flight
+    const written = await this.persist(run, () => this.deps.writer.defer({ runId: run.id, attempt: run.attempt }))
+    if (!written.ok) return !written.error // forced stop: the shutdown hands it back; refused: record a failure
+    const fields = { runId: run.id, taskId: run.taskId, attempt: run.attempt }
+    switch (written.value) {
+      case 'attempt':
+        return false
+      case 'fenced':
+        this.deps.log.warn(`run ${run.id} could not reach its worker, but it was no longer this orchestrator's; nothing recorded`, { event: 'fenced', ...fields })
+        return true
+      default: {
+        const held = written.value === 'held'
+        this.deps.hooks.onOutcome?.(run.taskId, 'deferred')
+        this.deps.log.warn(`run ${run.id} could not reach service ${run.serviceId} (${failure.code}: ${failure.error}); back to pending, attempt ${run.attempt} kept${held ? ': the service\'s breaker is open' : ''}`, {
+          event: 'run', ...fields, status: 'pending', durationMs, errorCode: failure.code, deferred: true, serviceId: run.serviceId, breakerOpen: held,
+        })
+        if (!held) this.deps.workDue()
+        return true
+      }
+    }
   }
 
   private afterWrite(mode: Mode): void {
@@ -303,7 +358,7 @@ export class Runner {
    * stays `running` until the shutdown, or else crash recovery, hands it back) and on an error
    * that is not the connection (`error` set: the caller decides what to record instead).
    */
-  private async persist<T extends CompleteResult | FailResult>(run: ClaimedRun, write: () => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error?: unknown }> {
+  private async persist<T extends CompleteResult | FailResult | DeferOutcome>(run: ClaimedRun, write: () => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error?: unknown }> {
     let backoff = 250
     for (;;) {
       try {

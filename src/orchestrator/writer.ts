@@ -1,17 +1,18 @@
 /**
  * Results are written in batches (graphile-worker's completeJobBatchDelay, without the delay): a
  * result is sent at once when no write is in flight, and the results that arrive while one is in
- * flight go together in the next: completions in one statement, failed attempts in another. An
- * idle orchestrator writes each result as soon as it has it; a busy one pays one round trip and
- * one commit for many runs, not one each.
+ * flight go together in the next: completions in one statement, failed attempts in another,
+ * connect failures for the breaker in a third. An idle orchestrator writes each result as soon as
+ * it has it; a busy one pays one round trip and one commit for many runs, not one each.
  *
  * Each run keeps its own outcome: the caller gets the result of its run, or the error that
  * stopped it being written. A batch the database refuses for a reason other than the connection
  * (one worker's output that jsonb cannot hold) is written again one run at a time, so that only
  * the run at fault fails.
  */
+import { BREAKER_DEFAULTS } from '../api/settings'
 import { isConnectionLoss } from '../db/errors'
-import type { CompleteResult, Completion, FailResult, FailureRecord, Repository } from './repository'
+import type { BreakerSettings, CompleteResult, Completion, DeferOutcome, Deferral, FailResult, FailureRecord, Repository } from './repository'
 
 /** Results per statement at most: bounds the statement's size and the time its locks are held. */
 export const MAX_BATCH = 100
@@ -19,6 +20,7 @@ export const MAX_BATCH = 100
 type Entry =
   | { kind: 'complete'; item: Completion; resolve: (r: CompleteResult) => void; reject: (e: unknown) => void }
   | { kind: 'fail'; item: FailureRecord; resolve: (r: FailResult) => void; reject: (e: unknown) => void }
+  | { kind: 'defer'; item: Deferral; resolve: (r: DeferOutcome) => void; reject: (e: unknown) => void }
 
 export class ResultWriter {
   private queue: Entry[] = []
@@ -28,12 +30,14 @@ export class ResultWriter {
   private idle: Array<() => void> = []
 
   constructor(
-    private readonly repo: Pick<Repository, 'complete' | 'fail'>,
+    private readonly repo: Pick<Repository, 'complete' | 'fail' | 'defer'>,
     /** Called when results leave the queue for good (written or refused): slots may free. */
     private readonly onSettled: () => void = () => undefined,
     /** Batches written at once, each on a connection of its own. */
     private readonly maxWriting = 1,
     private readonly maxBatch = MAX_BATCH,
+    /** What a breaker that opens on these connect failures is opened with. */
+    private readonly breaker: BreakerSettings = BREAKER_DEFAULTS,
   ) {}
 
   /** Results waiting or being written. */
@@ -47,6 +51,11 @@ export class ResultWriter {
 
   fail(item: FailureRecord): Promise<FailResult> {
     return new Promise((resolve, reject) => this.push({ kind: 'fail', item, resolve, reject }))
+  }
+
+  /** A connect failure of a breaker-enabled service: deferred (attempt kept), or to be recorded as a failure. */
+  defer(item: Deferral): Promise<DeferOutcome> {
+    return new Promise((resolve, reject) => this.push({ kind: 'defer', item, resolve, reject }))
   }
 
   /** Resolves once nothing is waiting or being written. */
@@ -86,9 +95,11 @@ export class ResultWriter {
   private async write(batch: Entry[]): Promise<void> {
     const completes = batch.filter((e): e is Extract<Entry, { kind: 'complete' }> => e.kind === 'complete')
     const fails = batch.filter((e): e is Extract<Entry, { kind: 'fail' }> => e.kind === 'fail')
+    const defers = batch.filter((e): e is Extract<Entry, { kind: 'defer' }> => e.kind === 'defer')
     await Promise.all([
       completes.length > 0 && this.writeAll(completes, (items) => this.repo.complete(items)),
       fails.length > 0 && this.writeAll(fails, (items) => this.repo.fail(items)),
+      defers.length > 0 && this.writeAll(defers, (items) => this.repo.defer(items, this.breaker)),
     ])
   }
 

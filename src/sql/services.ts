@@ -183,3 +183,11 @@ export const flowGauges = statement('flow_gauges', (s) => `SELECT 'task' AS kind
   UNION ALL
   SELECT 'service', sv.id, (sv.breaker_enabled AND sv.breaker_open_until IS NOT NULL AND (sv.breaker_expires_at IS NULL OR sv.breaker_expires_at > now()))
     FROM ${s.q}.services sv`)
+/**
+ * A dispatch to service $1 reached its worker (any answer): its breaker closes and its count of
+ * connect failures starts again (pipeweave_breaker_reached_v1, migration 003: no lock and no write
+ * when there is nothing to close). `was_open`: it was open (a control_events row by orchestrator
+ * $2 was written, and every orchestrator notified).
+ */
+export const breakerReached = statement('breaker_reached', (s) => `
+  SELECT ${s.q}.pipeweave_breaker_reached_v1($1::text, 'orchestrator:' || $2::text) AS was_open`)

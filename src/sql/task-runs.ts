@@ -4,7 +4,9 @@
  * reads runs. `task_runs` holds live work only (pending, running, waiting); a run that finishes
  * moves to `task_run_history` in the statement that finishes it. Every statement names the index
  * that serves it (migrations/001). Only the rules every writer must obey are database functions
- * (migrations/002: pipeweave_gate_v1, pipeweave_claim_gate_v1, pipeweave_task_room_v1).
+ * (migrations/002: pipeweave_gate_v1, pipeweave_claim_gate_v1, pipeweave_task_room_v1;
+ * migrations/003, flow control: pipeweave_task_room_v2, pipeweave_rate_stamp_v1,
+ * pipeweave_breaker_probe_v1, pipeweave_breaker_connect_failed_v1).
  *
  * Batches are JSON arrays unnested with jsonb_to_recordset (one round trip and one commit for many
  * runs), and every write to a run is fenced in its WHERE: still `running`, by this orchestrator,
@@ -107,18 +109,33 @@ export const resolveActiveKeys = statement('resolve_active_keys', (s) => `
 /**
  * Claim up to $2 due runs for orchestrator $1 (SPEC §5), whose registration must have heartbeated
  * within $3 ms. One row always: `state` is pipeweave_claim_gate_v1's answer ('unregistered', or
- * the mode), and the claimed runs follow, one per row (id null when none), with what dispatch
- * needs of their task and service, and the idempotency cache's output for a key that has one.
+ * the mode), `wake_in_ms` and `rate_held` say what held work back (below), and the claimed runs
+ * follow, one per row (id null when none), with what dispatch needs of their task and service, and
+ * the idempotency cache's output for a key that has one.
  *
  * How (task_runs_claim_idx, (task_id, priority, due_at, id) WHERE pending):
+ *   clock       one instant for the whole claim, read once every room is counted: its runs'
+ *               started_at, and the time their rate slots are stamped with (SPEC §7: a rate
+ *               limit counts started_at exactly); never earlier than the counts it obeys;
  *   groups      the (task, priority) pairs with pending runs, by a skip scan: one index descent
  *               per pair, however many runs each holds;
- *   room        per task: no limit (null), or its room under its concurrency limit, counted under
- *               the task's lock (pipeweave_task_room_v1; 0 when another claim holds it);
+ *   rules       per task: paused (task or service, read here) → room 0; every rate slot in use
+ *               (read here, unlocked) → room 0; no rule (no concurrency limit, no rate limit, its
+ *               service's breaker closed) → NULL, no function called;
+ *               else pipeweave_task_room_v2 (migration 003): the breaker (open → 0, half-open →
+ *               one probe for the whole service), the concurrency limit counted under the task's
+ *               lock, the free rate slots under the task's rate lock;
  *   candidates  the head of each group a task with room has, due now (a range scan: runs due
  *               later sit after them and are never read), locked SKIP LOCKED so orchestrators
  *               claiming side by side take different runs;
- *   chosen      in claim order (priority, due time, id), no task beyond its room, at most $2.
+ *   chosen      in claim order (priority, due time, id), no task beyond its room, one run of a
+ *               half-open service at most (its probe), at most $2;
+ *   stamped     after the UPDATE, when the number taken is known: the rate slots the claimed runs
+ *               used, stamped with their started_at (pipeweave_rate_stamp_v1, under the rate lock
+ *               the room took), and the probe's lease (pipeweave_breaker_probe_v1);
+ *   held        when held-back work may be claimable next (a rate slot freeing, an open breaker's
+ *               open_until), as milliseconds from now, and the rate-limited tasks with due runs
+ *               that the rate limit held back in this claim (/metrics counts them).
  * The rows locked and not chosen are free again at commit.
  */
 export const claimRuns = statement('claim_runs', (s) => `
@@ -133,11 +150,40 @@ export const claimRuns = statement('claim_runs', (s) => `
       SELECT r.task_id, r.priority FROM ${s.q}.task_runs r
        WHERE r.status = 'pending' AND (r.task_id, r.priority) > (g.task_id, g.priority)
        ORDER BY r.task_id, r.priority LIMIT 1) AS n
-  ), room AS MATERIALIZED (
-    SELECT t.id AS task_id, CASE WHEN t.concurrency > 0 THEN ${s.q}.pipeweave_task_room_v1(t.id) END AS room
-      FROM ${s.q}.tasks t WHERE t.id IN (SELECT g.task_id FROM groups g)
+  ), rules AS MATERIALIZED (
+    SELECT t.id AS task_id, t.service_id,
+           CASE WHEN t.paused_at IS NOT NULL OR sv.paused_at IS NOT NULL
+                THEN ROW(0, NULL::timestamptz, false, false, false)::${s.q}.pipeweave_room_v2
+                WHEN sv.breaker_open_until IS NULL AND rs.full
+                THEN ROW(0, rs.next_free, false, true, false)::${s.q}.pipeweave_room_v2
+                WHEN t.concurrency > 0 OR sv.breaker_open_until IS NOT NULL OR rt.lim IS NOT NULL
+                THEN ${s.q}.pipeweave_task_room_v2(t.id, 'orchestrator:' || $1::text)
+           END AS r
+      FROM ${s.q}.tasks t JOIN ${s.q}.services sv ON sv.id = t.service_id
+     CROSS JOIN LATERAL (
+       SELECT CASE WHEN t.rate_override THEN t.rate_override_limit ELSE t.rate_limit END AS lim,
+              CASE WHEN t.rate_override THEN t.rate_override_period_ms ELSE t.rate_period_ms END * interval '1 millisecond' AS period) AS rt
+     -- A rate-limited task whose every slot (as many as its limit) was used within the period:
+     -- held back, read without its lock or a function call (a backlog held by its rate is
+     -- claimed past at every claim). Safe unlocked: stamps only move forward, so a slot seen in
+     -- use is in use; a slot to add or free again is pipeweave_task_room_v2's (NULL here).
+      LEFT JOIN LATERAL (
+       SELECT count(*) = rt.lim AND bool_and(x.at >= clock_timestamp() - rt.period) AS full, min(x.at) + rt.period AS next_free
+         FROM ${s.q}.task_rate_slots x
+        WHERE rt.lim IS NOT NULL AND x.task_id = t.id) AS rs ON true
+     WHERE t.id IN (SELECT g.task_id FROM groups g)
+  ), clock AS MATERIALIZED (
+    -- After every room (it reads them all first).
+    SELECT clock_timestamp() AS at FROM (SELECT count(*) FROM rules) AS counted
+  ), room AS (
+    -- The fields of the materialized answers (read from a materialized CTE, the function is
+    -- called once per task, not once per field).
+    SELECT x.task_id, x.service_id, (x.r).room AS room, (x.r).wake_at AS wake_at,
+           COALESCE((x.r).rate, false) AS rate, COALESCE((x.r).rate_held, false) AS rate_held,
+           COALESCE((x.r).probe, false) AS probe
+      FROM rules x
   ), candidates AS (
-    SELECT c.ctid, c.id, c.task_id, c.priority, c.due_at, rm.room
+    SELECT c.ctid, c.id, c.task_id, c.priority, c.due_at, rm.room, CASE WHEN rm.probe THEN rm.service_id END AS probe_of
       FROM groups g
       JOIN room rm ON rm.task_id = g.task_id AND (rm.room IS NULL OR rm.room > 0)
      CROSS JOIN LATERAL (
@@ -148,26 +194,60 @@ export const claimRuns = statement('claim_runs', (s) => `
           FOR UPDATE SKIP LOCKED) AS c
   ), chosen AS (
     SELECT c.ctid FROM (
-      SELECT c.*, row_number() OVER (PARTITION BY c.task_id ORDER BY c.priority, c.due_at, c.id) AS nth FROM candidates c
+      SELECT c.*, row_number() OVER (PARTITION BY c.task_id ORDER BY c.priority, c.due_at, c.id) AS nth,
+             row_number() OVER (PARTITION BY c.probe_of ORDER BY c.priority, c.due_at, c.id) AS nth_of_probed
+        FROM candidates c
     ) AS c
-     WHERE c.room IS NULL OR c.nth <= c.room
+     WHERE (c.room IS NULL OR c.nth <= c.room) AND (c.probe_of IS NULL OR c.nth_of_probed = 1)
      ORDER BY c.priority, c.due_at, c.id
      LIMIT $2::int
   ), claimed AS (
     -- The locked rows themselves, by their tuple ids (a TID scan): no plan to choose, however
     -- small or bloated the table looks to the planner.
     UPDATE ${s.q}.task_runs r
-       SET status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(), orchestrator_id = $1::text
+       SET status = 'running', started_at = (SELECT c.at FROM clock c), heartbeat_at = (SELECT c.at FROM clock c),
+           orchestrator_id = $1::text
      WHERE r.ctid = ANY (ARRAY(SELECT c.ctid FROM chosen c)) AND r.status = 'pending'
     RETURNING r.id, r.task_id, r.pipeline_run_id, r.attempt, r.priority, r.input, r.input_path,
               r.previous_attempts, r.idempotency_key, r.due_at
+  ), stamped AS MATERIALIZED (
+    SELECT ${s.q}.pipeweave_rate_stamp_v1(k.task_id, k.n, (SELECT c.at FROM clock c)) AS next_free
+      FROM (SELECT c.task_id, count(*)::int AS n FROM claimed c GROUP BY c.task_id) AS k
+     WHERE k.task_id IN (SELECT rm.task_id FROM room rm WHERE rm.rate)
+  ), probed AS MATERIALIZED (
+    SELECT ${s.q}.pipeweave_breaker_probe_v1(p.service_id, p.run_id, (SELECT c.at FROM clock c), 'orchestrator:' || $1::text) AS until
+      FROM (SELECT rm.service_id, min(c.id) AS run_id
+              FROM claimed c JOIN room rm ON rm.task_id = c.task_id AND rm.probe
+             GROUP BY rm.service_id) AS p
+  ), held AS MATERIALIZED (
+    SELECT extract(epoch FROM (
+             SELECT min(w.at) FROM (
+               SELECT rm.wake_at AS at FROM room rm
+               UNION ALL SELECT st.next_free FROM stamped st
+               UNION ALL SELECT pr.until FROM probed pr) AS w
+           ) - clock_timestamp()) * 1000 AS wake_in_ms,
+           ARRAY(
+             SELECT rm.task_id FROM room rm
+              -- Per task held back (a sub-plan, evaluated for those rows only): the head of each of
+              -- its groups, due now, as the candidates read them (an index probe per group).
+              WHERE rm.rate_held AND (
+                SELECT count(*) FROM groups g CROSS JOIN LATERAL (
+                  SELECT 1 FROM ${s.q}.task_runs r
+                   WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()
+                   ORDER BY r.due_at
+                   LIMIT 1) AS due
+                 WHERE g.task_id = rm.task_id) > 0
+              ORDER BY rm.task_id) AS rate_held
   )
   -- Only what a dispatch needs: every column here is parsed by the orchestrator for every run.
-  SELECT g.state, c.id, c.task_id, c.pipeline_run_id, c.attempt, c.input, c.input_path, c.previous_attempts,
+  SELECT g.state, h.wake_in_ms::float8 AS wake_in_ms, h.rate_held,
+         c.id, c.task_id, c.pipeline_run_id, c.attempt, c.input, c.input_path, c.previous_attempts,
          c.idempotency_key, sv.base_url, t.code_version, t.code_hash, t.timeout_seconds,
          t.retries, t.retry_backoff, t.retry_delay_ms, t.max_retry_delay_ms,
+         t.service_id, sv.breaker_enabled, (sv.breaker_failures > 0 OR sv.breaker_opened_at IS NOT NULL) AS breaker_dirty,
          (ic.task_id IS NOT NULL) AS cached, ic.output AS cached_output
     FROM gate g
+   CROSS JOIN held h
     LEFT JOIN (claimed c
       JOIN ${s.q}.tasks t ON t.id = c.task_id
       JOIN ${s.q}.services sv ON sv.id = t.service_id
@@ -299,6 +379,56 @@ export const failRuns = statement('fail_runs', (s) => `
    ORDER BY i.ord`)
 
 /**
+ * Connect failures of runs held by orchestrator $1 (SPEC §7, the service breaker): $2 is a JSON
+ * array of { id, attempt }, runs whose dispatch failed before a connection to the worker was
+ * made; $3 the cool-down and $4 the longest open time of a breaker that opens now (ms). In one
+ * statement: per service, pipeweave_breaker_connect_failed_v1 (migration 003) counts them and
+ * opens the breaker at 5 in a row; while the service's breaker is on and not expired, its runs go
+ * back to `pending` keeping their attempt and their place (nothing in previous_attempts: no
+ * attempt was used), due now. One row per element, in order: outcome `deferred` (back, the breaker
+ * still closed: due for any claim, notified), `held` (back, the breaker open), `attempt` (not
+ * deferred: record an ordinary failure), or `fenced` (not ours any more).
+ * The runs by task_runs_pkey; services one at a time, in id order.
+ */
+export const deferRuns = statement('defer_runs', (s) => `
+  WITH clock AS MATERIALIZED (
+    SELECT clock_timestamp() AS at
+  ), input AS (
+    SELECT x.* FROM ${records('$2', [['id', 'text'], ['attempt', 'integer']])}
+  ), mine AS MATERIALIZED (
+    SELECT r.id, r.attempt, t.service_id
+      FROM ${s.q}.task_runs r                                       -- task_runs_pkey
+      JOIN input i ON i.id = r.id AND i.attempt = r.attempt
+      JOIN ${s.q}.tasks t ON t.id = r.task_id
+     WHERE r.id = ANY (ARRAY(SELECT x.id FROM input x)) AND r.status = 'running' AND r.orchestrator_id = $1::text
+  ), decided AS MATERIALIZED (
+    SELECT d.service_id,
+           ${s.q}.pipeweave_breaker_connect_failed_v1(d.service_id, d.ids, (SELECT c.at FROM clock c), $3::int, $4::int,
+             'orchestrator:' || $1::text) AS verdict
+      FROM (SELECT m.service_id, array_agg(m.id ORDER BY m.id) AS ids FROM mine m GROUP BY m.service_id) AS d
+     ORDER BY d.service_id
+  ), deferred AS (
+    UPDATE ${s.q}.task_runs r                                        -- task_runs_pkey
+       SET status = 'pending', started_at = NULL, heartbeat_at = NULL, orchestrator_id = NULL
+      FROM mine m JOIN decided d ON d.service_id = m.service_id
+     WHERE r.id = ANY (ARRAY(SELECT x.id FROM mine x)) AND r.id = m.id
+       AND d.verdict IN ('deferred', 'held') AND r.attempt = m.attempt AND r.status = 'running' AND r.orchestrator_id = $1::text
+    RETURNING r.id, d.verdict
+  ), woken AS (
+    SELECT ${notify(s)} FROM (SELECT 1 FROM deferred f WHERE f.verdict = 'deferred' LIMIT 1) AS any_due
+  )
+  SELECT i.id AS run_id,
+         CASE WHEN f.id IS NOT NULL THEN f.verdict
+              WHEN m.id IS NOT NULL AND d.verdict = 'attempt' THEN 'attempt'
+              ELSE 'fenced' END AS outcome,
+         (SELECT count(*) FROM woken)::int AS notified
+    FROM input i
+    LEFT JOIN mine m ON m.id = i.id
+    LEFT JOIN decided d ON d.service_id = m.service_id
+    LEFT JOIN deferred f ON f.id = i.id
+   ORDER BY i.ord`)
+
+/**
  * Hand runs back to pending keeping their attempt and their place in the queue: they were never
  * sent, or stopped by us, which is not the run's failure. Runs orchestrator $1 holds: all but $2
  * (graceful shutdown; a claim whose answer was lost), or with $3 only those (a lapsed lease).
@@ -379,8 +509,9 @@ export const cancelRuns = statement('cancel_runs', (s) => `
 /**
  * The (task, priority) groups of pending runs (skip scan of task_runs_claim_idx), and whether
  * one of them has a run due now (a range scan per group): bounded by groups, not by the runs
- * scheduled for later. Used by the drain and --until-idle. A paused task's group (its own pause
- * or its service's, SPEC §7) does not count: paused work does not hold a drain.
+ * scheduled for later. Used by the drain and --until-idle. Runs of a paused task (or of a task
+ * whose service is paused) do not count (SPEC §7: paused work does not hold a drain); runs held
+ * by a rate limit or an open breaker do: they are due, and will run.
  */
 const dueExists = (s: Schema) => `
   WITH RECURSIVE groups AS (
@@ -392,14 +523,18 @@ const dueExists = (s: Schema) => `
        ORDER BY r.task_id, r.priority LIMIT 1) AS n
   )
   SELECT EXISTS (
-    SELECT 1 FROM groups g WHERE EXISTS (
-      SELECT 1 FROM ${s.q}.task_runs r
-       WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now())
-      AND NOT EXISTS (
-      SELECT 1 FROM ${s.q}.tasks t JOIN ${s.q}.services sv ON sv.id = t.service_id
-       WHERE t.id = g.task_id AND (t.paused_at IS NOT NULL OR sv.paused_at IS NOT NULL)))`
+    SELECT 1 FROM groups g
+     WHERE NOT EXISTS (${pausedTask(s, 'g.task_id')})
+       AND EXISTS (
+         SELECT 1 FROM ${s.q}.task_runs r
+          WHERE r.status = 'pending' AND r.task_id = g.task_id AND r.priority = g.priority AND r.due_at <= now()))`
 
-/** Is anything due pending or running (--until-idle, the drain)? task_runs_claim_idx, task_runs_running_idx. */
+/** A row when the task `taskId` (an SQL expression) is paused, itself or by its service. */
+export const pausedTask = (s: Schema, taskId: string) => `
+  SELECT 1 FROM ${s.q}.tasks pt JOIN ${s.q}.services ps ON ps.id = pt.service_id
+   WHERE pt.id = ${taskId} AND (pt.paused_at IS NOT NULL OR ps.paused_at IS NOT NULL)`
+
+/** Is anything due pending (and not paused) or running (--until-idle, the drain)? task_runs_claim_idx, task_runs_running_idx. */
 export const workRemains = statement('work_remains', (s) => `
   SELECT EXISTS (SELECT 1 FROM ${s.q}.task_runs r WHERE r.status = 'running')
       OR (${dueExists(s)}) AS remains`)

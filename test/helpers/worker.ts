@@ -84,8 +84,15 @@ export class StubWorker extends EventEmitter {
     return serviceManifest(this.url, tasks, id)
   }
 
-  async start(): Promise<this> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve))
+  /** Listen on 127.0.0.1, on `port` (a worker coming back where it was) or any free one. */
+  async start(port = 0): Promise<this> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject)
+      this.server.listen(port, '127.0.0.1', () => {
+        this.server.off('error', reject)
+        resolve()
+      })
+    })
     this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`
     return this
   }
@@ -248,8 +255,17 @@ export class StubWorker extends EventEmitter {
   }
 }
 
-export async function startWorker(): Promise<StubWorker> {
-  return new StubWorker().start()
+export async function startWorker(port?: number): Promise<StubWorker> {
+  return new StubWorker().start(port)
+}
+
+/** A port of 127.0.0.1 with nothing listening on it (for now): connections to it are refused. */
+export async function closedPort(): Promise<number> {
+  const server = http.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
 }
 
 export type ManifestTask = Record<string, unknown> & { id: string }
