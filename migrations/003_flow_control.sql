@@ -141,6 +141,8 @@ BEGIN
       NEW.paused_by := NULL;
       NEW.pause_reason := NULL;
       INSERT INTO control_events (kind, target, action, actor, reason) VALUES ('pause', v_target, 'resumed', v_actor, v_reason);
+      -- Its pending runs may start now: every orchestrator looks (not one poll interval later).
+      PERFORM pg_notify(left('pipeweave.' || current_schema(), 63), 'runs');
     ELSE
       NEW.paused_by := v_actor;
       -- A runbook's UPDATE may set pause_reason itself; pipeweave's reason is the one it passed.
@@ -162,6 +164,8 @@ BEGIN
         v_limit := NEW.rate_limit;
         v_period := NEW.rate_period_ms;
       END IF;
+      -- A changed limit may let held-back runs start now.
+      PERFORM pg_notify(left('pipeweave.' || current_schema(), 63), 'runs');
       INSERT INTO control_events (kind, target, action, actor, reason, detail)
       VALUES ('rate_limit', v_target,
               CASE WHEN NOT NEW.rate_override THEN 'manifest' WHEN NEW.rate_override_limit IS NULL THEN 'cleared' ELSE 'set' END,

@@ -110,4 +110,18 @@ describe('pause and resume in the claim (issue 12, acceptance 1)', () => {
     await waitFor(() => allIn(db.pool, ['completed'], ids), { timeoutMs: 10_000, what: 'the runs once the service is resumed' })
     expect((await proc.stop()).code).toBe(0)
   })
+
+  it('a resume (or a changed rate limit) wakes every orchestrator: no poll interval to wait', async () => {
+    // Polling once a minute: only the notification of the resume can start the runs in time.
+    const proc = startRun(quickEnv({ ...db.env, POLL_INTERVAL_MS: '60000' }), ['--log-format', 'json'])
+    started.push(proc)
+    await proc.started()
+    await db.pool.query(`UPDATE tasks SET paused_at = now() WHERE id = 'A'`)
+    const ids = await enqueueMany(db.pool, 'A', 3)
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    expect(worker.requests).toHaveLength(0)
+    await db.pool.query(`UPDATE tasks SET paused_at = NULL WHERE id = 'A'`)
+    await waitFor(() => allIn(db.pool, ['completed'], ids), { timeoutMs: 20_000, what: 'the runs once A is resumed' })
+    expect((await proc.stop()).code).toBe(0)
+  })
 })
