@@ -477,37 +477,59 @@ export const RUN_PAGE_KINDS = {
 export type RunPageKind = keyof typeof RUN_PAGE_KINDS
 
 /**
+ * `column` equal to `param`, written as a range of one value. The planner treats an equality with
+ * a value as a constant and drops that column from the ORDER BY, after which the primary key
+ * (filtered) hands the rows in id order as well as the index meant for them, and the planner may
+ * walk it instead, reading every row between two matches (it did, near the oldest end of a list).
+ * As a range the column stays in the ORDER BY, which then only the index meant for the filter
+ * provides: one plan for every page. Same rows: a database's collation is deterministic.
+ */
+const same = (column: string, param: string) => `${column} >= ${param} AND ${column} <= ${param}`
+
+/**
  * The two halves of each page: the newest $2 of each table below the cursor, each read by the
  * index named beside it in id order from the cursor on (a keyset: page 50 reads what page 1
- * reads), or nothing when that table cannot hold such runs. `indexes`: what the plan reads
- * (test/indexes.test.ts holds each page to it).
+ * reads), or nothing when that table cannot hold such runs. A half that filters on the leading
+ * columns of its index orders by them too (see `same`). The statements are planned with their
+ * values (unnamed statements: custom plans), so `status` between 'failed' and 'failed' matches the
+ * partial indexes on `status <> 'completed'`. `indexes`: what the plan reads (test/indexes.test.ts
+ * holds each page to it; test/dashboard-paging.test.ts, its buffers).
  */
-export const RUN_PAGE_PARTS: Record<RunPageKind, { live: string | null; history: string | null; indexes: string[] }> = {
-  all: { live: 'true', history: 'true', indexes: ['task_run_history_pkey', 'task_runs_pkey'] },
-  live: { live: 'r.status = $3::text', history: null, indexes: ['task_runs_pkey'] },
+interface Half { where: string; order?: string }
+export const RUN_PAGE_PARTS: Record<RunPageKind, { live: Half | null; history: Half | null; indexes: string[] }> = {
+  all: { live: { where: 'true' }, history: { where: 'true' }, indexes: ['task_run_history_pkey', 'task_runs_pkey'] },
+  live: { live: { where: 'r.status = $3::text' }, history: null, indexes: ['task_runs_pkey'] },
   // At most the fleet's concurrency: read whole and sorted.
-  running: { live: `r.status = 'running'`, history: null, indexes: ['task_runs_running_idx'] },
+  running: { live: { where: `r.status = 'running'` }, history: null, indexes: ['task_runs_running_idx'] },
   completed: {
-    live: `r.status = 'completed'`,
-    history: `r.status = 'completed'`,
+    live: { where: `r.status = 'completed'` },
+    history: { where: `r.status = 'completed'` },
     indexes: ['task_run_history_pkey', 'task_runs_stray_finished_idx'],
   },
   unsuccessful: {
-    live: `r.status = $3::text AND r.status IN ('failed', 'timeout', 'cancelled')`,
-    history: `r.status = $3::text AND r.status <> 'completed'`,
+    live: { where: `r.status = $3::text AND r.status IN ('failed', 'timeout', 'cancelled')` },
+    history: { where: same('r.status', '$3::text'), order: 'r.status DESC, r.id DESC' },
     indexes: ['task_run_history_status_idx', 'task_runs_stray_finished_idx'],
   },
-  ofTask: { live: 'r.task_id = $3::text', history: 'r.task_id = $3::text', indexes: ['task_run_history_task_idx', 'task_runs_task_idx'] },
-  ofTaskLive: { live: 'r.task_id = $4::text AND r.status = $3::text', history: null, indexes: ['task_runs_task_idx'] },
-  ofTaskRunning: { live: `r.task_id = $3::text AND r.status = 'running'`, history: null, indexes: ['task_runs_running_idx'] },
+  ofTask: {
+    live: { where: same('r.task_id', '$3::text'), order: 'r.task_id DESC, r.id DESC' },
+    history: { where: same('r.task_id', '$3::text'), order: 'r.task_id DESC, r.id DESC' },
+    indexes: ['task_run_history_task_idx', 'task_runs_task_idx'],
+  },
+  ofTaskLive: {
+    live: { where: `${same('r.task_id', '$4::text')} AND r.status = $3::text`, order: 'r.task_id DESC, r.id DESC' },
+    history: null,
+    indexes: ['task_runs_task_idx'],
+  },
+  ofTaskRunning: { live: { where: `r.task_id = $3::text AND r.status = 'running'` }, history: null, indexes: ['task_runs_running_idx'] },
   ofTaskCompleted: {
-    live: `r.task_id = $3::text AND r.status = 'completed'`,
-    history: `r.task_id = $3::text AND r.status = 'completed'`,
+    live: { where: `r.task_id = $3::text AND r.status = 'completed'` },
+    history: { where: `${same('r.task_id', '$3::text')} AND r.status = 'completed'`, order: 'r.task_id DESC, r.id DESC' },
     indexes: ['task_run_history_task_idx', 'task_runs_stray_finished_idx'],
   },
   ofTaskUnsuccessful: {
-    live: `r.task_id = $4::text AND r.status = $3::text AND r.status IN ('failed', 'timeout', 'cancelled')`,
-    history: `r.task_id = $4::text AND r.status = $3::text AND r.status <> 'completed'`,
+    live: { where: `r.task_id = $4::text AND r.status = $3::text AND r.status IN ('failed', 'timeout', 'cancelled')` },
+    history: { where: `${same('r.task_id', '$4::text')} AND ${same('r.status', '$3::text')}`, order: 'r.task_id DESC, r.status DESC, r.id DESC' },
     indexes: ['task_run_history_task_status_idx', 'task_runs_stray_finished_idx'],
   },
 }
@@ -519,13 +541,13 @@ function runPage(kind: RunPageKind, payloads: boolean) {
   // sorted: with many running runs the planner could walk the primary key instead, past every
   // pending run, which a backlog makes millions.
   const whole = kind === 'running' || kind === 'ofTaskRunning'
-  const half = (table: string, where: string) => whole
+  const half = (table: string, { where, order = 'r.id DESC' }: Half) => whole
     ? `(WITH chosen AS MATERIALIZED (
         SELECT ${columns} FROM ${table} r WHERE ${where} AND ($1::text IS NULL OR r.id < $1::text))
       SELECT * FROM chosen r ORDER BY r.id DESC LIMIT $2::int)`
     : `(SELECT ${columns} FROM ${table} r
       WHERE ${where} AND ($1::text IS NULL OR r.id < $1::text)
-      ORDER BY r.id DESC LIMIT $2::int)`
+      ORDER BY ${order} LIMIT $2::int)`
   const name = `page_runs_${kind.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}${payloads ? '_full' : ''}`
   return statement(name, (s) => {
     const halves = [live && half(`${s.q}.task_runs`, live), history && half(`${s.q}.task_run_history`, history)].filter(Boolean)
