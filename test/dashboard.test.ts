@@ -236,6 +236,10 @@ describeWithBrowser(__filename)('the dashboard in a real browser', () => {
     expect((await run.done).code).toBe(0)
     expect((await finished(db.pool, flaky)).status).toBe('completed')
     const { rows: [child] } = await db.pool.query<{ id: string }>(`SELECT id FROM ${ALL_RUNS} AS r WHERE parent_run_id = $1`, [flaky])
+    // The throughput counts the orchestrator wrote with these results: 2 attempts retried, 2 runs failed for good.
+    const { rows: [tally] } = await db.pool.query<{ failed: number; retried: number }>(
+      `SELECT sum(failed)::int AS failed, sum(retried)::int AS retried FROM throughput_minutes WHERE task_id IN ('flaky', 'doomed')`)
+    expect(tally).toEqual({ failed: 2, retried: 2 })
 
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } })
     const page = await context.newPage()
