@@ -213,6 +213,14 @@ describeWithBrowser(__filename)('the dashboard in a real browser', () => {
       expect(await page.locator('form.action').count()).toBe(0)
       await page.goto(`${readOnly.url}/dlq?all=1`)
       expect(await page.locator('form.action').count()).toBe(0)
+      // Inputs and outputs are for a signed-in browser (or --show-payloads) only.
+      const { rows: [some] } = await db.pool.query<{ id: string }>(`SELECT id FROM task_run_history WHERE input IS NOT NULL LIMIT 1`)
+      for (const url of [readOnly.url, dashboard.url]) {
+        await page.goto(`${url}/runs/${some.id}`)
+        expect(await page.locator('.hidden-payload').count()).toBe(2)
+        expect(await page.locator('#input, #output').count()).toBe(0)
+        expect(await page.textContent('main')).not.toContain('"n":')
+      }
       expect(errors).toEqual([])
       await page.close()
       for (const action of ['/actions/maintenance/request', '/actions/maintenance/exit', '/actions/dlq/retry', '/actions/runs/cancel', '/login']) {
