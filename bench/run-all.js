@@ -10,13 +10,13 @@
  * Each script documents its sizes at its top, every one overridable by an environment variable
  * (BENCH_*), e.g. BENCH_THROUGHPUT_RUNS=2000 for a quick check. The names a filter matches:
  * cold start, cleanup, enqueue rate, throughput, sustained drain, writes per run, pickup latency,
- * drain latency, claim cost, flow control.
+ * drain latency, claim cost, flow control, dashboard.
  */
 const os = require('node:os')
 const lib = require('./lib')
 
 /** In running order. A new benchmark exports { name, run(server, { log }) } and is listed here. */
-const BENCHMARKS = ['./cold-start', './cleanup', './enqueue', './throughput', './sustained', './writes', './pickup', './drain', './claim', './flow']
+const BENCHMARKS = ['./cold-start', './cleanup', './enqueue', './throughput', './sustained', './writes', './pickup', './drain', './claim', './flow', './dashboard']
 
 async function main() {
   const only = process.argv.slice(2)

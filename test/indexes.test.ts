@@ -13,6 +13,7 @@
 import type { PoolClient } from 'pg'
 import type { SchemaStatement } from '../src/db/database'
 import { schemaOf } from '../src/sql/schema'
+import * as dashboard from '../src/sql/dashboard'
 import * as state from '../src/sql/orchestrator-state'
 import * as runs from '../src/sql/task-runs'
 import { createTestDatabase, type TestDatabase, TEST_SCHEMA } from './helpers/db'
@@ -25,6 +26,7 @@ let db: TestDatabase
 let client: PoolClient
 /** The indexes of the watched tables. */
 let watchedIndexes: Set<string>
+let newest: string
 /** A few run ids of each kind, for the statements that take ids. */
 const ids: Record<'pending' | 'running' | 'completed' | 'failed', string[]> = { pending: [], running: [], completed: [], failed: [] }
 
@@ -33,13 +35,16 @@ beforeAll(async () => {
   const q = (text: string) => db.pool.query(text)
   await q(`INSERT INTO services (id, version, base_url) VALUES ('s', '1', 'http://127.0.0.1:1')`)
   await q(`INSERT INTO tasks (id, service_id, concurrency, idempotency_ttl_seconds, allowed_next)
-           VALUES ('plain', 's', 0, 60, '{plain}'), ('limited', 's', 2, NULL, '{}'), ('rare', 's', 0, NULL, '{}')`)
+           VALUES ('plain', 's', 0, 60, '{plain}'), ('limited', 's', 2, NULL, '{}'), ('rare', 's', 0, NULL, '{}'), ('backlog', 's', 0, NULL, '{}')`)
   await q(`INSERT INTO orchestrators (id, host, pid, version) VALUES ('o', 'h', 1, 'v')`)
   // Some of everything live: due, scheduled for later, limited, running (two of them by an
   // orchestrator that has no row any more).
   await q(`INSERT INTO task_runs (task_id, idempotency_key) SELECT 'plain', 'k' || i FROM generate_series(1, 200) i`)
   await q(`INSERT INTO task_runs (task_id, scheduled_for) SELECT 'plain', now() + interval '1 hour' FROM generate_series(1, 200)`)
   await q(`INSERT INTO task_runs (task_id) SELECT 'limited' FROM generate_series(1, 50)`)
+  // A task's backlog: its page of pending runs walks task_runs_task_idx from the cursor, where
+  // the claim index would sort them all.
+  await q(`INSERT INTO task_runs (task_id) SELECT 'backlog' FROM generate_series(1, 1000)`)
   await q(`INSERT INTO task_runs (task_id, status, orchestrator_id, started_at, heartbeat_at)
            SELECT t, 'running', o, now(), now() FROM (VALUES ('limited', 'o'), ('limited', 'o'), ('plain', 'o'), ('plain', 'gone'), ('plain', 'gone')) AS v(t, o)`)
   // A busy fleet: runs held by other orchestrators (with a handful running, the planner may read
@@ -59,6 +64,8 @@ beforeAll(async () => {
   ids.running = await pick(`SELECT id FROM task_runs WHERE status = 'running' AND orchestrator_id = 'o' ORDER BY id`)
   ids.completed = await pick(`SELECT id FROM task_run_history WHERE status = 'completed' ORDER BY id LIMIT 3`)
   ids.failed = await pick(`SELECT id FROM task_run_history WHERE status = 'failed' ORDER BY id LIMIT 3`)
+  // A cursor with (almost) every run below it: a page walks its index from there.
+  newest = (await pick(`SELECT max(id) AS id FROM task_run_history`))[0]
   const { rows } = await db.pool.query<{ name: string }>(
     `SELECT indexname AS name FROM pg_indexes WHERE schemaname = $1 AND tablename = ANY ($2::text[])`, [TEST_SCHEMA, WATCHED])
   watchedIndexes = new Set(rows.map((r) => r.name))
@@ -204,20 +211,67 @@ describe('enqueue and cancel', () => {
 })
 
 describe('reading runs', () => {
-  it('listRuns: the newest of each table by its primary key, walked backwards', async () => {
-    expect(await plan(runs.listRuns, [null, null, 50])).toEqual(['task_run_history_pkey', 'task_runs_pkey'])
+  // Every page of runs (runs:list and the dashboard) reads the indexes RUN_PAGE_PARTS names for its
+  // filter (migration 004 lists them), with payloads and without, from the newest and from a cursor.
+  const filters: Record<runs.RunPageKind, string[]> = {
+    all: [], live: ['pending'], running: [], completed: [], unsuccessful: ['failed'], ofTask: ['rare'],
+    ofTaskLive: ['pending', 'backlog'], ofTaskRunning: ['limited'], ofTaskCompleted: ['rare'], ofTaskUnsuccessful: ['failed', 'plain'],
+  }
+  for (const kind of Object.keys(filters) as runs.RunPageKind[]) {
+    it(`page of runs "${kind}": ${runs.RUN_PAGE_PARTS[kind].indexes.join(', ')}`, async () => {
+      for (const variant of ['summary', 'full'] as const) {
+        for (const cursor of [null, newest]) {
+          expect({ variant, cursor, paths: await plan(runs.runPages[kind][variant], [cursor, 100, ...filters[kind]]) })
+            .toEqual({ variant, cursor, paths: runs.RUN_PAGE_PARTS[kind].indexes })
+        }
+      }
+    })
+  }
+
+  it('runPageFor: each filter has the page kind whose parameters it gives', () => {
+    expect(runs.runPageFor({})).toEqual({ kind: 'all', values: [] })
+    expect(runs.runPageFor({ status: 'waiting' })).toEqual({ kind: 'live', values: ['waiting'] })
+    expect(runs.runPageFor({ status: 'running' })).toEqual({ kind: 'running', values: [] })
+    expect(runs.runPageFor({ status: 'completed' })).toEqual({ kind: 'completed', values: [] })
+    expect(runs.runPageFor({ status: 'timeout' })).toEqual({ kind: 'unsuccessful', values: ['timeout'] })
+    expect(runs.runPageFor({ taskId: 't' })).toEqual({ kind: 'ofTask', values: ['t'] })
+    expect(runs.runPageFor({ taskId: 't', status: 'pending' })).toEqual({ kind: 'ofTaskLive', values: ['pending', 't'] })
+    expect(runs.runPageFor({ taskId: 't', status: 'running' })).toEqual({ kind: 'ofTaskRunning', values: ['t'] })
+    expect(runs.runPageFor({ taskId: 't', status: 'completed' })).toEqual({ kind: 'ofTaskCompleted', values: ['t'] })
+    expect(runs.runPageFor({ taskId: 't', status: 'cancelled' })).toEqual({ kind: 'ofTaskUnsuccessful', values: ['cancelled', 't'] })
   })
 
-  it('listRuns --task: the history by task_run_history_task_idx', async () => {
-    expect(await plan(runs.listRuns, [null, 'rare', 50])).toEqual(['task_run_history_task_idx', 'task_runs_pkey'])
-  })
-
-  it('listRuns --status failed: the history by task_run_history_unsuccessful_idx (live failed runs are strays: task_runs_stray_finished_idx)', async () => {
-    expect(await plan(runs.listRuns, ['failed', null, 50])).toEqual(['task_run_history_unsuccessful_idx', 'task_runs_stray_finished_idx'])
+  it('followUps: task_runs_parent_idx and task_run_history_parent_idx', async () => {
+    expect(await plan(runs.followUps, [ids.completed[0], 100])).toEqual(['task_run_history_parent_idx', 'task_runs_parent_idx'])
   })
 
   it('showRun: both primary keys', async () => {
     expect(await plan(runs.showRun, [ids.completed[0]])).toEqual(['task_run_history_pkey', 'task_runs_pkey'])
+  })
+})
+
+describe('the dashboard', () => {
+  it('overview: each task\'s queue from task_runs_claim_idx and task_runs_running_idx, the DLQ count, no table read whole', async () => {
+    const paths = await accessPaths(dashboard.overview(schema).text, [10, 30_000])
+    expect(paths.filter((p) => p !== 'Seq Scan on dlq')).toEqual(['task_runs_claim_idx', 'task_runs_running_idx'])
+  })
+
+  it('overview: the throughput of the last hour is a range of throughput_minutes_pkey', async () => {
+    const text = dashboard.overview(schema).text
+    await client.query('BEGIN')
+    try {
+      await client.query('SET LOCAL enable_seqscan = off')
+      const { rows: [row] } = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(`EXPLAIN (FORMAT JSON) ${text}`, [10, 30_000])
+      expect(JSON.stringify(row['QUERY PLAN'])).toContain('"Index Name":"throughput_minutes_pkey"')
+    } finally {
+      await client.query('ROLLBACK')
+    }
+  })
+
+  it('completeRuns and failRuns add their counts to throughput_minutes by its primary key (ON CONFLICT)', async () => {
+    for (const text of [runs.completeRuns(schema).text, runs.failRuns(schema).text]) {
+      expect(text).toContain('ON CONFLICT (minute, task_id, orchestrator_id)')
+    }
   })
 })
 
@@ -245,7 +299,8 @@ describe('run --demo', () => {
 })
 
 it('every statement of src/sql/task-runs.ts on task_runs or task_run_history has its plan checked above', () => {
-  const onRuns = Object.values(runs)
+  const pages = Object.values(runs.runPages).flatMap((p) => [p.summary, p.full])
+  const onRuns = [...Object.values(runs), ...pages]
     .filter((v): v is SchemaStatement => typeof v === 'function' && 'statementName' in v)
     .filter((st) => /\.task_run(s|_history)\b/.test(st(schema).text))
     .map((st) => st.statementName)

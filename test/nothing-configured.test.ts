@@ -25,7 +25,7 @@ afterAll(() => {
 
 const READ_ONLY: string[][] = [
   ['db:status'], ['db:ping'], ['maintenance:status'], ['runs:list'], ['runs:show', '00000000-0000-0000-0000-000000000000'],
-  ['dlq:list'], ['services:list'],
+  ['dlq:list'], ['services:list'], ['dashboard', '--port', '0'],
 ]
 
 describe('read-only commands with nothing configured and no embedded database yet', () => {

@@ -39,6 +39,15 @@ describe('the npm package', () => {
     expect(license).toMatch(/Permission is hereby granted, free of charge/)
   })
 
+  it('ships the dashboard\'s assets (served offline: no CDN, no build step at run time) and not its screenshot', () => {
+    const assets = fs.readdirSync(path.join(ROOT, 'assets', 'dashboard')).map((f) => `assets/dashboard/${f}`)
+    expect(assets).toEqual(expect.arrayContaining(['assets/dashboard/app.js', 'assets/dashboard/app.css', 'assets/dashboard/favicon.svg']))
+    expect(files).toEqual(expect.arrayContaining(assets))
+    expect(files.filter((f) => f.endsWith('.png'))).toEqual([])
+    // Nothing in them reaches beyond the dashboard's own origin.
+    for (const asset of assets) expect({ asset, remote: /https?:\/\/|\/\/[a-z]/i.test(fs.readFileSync(path.join(ROOT, asset), 'utf8').replace(/http:\/\/www\.w3\.org\/2000\/svg/g, '')) }).toEqual({ asset, remote: false })
+  })
+
   it('ships no tests, no local database and no benchmarks', () => {
     expect(files.filter((f) => /^(test|bench|\.pipeweave|\.ci|node_modules|src)\//.test(f))).toEqual([])
   })

@@ -23,18 +23,32 @@ export interface ListDlqOptions {
   /** Only entries not yet retried. */
   pending?: boolean
   limit?: number
+  /** The cursor: only entries older than this id (the last id of the page before). */
+  before?: string
 }
 
-export async function listDlq(db: Queryable, options: ListDlqOptions = {}): Promise<DlqEntry[]> {
-  const { rows } = await db.query<{
-    id: string; task_run_id: string; task_id: string; error: string | null; error_code: string | null; attempts: number
-    previous_attempts: PreviousAttempt[]; failed_at: Date; retried_at: Date | null; retry_run_id: string | null
-  }>(sql.list, [options.taskId ?? null, Boolean(options.pending), options.limit ?? 50])
-  return rows.map((r) => ({
+interface DlqRow {
+  id: string; task_run_id: string; task_id: string; error: string | null; error_code: string | null; attempts: number
+  previous_attempts: PreviousAttempt[]; failed_at: Date; retried_at: Date | null; retry_run_id: string | null
+}
+
+function toEntry(r: DlqRow): DlqEntry {
+  return {
     id: r.id, taskRunId: r.task_run_id, taskId: r.task_id, error: r.error, errorCode: r.error_code, attempts: r.attempts,
     previousAttempts: normalizeAttempts(r.previous_attempts), failedAt: r.failed_at.toISOString(), retriedAt: r.retried_at ? r.retried_at.toISOString() : null,
     retryRunId: r.retry_run_id,
-  }))
+  }
+}
+
+/** The DLQ entries of one run (a run's page). */
+export async function dlqEntriesOfRun(db: Queryable, runId: string): Promise<DlqEntry[]> {
+  const { rows } = await db.query<DlqRow>(sql.ofRun, [runId])
+  return rows.map(toEntry)
+}
+
+export async function listDlq(db: Queryable, options: ListDlqOptions = {}): Promise<DlqEntry[]> {
+  const { rows } = await db.query<DlqRow>(sql.list, [options.taskId ?? null, Boolean(options.pending), options.limit ?? 50, options.before ?? null])
+  return rows.map(toEntry)
 }
 
 export interface RetryResult {

@@ -73,13 +73,29 @@ export interface ListRunsOptions {
   status?: string
   taskId?: string
   limit?: number
+  /**
+   * The cursor: only runs older than this id (the last id of the page before; ids are
+   * time-ordered). Pages are keyset-paged, never by OFFSET: each costs what the first costs.
+   */
+  before?: string
+  /** Include input and output (default true; a list that does not show them leaves them out). */
+  payloads?: boolean
 }
 
+/** Runs, live and finished, newest first: one page of at most `limit` (50). */
 export async function listRuns(db: Queryable, options: ListRunsOptions = {}): Promise<TaskRun[]> {
   if (options.status !== undefined && !RUN_STATUSES.includes(options.status)) {
     throw new UsageError('INVALID_STATUS', `unknown status "${options.status}"`, { hint: `use one of ${RUN_STATUSES.join(', ')}` })
   }
-  const { rows } = await db.query<RunRow>(sql.listRuns, [options.status ?? null, options.taskId ?? null, options.limit ?? 50])
+  const { kind, values } = sql.runPageFor({ status: options.status, taskId: options.taskId })
+  const page = sql.runPages[kind][options.payloads === false ? 'summary' : 'full']
+  const { rows } = await db.query<RunRow>(page, [options.before ?? null, options.limit ?? 50, ...values])
+  return rows.map(toRun)
+}
+
+/** The runs a run's completion created (its runNext follow-ups), in creation order, without payloads. */
+export async function listFollowUps(db: Queryable, runId: string, limit = 100): Promise<TaskRun[]> {
+  const { rows } = await db.query<RunRow>(sql.followUps, [runId, limit])
   return rows.map(toRun)
 }
 

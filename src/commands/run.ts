@@ -31,6 +31,7 @@ not pass SIGTERM on).`
     { command: 'MAX_CONCURRENCY=50 <%= config.bin %> <%= command.id %> --auto-migrate --log-format json', description: 'In a container: migrate if needed, JSON logs.' },
     { command: '<%= config.bin %> <%= command.id %> --until-idle', description: 'A batch job: exit once nothing is due or running.' },
     { command: '<%= config.bin %> <%= command.id %> --http-port 9090', description: 'Serve /healthz, /readyz and /metrics for Kubernetes probes and Prometheus.' },
+    { command: '<%= config.bin %> <%= command.id %> --http-port 9090 --dashboard', description: 'The same, and the web dashboard on http://127.0.0.1:9090/ (loopback only unless --dashboard-host).' },
     { command: '<%= config.bin %> <%= command.id %> --demo', description: 'Try it out: a demo worker and a few demo runs on the embedded database; ends by itself.' },
   ]
   static flags = {
@@ -44,6 +45,9 @@ not pass SIGTERM on).`
     'no-listen': Flags.boolean({ summary: 'Poll only, no LISTEN/NOTIFY (behind PgBouncer transaction pooling).', env: 'PIPEWEAVE_NO_LISTEN' }),
     'http-port': Flags.integer({ summary: 'Serve /healthz, /readyz and /metrics on this port.', env: 'PIPEWEAVE_HTTP_PORT', min: 0, max: 65535 }),
     'http-host': Flags.string({ summary: 'Address the --http-port server binds (PIPEWEAVE_HTTP_HOST; default 0.0.0.0, what container probes need).', env: 'PIPEWEAVE_HTTP_HOST' }),
+    dashboard: Flags.boolean({ summary: 'Serve the web dashboard on the --http-port server too (see `pipeweave dashboard`).', dependsOn: ['http-port'] }),
+    'dashboard-host': Flags.string({ summary: 'The address the dashboard answers on (default 127.0.0.1: this machine only, whatever --http-host says; 0.0.0.0 for every address).', dependsOn: ['dashboard'] }),
+    'show-payloads': Flags.boolean({ summary: 'With --dashboard: show run inputs and outputs to every viewer, not only to a browser that presented the token.', dependsOn: ['dashboard'] }),
     demo: Flags.boolean({ summary: 'Run a built-in demo worker and a few demo tasks on the embedded database, then exit.' }),
   }
 
@@ -117,11 +121,17 @@ not pass SIGTERM on).`
     if (metrics) {
       const { startHealthServer } = lazy<typeof import('../http/health')>('../http/health')
       const host = this.flags['http-host'] ?? '0.0.0.0'
+      const dashboard = this.flags.dashboard ? await this.startDashboard(staleMs, host) : undefined
       const health = await startHealthServer({
         port: this.flags['http-port']!, host, registry: metrics.registry, staleMs,
-        isReady: () => orchestrator.isReady(), health: () => orchestrator.health(),
+        isReady: () => orchestrator.isReady(), health: () => orchestrator.health(), dashboard,
       })
       log.info(`health and metrics on http://${host}:${health.port} (/healthz, /readyz, /metrics)`, { event: 'http', port: health.port, host })
+      if (dashboard) {
+        const where = dashboard.host.includes(':') ? `[${dashboard.host}]` : dashboard.host === '0.0.0.0' ? host : dashboard.host
+        log.info(`dashboard on http://${where}:${health.port}/ (${dashboard.actions ? 'actions with the token' : 'read-only: set PIPEWEAVE_DASHBOARD_TOKEN to allow actions'})`,
+          { event: 'dashboard', port: health.port, host: dashboard.host, actions: dashboard.actions })
+      }
       this.onRelease(() => health.close())
     }
     try {
@@ -134,6 +144,27 @@ not pass SIGTERM on).`
     // the loops start() is about to create. A signal that came meanwhile is acted on now.
     signals.attach(orchestrator)
     return orchestrator
+  }
+
+  /**
+   * `--dashboard`: the pages on the health server's port, on a pool of their own (2 connections),
+   * answering only on the dashboard's address (SPEC §8: loopback unless --dashboard-host).
+   */
+  private async startDashboard(staleMs: number, httpHost: string) {
+    const log = this.logger
+    const dashboardHost = this.flags['dashboard-host'] ?? '127.0.0.1'
+    const { openDashboardDatabase } = lazy<typeof import('../dashboard/database')>('../dashboard/database')
+    const { createDashboard, dashboardAddressGate } = lazy<typeof import('../dashboard/server')>('../dashboard/server')
+    const db = await openDashboardDatabase(this.databaseConfig({ command: 'run --dashboard', logSlowQueries: true }))
+    this.onRelease(() => db.close())
+    const token = process.env.PIPEWEAVE_DASHBOARD_TOKEN || undefined
+    const refreshMs = optionalInt(process.env, 'PIPEWEAVE_DASHBOARD_REFRESH_MS', 250)
+    const dashboard = createDashboard({ db, token, showPayloads: this.flags['show-payloads'], refreshMs, staleMs, logger: log })
+    const loopbackOnly = !this.flags['dashboard-host']
+    if (loopbackOnly && !['0.0.0.0', '::', '127.0.0.1', 'localhost', '::1'].includes(httpHost)) {
+      log.warn(`the dashboard answers on 127.0.0.1 only, which --http-host ${httpHost} does not listen on: add --dashboard-host ${httpHost}`, { event: 'dashboard-unreachable' })
+    }
+    return { handle: dashboard.handle, admits: dashboardAddressGate(dashboardHost), host: dashboardHost, actions: Boolean(token) }
   }
 
   protected async runDatabase(demo: boolean): Promise<Database> {

@@ -618,6 +618,7 @@ export const KNOWN_SETTINGS: Readonly<Record<string, string>> = {
   PIPEWEAVE_HTTP_PORT: 'run\'s /healthz, /readyz and /metrics port',
   PIPEWEAVE_HTTP_HOST: 'the address that server binds',
   PIPEWEAVE_DASHBOARD_TOKEN: 'the dashboard\'s action token',
+  PIPEWEAVE_DASHBOARD_REFRESH_MS: 'how often the dashboard refreshes',
   PIPEWEAVE_BREAKER_COOLDOWN_MS: 'service breaker cool-down',
   PIPEWEAVE_BREAKER_MAX_OPEN_MS: 'service breaker longest open time',
   PIPEWEAVE_TEST_DATABASE_URL: 'the test suite\'s server',

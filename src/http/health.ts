@@ -20,7 +20,21 @@ export interface HealthServerOptions {
   /** A heartbeat older than this is unhealthy (ORCHESTRATOR_STALE_MS). */
   staleMs: number
   registry: Registry
+  /**
+   * `run --dashboard`: every other path goes to the dashboard, for connections it admits (its
+   * address gate: loopback unless --dashboard-host); others get a 403 that says why.
+   */
+  dashboard?: {
+    handle(req: http.IncomingMessage, res: http.ServerResponse): void
+    admits(req: http.IncomingMessage): boolean
+    host: string
+  }
 }
+
+/** On every response of this server, the dashboard's policy (SPEC §8) included. */
+const HEADERS = { 'cache-control': 'no-store', 'content-security-policy': "default-src 'self'", 'x-content-type-options': 'nosniff' }
+
+const HEALTH_PATHS = new Set(['/healthz', '/readyz', '/metrics'])
 
 export interface HealthServer {
   port: number
@@ -32,8 +46,13 @@ export function startHealthServer(options: HealthServerOptions): Promise<HealthS
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]
     const reply = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
-      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' })
+      res.writeHead(status, { ...HEADERS, 'content-type': type })
       res.end(body)
+    }
+    const { dashboard } = options
+    if (dashboard && !HEALTH_PATHS.has(path)) {
+      if (dashboard.admits(req)) return dashboard.handle(req, res)
+      return reply(403, `the dashboard answers on ${dashboard.host} only (run --dashboard-host chooses the address); /healthz, /readyz and /metrics answer here\n`)
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') return reply(405, 'method not allowed\n')
     switch (path) {

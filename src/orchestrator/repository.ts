@@ -8,6 +8,7 @@
 import * as os from 'node:os'
 import type { Database, SchemaStatement } from '../db/database'
 import { type DrainCheckResult, drainCheck, type Mode } from '../maintenance/maintenance'
+import * as dashboard from '../sql/dashboard'
 import * as migrations from '../sql/migrations'
 import * as orchestrators from '../sql/orchestrators'
 import * as services from '../sql/services'
@@ -147,7 +148,10 @@ export interface Repository {
   drainCheck(staleMs: number, actor: string): Promise<DrainCheckResult>
   /** The newest applied migration. */
   schemaVersion(): Promise<number>
-  /** Move finished runs a runbook left in task_runs to the history; how many. */
+  /**
+   * Move finished runs a runbook left in task_runs to the history; how many. Also prunes the
+   * dashboard's old throughput rows (at most every ten minutes).
+   */
   sweep(): Promise<number>
   /** VACUUM the live table (its dead claim-index entries), skipped when another vacuum runs. */
   vacuum(): Promise<void>
@@ -186,8 +190,16 @@ export function storableText(text: string, max = MAX_ERROR_CHARS): string {
 /** Finished rows a sweep moves at most per statement. */
 const SWEEP_BATCH = 1000
 
+/**
+ * The dashboard's per-minute throughput (migration 004) is kept two hours (it shows one), pruned by
+ * each orchestrator's sweep at most every ten minutes.
+ */
+const THROUGHPUT_KEPT_MS = 2 * 3_600_000
+const PRUNE_EVERY_MS = 600_000
+
 export function createRepository(db: Database, orchestratorId: string, options: { concurrency?: number; statements?: Partial<RunStatements> } = {}): Repository {
   const sql = { ...STATEMENTS, ...options.statements }
+  let lastPrune = 0
   return {
     orchestratorId,
     async heartbeat() {
@@ -254,6 +266,10 @@ export function createRepository(db: Database, orchestratorId: string, options: 
       return row.version ?? 0
     },
     async sweep() {
+      if (Date.now() - lastPrune >= PRUNE_EVERY_MS) {
+        lastPrune = Date.now()
+        await db.query(dashboard.pruneThroughput, [THROUGHPUT_KEPT_MS])
+      }
       let moved = 0
       for (;;) {
         const { rows: [row] } = await db.query<{ moved: number }>(runs.sweepFinished, [SWEEP_BATCH])

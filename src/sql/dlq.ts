@@ -11,12 +11,21 @@ export const countOlder = statement('count_old_dlq', (s) => `SELECT count(*)::in
 const ENTRY_COLUMNS = `d.id, d.task_run_id, d.task_id, d.error, d.error_code, d.attempts, d.previous_attempts,
   d.failed_at, d.retried_at, d.retry_run_id`
 
-/** dlq:list, newest first ($1 task or null, $2 only not yet retried, $3 limit). */
+/**
+ * dlq:list, newest first ($1 task or null, $2 only not yet retried, $3 limit), paged by keyset: $4
+ * the last id of the page before (ids are time-ordered: the order entries failed in). dlq_pkey
+ * walked backwards from the cursor.
+ */
 export const list = statement('list_dlq', (s) => `SELECT ${ENTRY_COLUMNS} FROM ${s.q}.dlq d
           WHERE ($1::text IS NULL OR d.task_id = $1::text)
             AND (NOT $2::boolean OR d.retried_at IS NULL)
-          ORDER BY d.failed_at DESC
+            AND ($4::text IS NULL OR d.id < $4::text)
+          ORDER BY d.id DESC
           LIMIT $3::int`)
+
+/** A run's DLQ entries (a run's page); dlq_task_run_id_idx. */
+export const ofRun = statement('dlq_of_run', (s) => `SELECT ${ENTRY_COLUMNS} FROM ${s.q}.dlq d
+          WHERE d.task_run_id = $1::text ORDER BY d.id`)
 
 /**
  * One entry with the failed run's input, locked for the retry. The run is in task_run_history

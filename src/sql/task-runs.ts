@@ -264,13 +264,33 @@ export const claimRuns = statement('claim_runs', (s) => `
 // Finish
 
 /**
+ * The dashboard's throughput (migration 004, throughput_minutes): the counts of the results a
+ * statement writes, added to this minute's row of each (task, orchestrator) in the same statement
+ * (no round trip or commit of its own). `rows` yields (task_id, orchestrator_id, completed, failed,
+ * retried), one per result. Rows are upserted in key order, so two statements that add to the same
+ * rows take their locks in one order (no deadlock); the orchestrator in the key keeps orchestrators
+ * off each other's rows. Only counters change: a HOT update while the page has room.
+ */
+function tally(s: Schema, rows: string): string {
+  return `INSERT INTO ${s.q}.throughput_minutes AS m (minute, task_id, orchestrator_id, completed, failed, retried)
+    SELECT date_trunc('minute', now()), x.task_id, COALESCE(x.orchestrator_id, ''),
+           sum(x.completed)::int, sum(x.failed)::int, sum(x.retried)::int
+      FROM (${rows}) AS x
+     GROUP BY x.task_id, COALESCE(x.orchestrator_id, '')
+     ORDER BY x.task_id, COALESCE(x.orchestrator_id, '')
+    ON CONFLICT (minute, task_id, orchestrator_id) DO UPDATE
+      SET completed = m.completed + EXCLUDED.completed, failed = m.failed + EXCLUDED.failed, retried = m.retried + EXCLUDED.retried`
+}
+
+/**
  * Complete runs held by orchestrator $1 (SPEC §5): $2 is a JSON array of
  * { id, attempt, output, next: [task ids], cached }. In one statement: the runs leave task_runs
  * for task_run_history as `completed`, the idempotency cache is filled (a key, a task TTL, and the
  * output not itself from the cache), and the follow-ups that the finished task allows are created
  * with its output as input (in any mode: they belong to the work in flight, SPEC §5). One row per
  * element, in order: `completed` false when the run was not ours any more (fenced); the ids of its
- * follow-ups in runNext order, and the names it asked for that its task does not allow.
+ * follow-ups in runNext order, and the names it asked for that its task does not allow. The
+ * minute's throughput counts of the dashboard are added in the same statement (tally).
  */
 export const completeRuns = statement('complete_runs', (s) => `
   WITH input AS (
@@ -307,6 +327,8 @@ export const completeRuns = statement('complete_runs', (s) => `
   ), created AS (
     INSERT INTO ${s.q}.task_runs (id, task_id, input, priority, pipeline_run_id, parent_run_id)
     SELECT f.id, f.name, f.result, f.priority, f.pipeline_run_id, f.parent_id FROM follow f ORDER BY f.parent_id, f.pos
+  ), tally AS (
+    ${tally(s, `SELECT d.task_id, $1::text AS orchestrator_id, 1 AS completed, 0 AS failed, 0 AS retried FROM done d`)}
   ), woken AS (
     SELECT ${notify(s)} FROM (SELECT 1 FROM follow LIMIT 1) AS any_follow_up
   )
@@ -327,6 +349,7 @@ export const completeRuns = statement('complete_runs', (s) => `
  *           in the same statement.
  * Fenced per element on (running, orchestrator, attempt): the reaper passes the dead
  * orchestrator's id. One row per element, in order: outcome retried | failed | timeout | fenced.
+ * The minute's throughput counts (retried, and failed for good) are added in the same statement.
  */
 export const failRuns = statement('fail_runs', (s) => `
   WITH clock AS MATERIALIZED (
@@ -346,7 +369,7 @@ export const failRuns = statement('fail_runs', (s) => `
      WHERE r.id = ANY (ARRAY(SELECT x.id FROM input x WHERE x.retry)) AND r.id = i.id
        AND i.retry AND r.attempt = i.attempt AND r.status = 'running'
        AND r.orchestrator_id IS NOT DISTINCT FROM i.orchestrator
-    RETURNING r.id, i.attempt AS failed_attempt, r.scheduled_for, i."delayMs" AS delay_ms
+    RETURNING r.id, r.task_id, i.orchestrator, i.attempt AS failed_attempt, r.scheduled_for, i."delayMs" AS delay_ms
   ), dead AS (
     DELETE FROM ${s.q}.task_runs r USING input i                    -- task_runs_pkey
      WHERE r.id = ANY (ARRAY(SELECT x.id FROM input x WHERE NOT x.retry)) AND r.id = i.id
@@ -365,6 +388,10 @@ export const failRuns = statement('fail_runs', (s) => `
     INSERT INTO ${s.q}.dlq (task_run_id, task_id, error, error_code, attempts, previous_attempts, failed_at)
     SELECT d.id, d.task_id, d.failure, d.failure_code, d.attempt, d.attempts, c.at
       FROM dead d CROSS JOIN clock c
+  ), tally AS (
+    ${tally(s, `SELECT t.task_id, t.orchestrator AS orchestrator_id, 0 AS completed, 0 AS failed, 1 AS retried FROM retried t
+       UNION ALL
+      SELECT d.task_id, d.orchestrator_id, 0, 1, 0 FROM dead d`)}
   ), woken AS (
     SELECT ${notify(s)} FROM (SELECT 1 FROM retried t WHERE t.delay_ms <= 0 LIMIT 1) AS any_due
   )
@@ -554,24 +581,164 @@ const RUN_COLUMNS = `r.id, r.task_id, r.pipeline_run_id, r.parent_run_id, r.stat
   r.previous_attempts, r.scheduled_for, r.created_at, r.started_at, r.completed_at, r.heartbeat_at,
   r.orchestrator_id`
 
+/** What a list shows of a run: every column but its payloads (input, output). */
+const SUMMARY_COLUMNS = `r.id, r.task_id, r.pipeline_run_id, r.parent_run_id, r.status, r.attempt, r.priority,
+  NULL::jsonb AS input, NULL::jsonb AS output, r.input_path, r.output_path, r.error, r.error_code, r.idempotency_key,
+  r.previous_attempts, r.scheduled_for, r.created_at, r.started_at, r.completed_at, r.heartbeat_at,
+  r.orchestrator_id`
+
 /**
- * runs:list, newest first (ids are time-ordered), live and finished, optionally by status ($1)
- * and task ($2), at most $3. Each table gives its newest $3 by its primary key walked backwards
- * (task_run_history_task_idx with a task; task_run_history_unsuccessful_idx for failed, timeout
- * or cancelled), then the two are merged.
+ * The filters a page of runs offers, each served by its own indexes (migration 004 lists them).
+ * Parameters: $1 the cursor (the last id of the page before, or null for the newest), $2 the page
+ * size, then $3 and $4 as the kind says. Live runs are in task_runs, finished ones in
+ * task_run_history (finished runs in task_runs are strays a sweep moves soon).
  */
-export const listRuns = statement('list_runs', (s) => `
-  SELECT * FROM (
-    (SELECT ${RUN_COLUMNS} FROM ${s.q}.task_runs r
-      WHERE ($1::text IS NULL OR r.status = $1::text) AND ($2::text IS NULL OR r.task_id = $2::text)
-      ORDER BY r.id DESC LIMIT $3::int)
-    UNION ALL
-    (SELECT ${RUN_COLUMNS} FROM ${s.q}.task_run_history r
-      WHERE ($1::text IS NULL OR r.status = $1::text) AND ($2::text IS NULL OR r.task_id = $2::text)
-        AND ($1::text IS NULL OR $1::text = 'completed' OR r.status <> 'completed')
-      ORDER BY r.id DESC LIMIT $3::int)
+export const RUN_PAGE_KINDS = {
+  /** Every run. */
+  all: { params: [] as const },
+  /** $3 pending or waiting. */
+  live: { params: ['status'] as const },
+  running: { params: [] as const },
+  completed: { params: [] as const },
+  /** $3 failed, timeout or cancelled. */
+  unsuccessful: { params: ['status'] as const },
+  /** $3 the task. */
+  ofTask: { params: ['task'] as const },
+  /** $3 pending or waiting, $4 the task. */
+  ofTaskLive: { params: ['status', 'task'] as const },
+  /** $3 the task. */
+  ofTaskRunning: { params: ['task'] as const },
+  /** $3 the task. */
+  ofTaskCompleted: { params: ['task'] as const },
+  /** $3 failed, timeout or cancelled, $4 the task. */
+  ofTaskUnsuccessful: { params: ['status', 'task'] as const },
+} as const
+export type RunPageKind = keyof typeof RUN_PAGE_KINDS
+
+/**
+ * `column` equal to `param`, written as a range of one value. The planner treats an equality with
+ * a value as a constant and drops that column from the ORDER BY, after which the primary key
+ * (filtered) hands the rows in id order as well as the index meant for them, and the planner may
+ * walk it instead, reading every row between two matches (it did, near the oldest end of a list).
+ * As a range the column stays in the ORDER BY, which then only the index meant for the filter
+ * provides: one plan for every page. Same rows: a database's collation is deterministic.
+ */
+const same = (column: string, param: string) => `${column} >= ${param} AND ${column} <= ${param}`
+
+/**
+ * The two halves of each page: the newest $2 of each table below the cursor, each read by the
+ * index named beside it in id order from the cursor on (a keyset: page 50 reads what page 1
+ * reads), or nothing when that table cannot hold such runs. A half that filters on the leading
+ * columns of its index orders by them too (see `same`). The statements are planned with their
+ * values (unnamed statements: custom plans), so `status` between 'failed' and 'failed' matches the
+ * partial indexes on `status <> 'completed'`. `indexes`: what the plan reads (test/indexes.test.ts
+ * holds each page to it; test/dashboard-paging.test.ts, its buffers).
+ */
+interface Half { where: string; order?: string }
+export const RUN_PAGE_PARTS: Record<RunPageKind, { live: Half | null; history: Half | null; indexes: string[] }> = {
+  all: { live: { where: 'true' }, history: { where: 'true' }, indexes: ['task_run_history_pkey', 'task_runs_pkey'] },
+  live: { live: { where: 'r.status = $3::text' }, history: null, indexes: ['task_runs_pkey'] },
+  // At most the fleet's concurrency: read whole and sorted.
+  running: { live: { where: `r.status = 'running'` }, history: null, indexes: ['task_runs_running_idx'] },
+  completed: {
+    live: { where: `r.status = 'completed'` },
+    history: { where: `r.status = 'completed'` },
+    indexes: ['task_run_history_pkey', 'task_runs_stray_finished_idx'],
+  },
+  unsuccessful: {
+    live: { where: `r.status = $3::text AND r.status IN ('failed', 'timeout', 'cancelled')` },
+    history: { where: same('r.status', '$3::text'), order: 'r.status DESC, r.id DESC' },
+    indexes: ['task_run_history_status_idx', 'task_runs_stray_finished_idx'],
+  },
+  ofTask: {
+    live: { where: same('r.task_id', '$3::text'), order: 'r.task_id DESC, r.id DESC' },
+    history: { where: same('r.task_id', '$3::text'), order: 'r.task_id DESC, r.id DESC' },
+    indexes: ['task_run_history_task_idx', 'task_runs_task_idx'],
+  },
+  ofTaskLive: {
+    live: { where: `${same('r.task_id', '$4::text')} AND r.status = $3::text`, order: 'r.task_id DESC, r.id DESC' },
+    history: null,
+    indexes: ['task_runs_task_idx'],
+  },
+  ofTaskRunning: { live: { where: `r.task_id = $3::text AND r.status = 'running'` }, history: null, indexes: ['task_runs_running_idx'] },
+  ofTaskCompleted: {
+    live: { where: `r.task_id = $3::text AND r.status = 'completed'` },
+    history: { where: `${same('r.task_id', '$3::text')} AND r.status = 'completed'`, order: 'r.task_id DESC, r.id DESC' },
+    indexes: ['task_run_history_task_idx', 'task_runs_stray_finished_idx'],
+  },
+  ofTaskUnsuccessful: {
+    live: { where: `r.task_id = $4::text AND r.status = $3::text AND r.status IN ('failed', 'timeout', 'cancelled')` },
+    history: { where: `${same('r.task_id', '$4::text')} AND ${same('r.status', '$3::text')}`, order: 'r.task_id DESC, r.status DESC, r.id DESC' },
+    indexes: ['task_run_history_task_status_idx', 'task_runs_stray_finished_idx'],
+  },
+}
+
+function runPage(kind: RunPageKind, payloads: boolean) {
+  const { live, history } = RUN_PAGE_PARTS[kind]
+  const columns = payloads ? RUN_COLUMNS : SUMMARY_COLUMNS
+  // Running runs (at most the fleet's concurrency) are read whole from task_runs_running_idx and
+  // sorted: with many running runs the planner could walk the primary key instead, past every
+  // pending run, which a backlog makes millions.
+  const whole = kind === 'running' || kind === 'ofTaskRunning'
+  const half = (table: string, { where, order = 'r.id DESC' }: Half) => whole
+    ? `(WITH chosen AS MATERIALIZED (
+        SELECT ${columns} FROM ${table} r WHERE ${where} AND ($1::text IS NULL OR r.id < $1::text))
+      SELECT * FROM chosen r ORDER BY r.id DESC LIMIT $2::int)`
+    : `(SELECT ${columns} FROM ${table} r
+      WHERE ${where} AND ($1::text IS NULL OR r.id < $1::text)
+      ORDER BY ${order} LIMIT $2::int)`
+  const name = `page_runs_${kind.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}${payloads ? '_full' : ''}`
+  return statement(name, (s) => {
+    const halves = [live && half(`${s.q}.task_runs`, live), history && half(`${s.q}.task_run_history`, history)].filter(Boolean)
+    return `SELECT * FROM (
+    ${halves.join('\n    UNION ALL\n    ')}
   ) AS r
-  ORDER BY r.id DESC LIMIT $3::int`)
+  ORDER BY r.id DESC LIMIT $2::int`
+  })
+}
+
+/** The page kind that serves a filter, and its parameters after the cursor and the size. */
+export function runPageFor(filter: { status?: string; taskId?: string }): { kind: RunPageKind; values: string[] } {
+  const { status, taskId } = filter
+  const cls = status === undefined ? undefined
+    : status === 'pending' || status === 'waiting' ? 'live'
+      : status === 'running' ? 'running'
+        : status === 'completed' ? 'completed' : 'unsuccessful'
+  if (taskId === undefined) {
+    if (cls === undefined) return { kind: 'all', values: [] }
+    return { kind: cls, values: cls === 'live' || cls === 'unsuccessful' ? [status!] : [] }
+  }
+  switch (cls) {
+    case undefined: return { kind: 'ofTask', values: [taskId] }
+    case 'live': return { kind: 'ofTaskLive', values: [status!, taskId] }
+    case 'running': return { kind: 'ofTaskRunning', values: [taskId] }
+    case 'completed': return { kind: 'ofTaskCompleted', values: [taskId] }
+    case 'unsuccessful': return { kind: 'ofTaskUnsuccessful', values: [status!, taskId] }
+  }
+}
+
+/**
+ * Pages of runs, newest first (ids are time-ordered), live and finished, paged by keyset (the
+ * cursor is the last id of the page before; never OFFSET): runs:list and the dashboard's runs page.
+ * `summary` leaves the payloads out (the dashboard's list), `full` has them (runs:list --json).
+ * A run that moves from task_runs to the history between two pages keeps its id, so its place.
+ */
+export const runPages = Object.fromEntries(Object.keys(RUN_PAGE_KINDS).map((kind) => [kind, {
+  summary: runPage(kind as RunPageKind, false),
+  full: runPage(kind as RunPageKind, true),
+}])) as Record<RunPageKind, { summary: ReturnType<typeof runPage>; full: ReturnType<typeof runPage> }>
+
+/**
+ * A run's page: the runs its completion created (runNext), live or finished, in creation order.
+ * task_runs_parent_idx, task_run_history_parent_idx (partial: only follow-ups have a parent).
+ */
+export const followUps = statement('run_follow_ups', (s) => `
+  SELECT * FROM (
+    (SELECT ${SUMMARY_COLUMNS} FROM ${s.q}.task_runs r WHERE r.parent_run_id = $1::text)
+    UNION ALL
+    (SELECT ${SUMMARY_COLUMNS} FROM ${s.q}.task_run_history r WHERE r.parent_run_id = $1::text)
+  ) AS r
+  ORDER BY r.id LIMIT $2::int`)
 
 /** runs:show: one run, live or finished (one snapshot: a run moving between them is seen once). */
 export const showRun = statement('show_run', (s) => `
