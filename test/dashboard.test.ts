@@ -203,6 +203,46 @@ describeWithBrowser(__filename)('the dashboard in a real browser', () => {
     await page.close()
   })
 
+  it('pause and resume a task from the dashboard (SPEC §7, §8): recorded with the actor dashboard, shown on the overview', async () => {
+    const page = await browser.newPage({ viewport: { width: 390, height: 900 } })
+    const errors = consoleErrors(page)
+    await page.goto(`${dashboard.url}/login`)
+    await page.fill('input[name="token"]', TOKEN)
+    await submit(page, 'form.login button')
+    await submit(page, 'tr[data-task="beta"] form.pause-task button')
+    expect(await page.textContent('#flash.ok')).toMatch(/task beta paused/i)
+    expect(await page.locator('tr[data-task="beta"] .badge', { hasText: 'paused' }).count()).toBe(1)
+    expect(await page.textContent('#paused-tasks')).toContain('beta')
+    await submit(page, 'tr[data-task="beta"] form.resume-task button')
+    expect(await page.textContent('#flash.ok')).toMatch(/task beta resumed/i)
+    expect(await page.locator('tr[data-task="beta"] form.pause-task').count()).toBe(1)
+    const { rows } = await db.pool.query<{ action: string; actor: string }>(
+      `SELECT action, actor FROM control_events WHERE target = 'task:beta' ORDER BY id`)
+    expect(rows.slice(-2)).toEqual([{ action: 'paused', actor: 'dashboard' }, { action: 'resumed', actor: 'dashboard' }])
+    const { rows: [beta] } = await db.pool.query<{ paused_at: Date | null }>(`SELECT paused_at FROM tasks WHERE id = 'beta'`)
+    expect(beta.paused_at).toBeNull()
+    expect(errors).toEqual([])
+    await page.close()
+  })
+
+  it('the overview lists schedules with their next tick, as schedules:list computes it', async () => {
+    const set = await runCli(['schedules:set', 'nightly-beta', '--cron', '30 2 * * *', '--timezone', 'Europe/Berlin', '--task', 'beta'], { env: db.env })
+    expect(set.code).toBe(0)
+    const listed = await runCli(['schedules:list', '--json'], { env: db.env })
+    const [schedule] = (JSON.parse(listed.stdout) as { schedules: Array<{ name: string; nextTick: string }> }).schedules.filter((x) => x.name === 'nightly-beta')
+    expect(schedule.nextTick).toMatch(/T0[01]:30:00/) // 02:30 in Berlin is 00:30 or 01:30 UTC
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } })
+    try {
+      await page.goto(`${dashboard.url}/`)
+      const row = page.locator('#schedules tr', { hasText: 'nightly-beta' })
+      await waitFor(async () => (await row.count()) === 1, { timeoutMs: 20 * REFRESH_MS, what: 'the schedule on the overview' })
+      expect(await row.locator('td[data-label="Next tick"] time').getAttribute('datetime')).toBe(schedule.nextTick)
+    } finally {
+      await page.close()
+      expect((await runCli(['schedules:remove', 'nightly-beta'], { env: db.env })).code).toBe(0)
+    }
+  })
+
   it('acceptance 2: without the token the dashboard is read-only, says so, has no buttons, and its POST endpoints answer 403', async () => {
     const readOnly = await startDashboard(db.env, ['--refresh-interval', String(REFRESH_MS)])
     try {
@@ -223,7 +263,7 @@ describeWithBrowser(__filename)('the dashboard in a real browser', () => {
       }
       expect(errors).toEqual([])
       await page.close()
-      for (const action of ['/actions/maintenance/request', '/actions/maintenance/exit', '/actions/dlq/retry', '/actions/runs/cancel', '/login']) {
+      for (const action of ['/actions/maintenance/request', '/actions/maintenance/exit', '/actions/dlq/retry', '/actions/runs/cancel', '/actions/tasks/pause', '/actions/tasks/resume', '/actions/services/resume', '/login']) {
         const response = await fetch(`${readOnly.url}${action}`, {
           method: 'POST', redirect: 'manual', body: 'reason=x&id=y&token=z',
           headers: { origin: readOnly.url, 'content-type': 'application/x-www-form-urlencoded' },

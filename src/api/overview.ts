@@ -6,6 +6,7 @@
 import type { Queryable } from '../db/database'
 import type { Mode } from '../maintenance/maintenance'
 import * as sql from '../sql/dashboard'
+import { nextScheduleTick } from './schedules'
 import { orchestratorStaleMs } from './settings'
 
 export interface OverviewTask {
@@ -66,7 +67,7 @@ export interface OverviewSchedule {
   serviceId: string | null
   lastTick: string | null
   lastRunId: string | null
-  /** The next tick, once the schedules code computes it (nextScheduleTick); null until then. */
+  /** The next tick (nextScheduleTick), as schedules:list shows it. */
   nextTick: string | null
 }
 
@@ -88,17 +89,6 @@ export interface Overview {
   dlqEntries: number
 }
 
-/**
- * The next tick of a schedule after `after`, or null when unknown.
- *
- * Returns null for now: the schedules of SPEC §7 (issue 12) bring the cron parser and the tick
- * arithmetic (time zones, daylight saving, backfill) that decide the next tick; this is the one
- * place the dashboard asks for it, so that code plugs in here.
- */
-export function nextScheduleTick(_schedule: { cron: string; timezone: string; lastTick: Date | null }, _after: Date): Date | null {
-  return null
-}
-
 interface OverviewRow {
   taken_at: Date
   state: { mode: Mode; mode_changed_at: string; reason: string | null }
@@ -118,7 +108,7 @@ interface OverviewRow {
   }>
   schedules: Array<{
     name: string; task_id: string; cron: string; timezone: string; overlap: string; service_id: string | null; last_tick: string | null
-    last_run_id: string | null
+    last_run_id: string | null; created_at: string
   }>
   dlq_entries: number
 }
@@ -161,7 +151,7 @@ export async function getOverview(db: Queryable, options: { history?: number; st
       breakerOpenUntil: iso(v.breaker_open_until), breakerOpenedAt: iso(v.breaker_opened_at), breakerFailures: v.breaker_failures,
     })),
     schedules: row.schedules.map((c) => {
-      const next = nextScheduleTick({ cron: c.cron, timezone: c.timezone, lastTick: c.last_tick ? new Date(c.last_tick) : null }, takenAt)
+      const next = nextScheduleTick({ cron: c.cron, timezone: c.timezone, lastTick: c.last_tick ? new Date(c.last_tick) : null, createdAt: new Date(c.created_at) })
       return {
         name: c.name, taskId: c.task_id, cron: c.cron, timezone: c.timezone, overlap: c.overlap, serviceId: c.service_id,
         lastTick: iso(c.last_tick), lastRunId: c.last_run_id, nextTick: next ? next.toISOString() : null,

@@ -197,20 +197,29 @@ export async function removeSchedule(db: Pick<Database, 'withTransaction'>, name
   })
 }
 
+/**
+ * A schedule's next tick as schedules:list shows it (the tick after its last, or after its
+ * creation): in the past when no orchestrator has taken it yet. Null when its expression no longer
+ * compiles.
+ */
+export function nextScheduleTick(schedule: { cron: string; timezone: string; lastTick: Date | null; createdAt: Date }): Date | null {
+  try {
+    const next = compiledOf(schedule.cron, schedule.timezone).nextTick((schedule.lastTick ?? schedule.createdAt).getTime())
+    return next === null ? null : new Date(next)
+  } catch {
+    return null // an expression a runbook wrote that no longer compiles (the loop logs it)
+  }
+}
+
 /** Every schedule (or the one named), with its last and next tick. */
 export async function listSchedules(db: Queryable, options: { name?: string } = {}): Promise<ScheduleInfo[]> {
   const { rows } = await db.query<Row & { last_tick: Date | null; last_run_id: string | null; created_at: Date; updated_at: Date }>(sql.listSchedules, [options.name ?? null])
   return rows.map((r) => {
-    let next: number | null = null
-    try {
-      next = compiledOf(r.cron, r.timezone).nextTick((r.last_tick ?? r.created_at).getTime())
-    } catch {
-      // An expression a runbook wrote that no longer compiles: no next tick (the loop logs it).
-    }
+    const next = nextScheduleTick({ cron: r.cron, timezone: r.timezone, lastTick: r.last_tick, createdAt: r.created_at })
     return {
       name: r.name, taskId: r.task_id, cron: r.cron, timezone: r.timezone, input: r.input, overlap: r.overlap,
       backfill: formatDuration(r.backfill_ms), backfillMs: r.backfill_ms, service: r.service_id,
-      lastTick: r.last_tick ? r.last_tick.toISOString() : null, nextTick: next === null ? null : new Date(next).toISOString(),
+      lastTick: r.last_tick ? r.last_tick.toISOString() : null, nextTick: next === null ? null : next.toISOString(),
       lastRunId: r.last_run_id, createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString(),
     }
   })

@@ -183,7 +183,11 @@ export function overviewPage(view: View, o: Overview): Html {
       <td data-label="Oldest due" class="num" data-field="oldest">${t.due > 0 ? age(t.oldestDueAgeSeconds * 1000) : '—'}</td>
       <td data-label="Scheduled" class="num" data-field="scheduled">${count(t.scheduled)}</td>
       <td data-label="Running" class="num" data-field="running">${count(t.running)}</td>
-      <td data-label="State">${taskState(t, o.takenAt)}</td></tr>`)}</tbody></table>`}
+      <td data-label="State">${taskState(t, o.takenAt)}${view.access === 'session'
+        ? (t.pausedAt
+          ? action(view, '/actions/tasks/resume', 'Resume', { id: t.taskId }, html``, 'resume-task')
+          : action(view, '/actions/tasks/pause', 'Pause', { id: t.taskId }, html``, 'pause-task'))
+        : ''}</td></tr>`)}</tbody></table>`}
 </section>
 
 <section class="card">
@@ -216,7 +220,8 @@ export function overviewPage(view: View, o: Overview): Html {
     ${v.pausedAt ? html`paused since ${time(v.pausedAt)}${v.pausedBy ? html` by ${v.pausedBy}` : ''}${v.pauseReason ? html` (${v.pauseReason})` : ''}` : ''}
     ${v.pausedAt && v.breakerOpenUntil ? '; ' : ''}
     ${v.breakerOpenUntil ? (v.breakerOpenUntil > o.takenAt ? html`breaker open until ${time(v.breakerOpenUntil)}` : html`breaker half-open (a probe run may go)`) : ''}
-    ${v.breakerOpenUntil && v.breakerFailures > 0 ? html` after ${v.breakerFailures} failed connection(s)` : ''}</li>`)}</ul>`}
+    ${v.breakerOpenUntil && v.breakerFailures > 0 ? html` after ${v.breakerFailures} failed connection(s)` : ''}
+    ${v.pausedAt && view.access === 'session' ? action(view, '/actions/services/resume', 'Resume the service', { id: v.id }, html``, 'resume-service') : ''}</li>`)}</ul>`}
   <h3>Schedules</h3>
   ${o.schedules.length === 0 ? html`<p class="muted" id="schedules">None.</p>` : html`<table id="schedules" class="schedules">
     <thead><tr><th>Name</th><th>Task</th><th>Cron</th><th>Last tick</th><th>Next tick</th></tr></thead>

@@ -18,6 +18,7 @@ import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import * as path from 'node:path'
 import { type DlqEntry, dlqEntriesOfRun, listDlq, retryDlq } from '../api/dlq'
+import { type PauseTarget, pauseTasks, resumeTasks } from '../api/flow-control'
 import { type Overview, getOverview } from '../api/overview'
 import { type TaskRun, cancelRuns, getRun, listFollowUps, listRuns } from '../api/runs'
 import type { Database } from '../db/database'
@@ -233,6 +234,18 @@ export function createDashboard(options: DashboardOptions): Dashboard {
             kind: 'ok', text: `DLQ entry ${id} retried as run ${retried.runId ?? '(cached)'}.`,
             ...(retried.runId ? { link: { href: `/runs/${encodeURIComponent(retried.runId)}`, label: 'Show the new run' } } : {}),
           })
+        }
+        case '/actions/tasks/pause':
+        case '/actions/tasks/resume':
+        case '/actions/services/resume': {
+          const id = form.get('id') ?? ''
+          const target: PauseTarget = url.pathname.startsWith('/actions/services/') ? { service: id } : { tasks: [id] }
+          const pause = url.pathname === '/actions/tasks/pause'
+          const reason = (form.get('reason') ?? '').trim().slice(0, 500) || undefined
+          const result = await (pause ? pauseTasks : resumeTasks)(db, target, { actor: 'dashboard', reason })
+          const message = result.changes.map((c) => c.message).join('; ')
+          logger.info(`dashboard: ${message}`, { event: 'dashboard-action', action: pause ? 'tasks:pause' : 'tasks:resume', target: id })
+          return done({ kind: 'ok', text: `${message.charAt(0).toUpperCase()}${message.slice(1)}.` })
         }
         case '/actions/runs/cancel': {
           const id = form.get('id') ?? ''

@@ -55,7 +55,7 @@ export const overview = statement('dashboard_overview', (s) => `
          FROM ${s.q}.services sv
         WHERE sv.paused_at IS NOT NULL OR sv.breaker_open_until IS NOT NULL) AS v) AS services,
     (SELECT COALESCE(jsonb_agg(to_jsonb(c) ORDER BY c.name), '[]') FROM (
-       SELECT sc.name, sc.task_id, sc.cron, sc.timezone, sc.overlap, sc.service_id, sc.last_tick, sc.last_run_id
+       SELECT sc.name, sc.task_id, sc.cron, sc.timezone, sc.overlap, sc.service_id, sc.last_tick, sc.last_run_id, sc.created_at
          FROM ${s.q}.schedules sc) AS c) AS schedules,
     (SELECT count(*)::int FROM ${s.q}.dlq d WHERE d.retried_at IS NULL) AS dlq_entries`)
 
