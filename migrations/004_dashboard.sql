@@ -26,7 +26,8 @@ CREATE TABLE throughput_minutes (
 -- The run lists (src/sql/task-runs.ts, "Pages of runs"). Each filter the dashboard and runs:list
 -- offer has an index that hands its rows in id order from the cursor on:
 --   no filter                       task_runs_pkey, task_run_history_pkey (001)
---   --task T                        task_runs_task_idx (below), task_run_history_task_idx (001)
+--   --task T                        task_runs_task_idx (below) and task_runs_running_idx (001),
+--                                   task_run_history_task_idx (001)
 --   --status pending|waiting        task_runs_pkey (the live table holds live runs only)
 --   --status running                task_runs_running_idx (001; at most the fleet's concurrency)
 --   --status completed              task_run_history_pkey (most finished runs are completed)
@@ -36,10 +37,12 @@ CREATE TABLE throughput_minutes (
 --   --task T --status pending|…     task_runs_task_idx (below)
 -- Finished runs in task_runs are strays a sweep moves soon: task_runs_stray_finished_idx (001).
 
--- page_runs_of_task (and of a task by a live status): a task's live runs, newest first. One entry
--- per enqueue and per claim (a status change is never HOT): the price of a task's page that stays
--- cheap with a backlog of a million pending runs.
-CREATE INDEX task_runs_task_idx ON task_runs (task_id, id);
+-- page_runs_of_task (and of a task by a queued status): a task's queued runs, newest first (its
+-- running ones, few, come from task_runs_running_idx). Partial: one entry per enqueue (and per
+-- retry), none per claim, which moves a run to running (a status change is never HOT, and every
+-- entry a claim writes is read by the claim's cost): the price of a task's page that stays cheap
+-- with a backlog of a million pending runs.
+CREATE INDEX task_runs_task_idx ON task_runs (task_id, id) WHERE status <> 'running';
 
 -- page_runs_unsuccessful: failed, timeout or cancelled runs, newest first. Partial: written only
 -- for the rare runs that did not complete, nothing for the millions that did. It replaces 001's

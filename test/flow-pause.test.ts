@@ -78,8 +78,8 @@ describe('pause and resume in the claim (issue 12, acceptance 1)', () => {
     try {
       const requested = await requestMaintenance(api, { actor: 'test', reason: 'paused work holds no drain' })
       expect(requested.mode).toBe('maintenance')
-      const { rows: [status] } = await queryable(db.pool).query<{ pending: number; paused: number; paused_tasks: string[] }>(state.status, [30_000])
-      expect(status).toMatchObject({ pending: 0, paused: a.pending, paused_tasks: ['A'] })
+      const { rows: [status] } = await queryable(db.pool).query<{ pending: number; paused: Array<{ id: string; pendingRuns: number }> }>(state.status, [30_000])
+      expect(status).toMatchObject({ pending: 0, paused: [{ id: 'A', pendingRuns: a.pending }] })
       await exitMaintenance(api, { actor: 'test' })
     } finally {
       await api.close()

@@ -634,12 +634,13 @@ const same = (column: string, param: string) => `${column} >= ${param} AND ${col
  * partial indexes on `status <> 'completed'`. `indexes`: what the plan reads (test/indexes.test.ts
  * holds each page to it; test/dashboard-paging.test.ts, its buffers).
  */
-interface Half { where: string; order?: string }
-export const RUN_PAGE_PARTS: Record<RunPageKind, { live: Half | null; history: Half | null; indexes: string[] }> = {
+/** A half's rows: `where`, newest first by `order`; `whole`: read them all and sort (few rows). */
+interface Half { where: string; order?: string; whole?: boolean }
+export const RUN_PAGE_PARTS: Record<RunPageKind, { live: Half | null; running?: Half; history: Half | null; indexes: string[] }> = {
   all: { live: { where: 'true' }, history: { where: 'true' }, indexes: ['task_run_history_pkey', 'task_runs_pkey'] },
   live: { live: { where: 'r.status = $3::text' }, history: null, indexes: ['task_runs_pkey'] },
   // At most the fleet's concurrency: read whole and sorted.
-  running: { live: { where: `r.status = 'running'` }, history: null, indexes: ['task_runs_running_idx'] },
+  running: { live: { where: `r.status = 'running'`, whole: true }, history: null, indexes: ['task_runs_running_idx'] },
   completed: {
     live: { where: `r.status = 'completed'` },
     history: { where: `r.status = 'completed'` },
@@ -650,17 +651,20 @@ export const RUN_PAGE_PARTS: Record<RunPageKind, { live: Half | null; history: H
     history: { where: same('r.status', '$3::text'), order: 'r.status DESC, r.id DESC' },
     indexes: ['task_run_history_status_idx', 'task_runs_stray_finished_idx'],
   },
+  // A task's live runs: the queued ones (pending, waiting) on task_runs_task_idx, partial so that a
+  // claim writes no entry there, and its running ones (few) read whole from task_runs_running_idx.
   ofTask: {
-    live: { where: same('r.task_id', '$3::text'), order: 'r.task_id DESC, r.id DESC' },
+    live: { where: `${same('r.task_id', '$3::text')} AND r.status <> 'running'`, order: 'r.task_id DESC, r.id DESC' },
+    running: { where: `r.task_id = $3::text AND r.status = 'running'`, whole: true },
     history: { where: same('r.task_id', '$3::text'), order: 'r.task_id DESC, r.id DESC' },
-    indexes: ['task_run_history_task_idx', 'task_runs_task_idx'],
+    indexes: ['task_run_history_task_idx', 'task_runs_running_idx', 'task_runs_task_idx'],
   },
   ofTaskLive: {
-    live: { where: `${same('r.task_id', '$4::text')} AND r.status = $3::text`, order: 'r.task_id DESC, r.id DESC' },
+    live: { where: `${same('r.task_id', '$4::text')} AND r.status = $3::text AND r.status <> 'running'`, order: 'r.task_id DESC, r.id DESC' },
     history: null,
     indexes: ['task_runs_task_idx'],
   },
-  ofTaskRunning: { live: { where: `r.task_id = $3::text AND r.status = 'running'` }, history: null, indexes: ['task_runs_running_idx'] },
+  ofTaskRunning: { live: { where: `r.task_id = $3::text AND r.status = 'running'`, whole: true }, history: null, indexes: ['task_runs_running_idx'] },
   ofTaskCompleted: {
     live: { where: `r.task_id = $3::text AND r.status = 'completed'` },
     history: { where: `${same('r.task_id', '$3::text')} AND r.status = 'completed'`, order: 'r.task_id DESC, r.id DESC' },
@@ -674,13 +678,12 @@ export const RUN_PAGE_PARTS: Record<RunPageKind, { live: Half | null; history: H
 }
 
 function runPage(kind: RunPageKind, payloads: boolean) {
-  const { live, history } = RUN_PAGE_PARTS[kind]
+  const { live, running, history } = RUN_PAGE_PARTS[kind]
   const columns = payloads ? RUN_COLUMNS : SUMMARY_COLUMNS
   // Running runs (at most the fleet's concurrency) are read whole from task_runs_running_idx and
   // sorted: with many running runs the planner could walk the primary key instead, past every
   // pending run, which a backlog makes millions.
-  const whole = kind === 'running' || kind === 'ofTaskRunning'
-  const half = (table: string, { where, order = 'r.id DESC' }: Half) => whole
+  const half = (table: string, { where, order = 'r.id DESC', whole = false }: Half) => whole
     ? `(WITH chosen AS MATERIALIZED (
         SELECT ${columns} FROM ${table} r WHERE ${where} AND ($1::text IS NULL OR r.id < $1::text))
       SELECT * FROM chosen r ORDER BY r.id DESC LIMIT $2::int)`
@@ -689,7 +692,11 @@ function runPage(kind: RunPageKind, payloads: boolean) {
       ORDER BY ${order} LIMIT $2::int)`
   const name = `page_runs_${kind.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}${payloads ? '_full' : ''}`
   return statement(name, (s) => {
-    const halves = [live && half(`${s.q}.task_runs`, live), history && half(`${s.q}.task_run_history`, history)].filter(Boolean)
+    const halves = [
+      live && half(`${s.q}.task_runs`, live),
+      running && half(`${s.q}.task_runs`, running),
+      history && half(`${s.q}.task_run_history`, history),
+    ].filter(Boolean)
     return `SELECT * FROM (
     ${halves.join('\n    UNION ALL\n    ')}
   ) AS r
