@@ -81,6 +81,9 @@ export interface DatabaseConfig {
 }
 
 /** The schema a configuration names: `schema`, else PIPEWEAVE_SCHEMA, else `public` (SPEC §1). */
+/** The session settings of `run`'s connections (prepareStatements): see createDatabase. */
+export const RUN_SESSION_OPTIONS = '-c plan_cache_mode=force_generic_plan -c jit=off'
+
 export function resolveSchema(config: Pick<DatabaseConfig, 'schema' | 'env'>): Schema {
   if (config.schema !== undefined && config.schema !== '') return schemaOf(validateSchemaName(config.schema, '--schema'))
   const fromEnv = (config.env ?? process.env).PIPEWEAVE_SCHEMA
@@ -306,10 +309,14 @@ export async function createDatabase(config: DatabaseConfig = {}): Promise<Datab
       keepAliveInitialDelayMillis: 10_000,
       ...(settings.statementTimeoutMs !== undefined ? { statement_timeout: settings.statementTimeoutMs } : {}),
       // Prepared statements (run) keep one generic plan each: re-planning a custom plan at every
-      // call is the cost they save (PostgreSQL kept custom plans for the claim). Session state,
-      // so never through a pooler: prepareStatements is off there.
+      // call is the cost they save (PostgreSQL kept custom plans for the claim). And no JIT: a
+      // generic plan does not know the claim's LIMIT, so with a backlog of ~100,000 runs its cost
+      // passes jit_above_cost, and a server built with LLVM (Debian's, the usual packages) then
+      // compiled the claim at every call: 70 ms per claim, a drain 10× slower. Statements of a
+      // few rows never gain from it. Session state, so never through a pooler: prepareStatements
+      // is off there (custom plans know the LIMIT).
       ...(target.options || config.prepareStatements
-        ? { options: [target.options, config.prepareStatements ? '-c plan_cache_mode=force_generic_plan' : undefined].filter(Boolean).join(' ') }
+        ? { options: [target.options, config.prepareStatements ? RUN_SESSION_OPTIONS : undefined].filter(Boolean).join(' ') }
         : {}),
       ...(target.channelBinding === 'prefer' || target.channelBinding === 'require' ? { enableChannelBinding: true } : {}),
     })
