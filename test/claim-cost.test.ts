@@ -11,7 +11,8 @@
  * Rows are arranged the way pipeweave leaves them: runs enqueued by the bulk enqueue statement,
  * claimed, completed and failed by the orchestrator's own repository, and pipeweave's own upkeep
  * applied as `run` applies it (src/orchestrator/watch.ts: a VACUUM of task_runs every
- * VACUUM_EVERY_CLAIMS runs claimed, counted as the claimer counts them). Autovacuum runs at its
+ * VACUUM_EVERY_CLAIMS runs claimed, counted as the claimer counts them, and the next maintenance
+ * check's VACUUM of a burst's tail; "(a) … just before the next VACUUM" shows the claim before it). Autovacuum runs at its
  * defaults, which in a test this short usually means not at all. Statistics are brought up to
  * date (ANALYZE) before each measurement, as autovacuum's analyze would, so that the plan is the
  * one a busy queue gets.
@@ -132,7 +133,7 @@ function upkeep(upkept: Repository = repo): Watch {
  * batches, then completed, or failed and retried after `retryDelayMs`. Runs due earlier are
  * claimed first, so each claim takes runs enqueued here, never a retry made here.
  */
-async function attempt(count: number, outcome: { complete: true } | { retryDelayMs: number }): Promise<void> {
+async function attempt(count: number, outcome: { complete: true } | { retryDelayMs: number }, { settle = true } = {}): Promise<void> {
   const watch = upkeep()
   await enqueueMany(db.pool, 'A', count)
   for (let done = 0; done < count;) {
@@ -151,6 +152,11 @@ async function attempt(count: number, outcome: { complete: true } | { retryDelay
     }
     done += claimed.length
   }
+  await watch.stopped()
+  // The next maintenance check (Watch.settle, within --maintenance-check-interval): the burst's
+  // tail, the runs claimed during or after its last VACUUM.
+  if (!settle) return
+  watch.settle()
   await watch.stopped()
 }
 
@@ -216,10 +222,10 @@ it(`(a) ${KIND} finished runs, claimed and completed through the repository, wit
 })
 
 it(`(a) for the record, not bounded here: ${KIND - 1} finished runs, the claim just before pipeweave's next VACUUM`, async () => {
-  // Dead claim-index entries at the head of A's group short of the next VACUUM: the most the
-  // upkeep's cadence lets a claim walk past (the figure is printed with the others).
+  // Dead claim-index entries at the head of A's group short of the next VACUUM (and of the next
+  // maintenance check's): the most the upkeep lets a claim walk past (printed with the others).
   await emptyQueue()
-  await attempt(KIND - 1, { complete: true })
+  await attempt(KIND - 1, { complete: true }, { settle: false })
   await enqueueMany(db.pool, 'A', FRESH)
   const buffers = await claimBuffers()
   figures.push([`(a) ${KIND - 1} finished runs, just before the next VACUUM (not asserted)`, buffers])
@@ -262,6 +268,24 @@ it(`all four kinds together (${4 * KIND} rows): at most 2× the baseline`, async
     await KINDS.laterRetries()
     await KINDS.dueRetries()
   })
+})
+
+it('the upkeep: a maintenance check VACUUMs the tail of a burst (fewer than VACUUM_EVERY_CLAIMS), and nothing when no run was claimed', async () => {
+  let vacuums = 0
+  const counted = { ...repo, vacuum: async () => { vacuums += 1 } }
+  const watch = upkeep(counted)
+  watch.settle()
+  await watch.stopped()
+  expect(vacuums).toBe(0)
+  watch.claimed(VACUUM_EVERY_CLAIMS - 1)
+  await watch.stopped()
+  expect(vacuums).toBe(0)
+  watch.settle()
+  await watch.stopped()
+  expect(vacuums).toBe(1)
+  watch.settle()
+  await watch.stopped()
+  expect(vacuums).toBe(1)
 })
 
 it(`the upkeep: runs claimed while a VACUUM runs start the next one when it ends, with no further claim`, async () => {

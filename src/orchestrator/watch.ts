@@ -8,7 +8,9 @@
  *   - every VACUUM_EVERY_CLAIMS runs claimed: VACUUM of task_runs. Each claim leaves the run's
  *     pending entry dead at the head of the claim index (and a finish, dead entries in the others)
  *     until a vacuum removes them; the claim reads them, and autovacuum looks at a table at most
- *     once a minute. A short live table is cheap to vacuum.
+ *     once a minute. A short live table is cheap to vacuum. And at each maintenance check, the
+ *     tail of a burst (runs claimed since the last VACUUM, fewer than VACUUM_EVERY_CLAIMS): an
+ *     idle queue's next claim does not read them, at the price of one VACUUM per interval.
  */
 import type { Logger } from '../logger'
 import type { DrainCheckResult, Mode } from '../maintenance/maintenance'
@@ -62,9 +64,15 @@ export class Watch {
       }
       const swept = await deps.repo.sweep()
       if (swept > 0) deps.log.info(`moved ${swept} finished run(s) found among the live ones (a runbook's UPDATE?) to the history`, { event: 'swept', count: swept })
+      this.settle()
     } catch (error) {
       deps.liveness.trouble(error, 'maintenance check')
     }
+  }
+
+  /** A burst's tail: VACUUM the runs claimed since the last VACUUM, however few (each check). */
+  settle(): void {
+    if (this.claimedSinceVacuum > 0 && !this.vacuuming) this.vacuum(0)
   }
 
   /** Hand back runs of dead orchestrators, finish a drain; log what it found. */
@@ -97,16 +105,17 @@ export class Watch {
   /** Count claimed runs; VACUUM task_runs every VACUUM_EVERY_CLAIMS of them. */
   claimed(count: number): void {
     this.claimedSinceVacuum += count
-    if (!this.vacuuming) this.vacuumIfDue()
+    if (!this.vacuuming) this.vacuum(VACUUM_EVERY_CLAIMS)
   }
 
   /**
-   * One VACUUM at a time. The runs claimed while one ran count towards the next, which starts as
-   * soon as it ends if they reach the mark: a burst that ends during a VACUUM leaves no more than
-   * VACUUM_EVERY_CLAIMS dead entries behind for an idle queue's next claim to read.
+   * VACUUM once `mark` runs were claimed since the last one. One VACUUM at a time. The runs
+   * claimed while one ran count towards the next, which starts as soon as it ends if they reach
+   * VACUUM_EVERY_CLAIMS: a burst that ends during a VACUUM leaves no more than that many dead
+   * entries behind, and the next maintenance check (settle) takes those.
    */
-  private vacuumIfDue(): void {
-    if (this.claimedSinceVacuum < VACUUM_EVERY_CLAIMS || this.deps.isStopping()) return
+  private vacuum(mark: number): void {
+    if (this.claimedSinceVacuum < mark || this.deps.isStopping()) return
     this.vacuuming = (async () => {
       do {
         this.claimedSinceVacuum = 0
