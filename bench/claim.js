@@ -55,11 +55,7 @@ const LIMIT = 2
 const TARGET_RATIO = 2
 const CLAIMER = 'bench-claimer'
 
-/** The lease `run` passes with the default stale time (liveness.ts: staleMs − staleMs/4). */
-function leaseMs() {
-  const stale = lib.requireDist('api/settings').orchestratorStaleMs({})
-  return stale - Math.max(1, Math.floor(stale / 4))
-}
+const leaseMs = lib.claimLeaseMs
 
 const TASKS = [{ id: 'plain', retries: 0 }, { id: 'flaky', retries: 5 }, { id: 'limited', retries: 0, concurrency: LIMIT }]
 
@@ -91,11 +87,6 @@ const SEED_RETRIES = `
          jsonb_build_array(jsonb_build_object('attempt', 1, 'error', 'bench: worker unavailable', 'errorCode', 'HTTP_503', 'at', now() - interval '2 hours')),
          now() + $2::interval + i * $3::interval, now() - interval '2 hours'
     FROM generate_series(1, $1::int) AS i`
-
-/** A repository bound to one transaction (its statements run on `tx`). */
-function repositoryIn(tx, id) {
-  return lib.requireDist('orchestrator/repository').createRepository({ schema: tx.schema, query: (s, v) => tx.query(s, v) }, id)
-}
 
 /**
  * Retries made for real: `count` runs of flaky enqueued, each claimed and failed with a retry after
@@ -206,31 +197,14 @@ async function prepareState(server, state, worker, log) {
     log(`claim: ${state.key} ready: task_runs ${info.live_rows} rows (${info.live_size}, ~${info.dead} dead, vacuumed ${info.vacuums}×), history ${info.history_size}`)
     return db
   } catch (error) {
-    await closeState(db)
+    await lib.closeClaimDatabase(db)
     throw error
   }
 }
 
-async function closeState(db) {
-  if (db.pw) await db.pw.close().catch(() => undefined)
-  if (db.client) await db.client.end().catch(() => undefined)
-  await db.database.drop()
-}
-
-const ROLLBACK = new Error('rollback')
-
 /** One claim through the repository, in a transaction rolled back afterwards; its round trip in ms. */
 async function claimOnce(db, lease) {
-  let ms = NaN
-  /** @type {any} the repository's claim result (dist/ is not typed from here) */
-  let result
-  await db.pw.withTransaction(async (tx) => {
-    const repo = repositoryIn(tx, CLAIMER)
-    const started = performance.now()
-    result = await repo.claim(BATCH, lease)
-    ms = performance.now() - started
-    throw ROLLBACK
-  }).catch((error) => { if (error !== ROLLBACK) throw error })
+  const { ms, result } = await lib.timedClaim(db.pw, CLAIMER, BATCH, lease)
   if (result.state !== 'running' || result.runs.length !== BATCH) {
     throw new Error(`the claim answered ${result.state} with ${result.runs.length} runs, expected running with ${BATCH}`)
   }
@@ -239,14 +213,7 @@ async function claimOnce(db, lease) {
 
 /** EXPLAIN (ANALYZE, BUFFERS) of the claim, rolled back: buffers touched, planning and execution ms. */
 async function explainOnce(db, lease) {
-  const text = lib.requireDist('sql/task-runs').claimRuns(db.pw.schema).text
-  /** @type {any} one plan of EXPLAIN's JSON */
-  let plan
-  await db.pw.withTransaction(async (tx) => {
-    const { rows } = await tx.query(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${text}`, [CLAIMER, BATCH, lease])
-    plan = rows[0]['QUERY PLAN'][0]
-    throw ROLLBACK
-  }).catch((error) => { if (error !== ROLLBACK) throw error })
+  const plan = await lib.explainClaim(db.pw, CLAIMER, BATCH, lease)
   const top = plan.Plan
   return {
     buffers: top['Shared Hit Blocks'] + top['Shared Read Blocks'],
@@ -286,7 +253,7 @@ async function run(server, options = {}) {
     process.stdout.write(`${report(dbs, rounds, explains, loads)}\n`)
     return { rounds, explains }
   } finally {
-    for (const db of Object.values(dbs)) await closeState(db)
+    for (const db of Object.values(dbs)) await lib.closeClaimDatabase(db)
     await worker.close()
   }
 }

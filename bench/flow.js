@@ -42,11 +42,7 @@ const BATCH = 10
 const RATE = { limit: 20, periodMs: 1000 }
 const CLAIMER = 'bench-flow-claimer'
 
-/** The lease `run` passes with the default stale time (liveness.ts: staleMs − staleMs/4). */
-function leaseMs() {
-  const stale = lib.requireDist('api/settings').orchestratorStaleMs({})
-  return stale - Math.max(1, Math.floor(stale / 4))
-}
+const leaseMs = lib.claimLeaseMs
 
 /** `count` pending runs of `taskId`, bulk (INSERT … SELECT: the queue filled before the clock starts). */
 async function seed(client, taskId, count) {
@@ -93,30 +89,13 @@ async function prepareClaimState(server, state, worker) {
     await db.repo.heartbeat()
     return db
   } catch (error) {
-    await closeClaimState(db)
+    await lib.closeClaimDatabase(db)
     throw error
   }
 }
 
-async function closeClaimState(db) {
-  if (db.pw) await db.pw.close().catch(() => undefined)
-  if (db.client) await db.client.end().catch(() => undefined)
-  await db.database.drop()
-}
-
-const ROLLBACK = new Error('rollback')
-
 async function claimOnce(db, lease) {
-  let ms = NaN
-  /** @type {any} */
-  let result
-  await db.pw.withTransaction(async (tx) => {
-    const repo = lib.requireDist('orchestrator/repository').createRepository({ schema: tx.schema, query: (s, v) => tx.query(s, v) }, CLAIMER)
-    const started = performance.now()
-    result = await repo.claim(BATCH, lease)
-    ms = performance.now() - started
-    throw ROLLBACK
-  }).catch((error) => { if (error !== ROLLBACK) throw error })
+  const { ms, result } = await lib.timedClaim(db.pw, CLAIMER, BATCH, lease)
   if (result.state !== 'running' || result.runs.length !== BATCH || result.runs.some((r) => r.taskId !== 'plain')) {
     throw new Error(`the claim answered ${result.state} with ${result.runs.length} runs, expected running with ${BATCH} of plain`)
   }
@@ -124,14 +103,7 @@ async function claimOnce(db, lease) {
 }
 
 async function explainBuffers(db, lease) {
-  const text = lib.requireDist('sql/task-runs').claimRuns(db.pw.schema).text
-  /** @type {any} */
-  let plan
-  await db.pw.withTransaction(async (tx) => {
-    const { rows } = await tx.query(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${text}`, [CLAIMER, BATCH, lease])
-    plan = rows[0]['QUERY PLAN'][0].Plan
-    throw ROLLBACK
-  }).catch((error) => { if (error !== ROLLBACK) throw error })
+  const { Plan: plan } = await lib.explainClaim(db.pw, CLAIMER, BATCH, lease)
   return plan['Shared Hit Blocks'] + plan['Shared Read Blocks']
 }
 
@@ -177,7 +149,7 @@ async function claimCost(server, log) {
     lines.push(`goal flat, every state's median ≤ 2× the empty queue's: worst ${lib.fmt(worst, 2)}× — ${worst <= 2 ? 'met' : 'NOT met'}`)
     return lines.join('\n')
   } finally {
-    for (const db of Object.values(dbs)) await closeClaimState(db)
+    for (const db of Object.values(dbs)) await lib.closeClaimDatabase(db)
     await worker.close()
   }
 }

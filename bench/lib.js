@@ -516,6 +516,54 @@ function runAlone(main) {
   })
 }
 
+// ---------------------------------------------------------------------------------------------
+// The claim, measured (bench/claim.js, bench/flow.js)
+
+/** The lease `run` passes with the default stale time (liveness.ts: staleMs − staleMs/4). */
+function claimLeaseMs() {
+  const stale = requireDist('api/settings').orchestratorStaleMs({})
+  return stale - Math.max(1, Math.floor(stale / 4))
+}
+
+const ROLLBACK = new Error('rollback')
+
+/** `fn(tx)` in a transaction of `pw` (openDatabase) that is rolled back afterwards; what it returned. */
+async function rolledBack(pw, fn) {
+  /** @type {any} */
+  let out
+  await pw.withTransaction(async (tx) => {
+    out = await fn(tx)
+    throw ROLLBACK
+  }).catch((error) => { if (error !== ROLLBACK) throw error })
+  return out
+}
+
+/**
+ * One claim(batch, lease) through the repository as `claimer`, in a transaction rolled back
+ * afterwards (BEGIN and ROLLBACK outside the timing): its round trip in ms and its result.
+ */
+async function timedClaim(pw, claimer, batch, lease) {
+  return rolledBack(pw, async (tx) => {
+    const repo = requireDist('orchestrator/repository').createRepository({ schema: tx.schema, query: (s, v) => tx.query(s, v) }, claimer)
+    const started = performance.now()
+    const result = await repo.claim(batch, lease)
+    return { ms: performance.now() - started, result }
+  })
+}
+
+/** EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) of the claim statement, rolled back: the plan's JSON. */
+async function explainClaim(pw, claimer, batch, lease) {
+  const text = requireDist('sql/task-runs').claimRuns(pw.schema).text
+  return rolledBack(pw, async (tx) => (await tx.query(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${text}`, [claimer, batch, lease])).rows[0]['QUERY PLAN'][0])
+}
+
+/** Close what a claim bench prepared for a state: `{ database, client?, pw? }`. */
+async function closeClaimDatabase(db) {
+  if (db.pw) await db.pw.close().catch(() => undefined)
+  if (db.client) await db.client.end().catch(() => undefined)
+  await db.database.drop()
+}
+
 module.exports = {
   ROOT, DIST, CLI, requireDist,
   cleanEnv, tempHome,
@@ -524,4 +572,5 @@ module.exports = {
   fmt, table, heading, runAlone,
   load, wallNow, startWorker, registerService, seedRuns, enqueueBulk, clearRuns, RUNS_LEFT, startRun, waitUntilEmpty, waitFor, rotate, sleep,
   serverMajor, walPosition, freshStats, tableCounters, settledCounters, counterDelta,
+  claimLeaseMs, timedClaim, explainClaim, closeClaimDatabase,
 }
