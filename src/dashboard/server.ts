@@ -15,7 +15,6 @@
  */
 import * as fs from 'node:fs'
 import * as http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import * as path from 'node:path'
 import { type DlqEntry, dlqEntriesOfRun, listDlq, retryDlq } from '../api/dlq'
 import { type PauseTarget, pauseTasks, resumeTasks } from '../api/flow-control'
@@ -25,6 +24,7 @@ import type { Database } from '../db/database'
 import { PipeweaveError, UsageError } from '../errors'
 import type { Logger } from '../logger'
 import { exitMaintenance, requestMaintenance } from '../maintenance/maintenance'
+import { listen } from '../http/listen'
 import { redact } from '../redact'
 import { html } from './html'
 import { type RunDetail, type View, STATUSES, dlqPage, layout, loginPage, messagePage, overviewPage, runPage, runsPage } from './pages'
@@ -395,31 +395,8 @@ export interface DashboardServer {
 /** `pipeweave dashboard`: the pages on their own server. */
 export function startDashboardServer(dashboard: Dashboard, options: { port: number; host: string }): Promise<DashboardServer> {
   const server = http.createServer((req, res) => dashboard.handle(req, res))
-  server.keepAliveTimeout = 5000
-  return new Promise((resolve, reject) => {
-    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, options.port)))
-    server.listen(options.port, options.host, () => {
-      server.removeAllListeners('error')
-      server.on('error', () => undefined)
-      resolve({
-        port: (server.address() as AddressInfo).port,
-        host: options.host,
-        close: () => new Promise((done) => {
-          server.close(() => done())
-          server.closeAllConnections()
-        }),
-      })
-    })
-  })
-}
-
-function listenError(error: NodeJS.ErrnoException, port: number): Error {
-  const why = error.code === 'EADDRINUSE' ? 'it is already in use'
-    : error.code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)'
-      : error.code === 'EADDRNOTAVAIL' ? 'the address is not available on this machine'
-        : undefined
-  if (!why) return error
-  return new UsageError('DASHBOARD_PORT_UNAVAILABLE', `cannot serve the dashboard on port ${port}: ${why}`, {
+  return listen(server, {
+    port: options.port, host: options.host, code: 'DASHBOARD_PORT_UNAVAILABLE', what: 'the dashboard',
     hint: 'choose another --port, or 0 for any free port',
-  })
+  }).then((listening) => ({ ...listening, host: options.host }))
 }

@@ -6,9 +6,8 @@
  *   /metrics  Prometheus text format (queue figures refreshed at most every few seconds)
  */
 import * as http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
-import { UsageError } from '../errors'
+import { type Listening, listen } from './listen'
 
 export interface HealthServerOptions {
   port: number
@@ -36,11 +35,7 @@ const HEADERS = { 'cache-control': 'no-store', 'content-security-policy': "defau
 
 const HEALTH_PATHS = new Set(['/healthz', '/readyz', '/metrics'])
 
-export interface HealthServer {
-  port: number
-  close(): Promise<void>
-}
-
+export type HealthServer = Listening
 
 export function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
   const server = http.createServer((req, res) => {
@@ -74,32 +69,8 @@ export function startHealthServer(options: HealthServerOptions): Promise<HealthS
         return reply(404, 'not found: try /healthz, /readyz or /metrics\n')
     }
   })
-  server.keepAliveTimeout = 5000
-  return new Promise((resolve, reject) => {
-    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, options.port)))
-    server.listen(options.port, options.host ?? '0.0.0.0', () => {
-      server.removeAllListeners('error')
-      // Once listening, a failed accept (EMFILE) must not crash the orchestrator over its probes.
-      server.on('error', () => undefined)
-      resolve({
-        port: (server.address() as AddressInfo).port,
-        close: () => new Promise((done) => {
-          server.close(() => done())
-          server.closeAllConnections()
-        }),
-      })
-    })
-  })
-}
-
-/** A port that cannot be had is a setting to change (exit 2), not a bug in pipeweave. */
-function listenError(error: NodeJS.ErrnoException, port: number): Error {
-  const why = error.code === 'EADDRINUSE' ? 'it is already in use'
-    : error.code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)'
-      : error.code === 'EADDRNOTAVAIL' ? 'the address is not available on this machine'
-        : undefined
-  if (!why) return error
-  return new UsageError('HTTP_PORT_UNAVAILABLE', `cannot serve health and metrics on port ${port}: ${why}`, {
+  return listen(server, {
+    port: options.port, host: options.host ?? '0.0.0.0', code: 'HTTP_PORT_UNAVAILABLE', what: 'health and metrics',
     hint: 'choose another --http-port (PIPEWEAVE_HTTP_PORT), or 0 for any free port',
   })
 }
