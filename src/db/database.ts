@@ -82,7 +82,7 @@ export interface DatabaseConfig {
 
 /** The schema a configuration names: `schema`, else PIPEWEAVE_SCHEMA, else `public` (SPEC §1). */
 /** The session settings of `run`'s connections (prepareStatements): see createDatabase. */
-export const RUN_SESSION_OPTIONS = '-c plan_cache_mode=force_generic_plan -c jit=off'
+const RUN_SESSION_OPTIONS = '-c plan_cache_mode=force_generic_plan -c jit=off'
 
 export function resolveSchema(config: Pick<DatabaseConfig, 'schema' | 'env'>): Schema {
   if (config.schema !== undefined && config.schema !== '') return schemaOf(validateSchemaName(config.schema, '--schema'))
